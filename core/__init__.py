@@ -1,0 +1,5 @@
+"""Compression on the Fly Lab: the core (no streamlit here).
+
+Train small networks with a binarizing regularizer on their FC layers, compress those layers
+with product quantization, and count every bit. See ../shared/METHOD.md.
+"""

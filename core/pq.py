@@ -1,0 +1,245 @@
+"""Product quantization of FC weight matrices: k-means, encode / decode, quantize a layer.
+
+Everything is batched over *groups*: a group is one codebook and the subvectors it codes.
+The `shared` layout has one group per layer; `per-chunk` has one group per chunk position
+(Jegou 2011 / Gong 2014). One k-means implementation serves both, and scalar k-means is d = 1.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import CompressConfig, check_centroids, check_subvector_size
+
+# k-means++ makes k sequential passes over the data; above this k it is slower than the whole
+# Lloyd loop, and random init (faiss's choice) is used instead.
+KMEANS_PP_MAX_K = 1024
+KMEANS_PP_SAMPLE_PER_CENTROID = 64  # k-means++ seeds from at most this many points a centroid
+# Upper bound on the elements of one (G, chunk, k) distance block, so k = 65,536 fits in memory.
+_MAX_DIST_ELEMENTS = 1 << 24
+
+
+def n_chunks(in_features: int, subvector_size: int) -> int:
+    return math.ceil(in_features / subvector_size)
+
+
+def to_subvectors(weight: torch.Tensor, subvector_size: int) -> torch.Tensor:
+    """(out, in) -> (out, ceil(in / d), d); the last chunk of each row is zero-padded."""
+    out_features, in_features = weight.shape
+    pad = n_chunks(in_features, subvector_size) * subvector_size - in_features
+    padded = torch.nn.functional.pad(weight, (0, pad))  # (out, in + pad)
+    return padded.reshape(out_features, -1, subvector_size)
+
+
+def from_subvectors(subvectors: torch.Tensor, in_features: int) -> torch.Tensor:
+    """(out, n_chunks, d) -> (out, in); drops the padding."""
+    out_features = subvectors.shape[0]
+    return subvectors.reshape(out_features, -1)[:, :in_features]
+
+
+def to_groups(subvectors: torch.Tensor, layout: str) -> torch.Tensor:
+    """(out, n_chunks, d) -> (G, N, d): shared (1, out * n_chunks, d), per-chunk (n_chunks, out, d)."""
+    if layout == "shared":
+        return subvectors.reshape(1, -1, subvectors.shape[-1])
+    return subvectors.transpose(0, 1)
+
+
+def from_groups(grouped: torch.Tensor, layout: str, out_features: int) -> torch.Tensor:
+    """(G, N, d) -> (out, n_chunks, d), the inverse of `to_groups`."""
+    if layout == "shared":
+        return grouped.reshape(out_features, -1, grouped.shape[-1])
+    return grouped.transpose(0, 1)
+
+
+# ----------------------------------------------------------------------------------------- k-means
+
+def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every subvector: (G, N, d), (G, k, d) -> codes (G, N), sq. errors (G, N).
+
+    ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; the ||x||^2 term does not change the argmin, so it
+    is added to the minimum only. Works in row chunks so the (G, chunk, k) block stays bounded.
+    """
+    n_groups, n_points, dim = x.shape
+    k = centroids.shape[1]
+    if dim == 1:
+        return _assign_scalar(x, centroids)
+    chunk = max(1, _MAX_DIST_ELEMENTS // max(1, n_groups * k))
+    c_sq = (centroids * centroids).sum(-1).unsqueeze(1)  # (G, 1, k)
+    c_t = centroids.transpose(1, 2)  # (G, d, k)
+    codes = torch.empty(n_groups, n_points, dtype=torch.long, device=x.device)
+    errors = torch.empty(n_groups, n_points, dtype=x.dtype, device=x.device)
+    for start in range(0, n_points, chunk):
+        part = x[:, start:start + chunk]  # (G, chunk, d)
+        partial = torch.baddbmm(c_sq, part, c_t, alpha=-2)  # (G, chunk, k)
+        best, codes[:, start:start + chunk] = partial.min(-1)
+        errors[:, start:start + chunk] = (best + (part * part).sum(-1)).clamp_min_(0)
+    return codes, errors
+
+
+def _assign_scalar(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assign` for d = 1 in O(N log k): sort the centroids, binary-search the midpoints."""
+    values = x.squeeze(-1)  # (G, N)
+    sorted_c, order = centroids.squeeze(-1).sort(dim=1)  # (G, k)
+    midpoints = (sorted_c[:, 1:] + sorted_c[:, :-1]) / 2  # (G, k - 1)
+    rank = torch.searchsorted(midpoints.contiguous(), values.contiguous())  # (G, N)
+    codes = torch.gather(order, 1, rank)
+    errors = (values - torch.gather(sorted_c, 1, rank)) ** 2
+    return codes, errors
+
+
+def _init_random(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k distinct random subvectors of each group as the first centroids: (G, N, d) -> (G, k, d)."""
+    n_groups, n_points, _ = x.shape
+    keys = torch.rand(n_groups, n_points, generator=generator, device=x.device)
+    picks = keys.argsort(dim=1)[:, :k]  # (G, k)
+    return torch.gather(x, 1, picks.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _init_kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ (D^2 sampling), batched over groups: (G, N, d) -> (G, k, d).
+
+    Once every point coincides with a chosen centroid (D^2 == 0 everywhere, fewer distinct
+    subvectors than k) the remaining picks are uniform: they duplicate existing centroids and
+    the coding is already lossless.
+    """
+    n_groups, n_points, dim = x.shape
+    centroids = torch.empty(n_groups, k, dim, dtype=x.dtype, device=x.device)
+    first = torch.randint(n_points, (n_groups,), generator=generator, device=x.device)
+    centroids[:, 0] = x[torch.arange(n_groups, device=x.device), first]
+    min_dist = ((x - centroids[:, :1]) ** 2).sum(-1)  # (G, N)
+    for j in range(1, k):
+        weights = min_dist + (min_dist.sum(1, keepdim=True) == 0)  # all-zero rows -> uniform
+        picks = torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (G,)
+        centroids[:, j] = x[torch.arange(n_groups, device=x.device), picks]
+        min_dist = torch.minimum(min_dist, ((x - centroids[:, j:j + 1]) ** 2).sum(-1))
+    return centroids
+
+
+def _reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
+                  errors: torch.Tensor) -> None:
+    """Move each empty centroid onto one of the worst-coded subvectors of its group (in place).
+
+    Only subvectors with a positive error are used: when none is left, the group is coded
+    exactly and a duplicate, never-chosen centroid costs nothing.
+    """
+    for group in torch.nonzero((counts == 0).any(1)).flatten().tolist():
+        empty = torch.nonzero(counts[group] == 0).flatten()
+        worst_err, worst = errors[group].topk(min(len(empty), errors.shape[1]))
+        worst = worst[worst_err > 0]
+        centroids[group, empty[:len(worst)]] = x[group, worst]
+
+
+def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
+           init: str = "kmeans++") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on each group: (G, N, d) -> centroids (G, k, d), codes (G, N).
+
+    With N <= k every subvector is its own centroid (lossless), padded with copies of the
+    first one up to k so that every group has exactly k centroids.
+    """
+    n_groups, n_points, dim = x.shape
+    k = n_centroids
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    if n_points <= k:
+        pad = x[:, :1].expand(-1, k - n_points, -1)
+        centroids = torch.cat([x, pad], dim=1).clone()
+        codes = torch.arange(n_points, device=x.device).expand(n_groups, -1).clone()
+        return centroids, codes
+    if init == "kmeans++" and k <= KMEANS_PP_MAX_K:
+        # Seeding on a sample keeps k sequential passes cheap; Lloyd then uses every point.
+        sample = x
+        if n_points > KMEANS_PP_SAMPLE_PER_CENTROID * k:
+            picks = torch.randperm(n_points, generator=generator, device=x.device)
+            sample = x[:, picks[:KMEANS_PP_SAMPLE_PER_CENTROID * k]]
+        centroids = _init_kmeans_pp(sample, k, generator)
+    else:
+        centroids = _init_random(x, k, generator)
+    offsets = (torch.arange(n_groups, device=x.device) * k).unsqueeze(1)  # (G, 1)
+    for _ in range(n_iter):
+        codes, errors = assign(x, centroids)
+        flat = (codes + offsets).flatten()  # index into the (G * k) centroids
+        sums = torch.zeros(n_groups * k, dim, dtype=x.dtype, device=x.device)
+        sums.index_add_(0, flat, x.reshape(-1, dim))
+        counts = torch.bincount(flat, minlength=n_groups * k).reshape(n_groups, k)
+        filled = counts > 0
+        means = sums.reshape(n_groups, k, dim) / counts.clamp_min(1).unsqueeze(-1)
+        centroids = torch.where(filled.unsqueeze(-1), means, centroids)
+        if not filled.all():
+            _reseed_empty(centroids, counts, x, errors)
+    codes, _ = assign(x, centroids)
+    return centroids, codes
+
+
+# ----------------------------------------------------------------------------- quantized layers
+
+@dataclass
+class QuantizedLayer:
+    """One FC weight matrix as codes into codebooks.
+
+    layout is 'shared' or 'per-chunk' (PQ, scalar k-means when d = 1) or 'sign' (binarization:
+    codes are the signs, the codebook is [-alpha, +alpha] and only alpha is stored).
+    """
+
+    name: str  # state-dict key of the weight, e.g. 'fcs.0.weight'
+    shape: tuple[int, int]  # (out, in)
+    subvector_size: int  # d
+    layout: str  # 'shared' | 'per-chunk' | 'sign'
+    codebooks: torch.Tensor  # (G, k, d)
+    codes: torch.Tensor  # (G, N) int64, G * N = out * ceil(in / d)
+
+    @property
+    def n_centroids(self) -> int:
+        return self.codebooks.shape[1]
+
+    def decode(self, codebooks: torch.Tensor | None = None) -> torch.Tensor:
+        """(G, N) codes -> (out, in) weights; pass `codebooks` to decode through trainable ones."""
+        books = self.codebooks if codebooks is None else codebooks
+        n_groups, _, dim = books.shape
+        index = self.codes.unsqueeze(-1).expand(-1, -1, dim)  # (G, N, d)
+        grouped = torch.gather(books, 1, index)  # (G, N, d)
+        out_features, in_features = self.shape
+        return from_subvectors(from_groups(grouped, self._group_layout, out_features), in_features)
+
+    @property
+    def _group_layout(self) -> str:
+        return "shared" if self.layout == "sign" else self.layout
+
+
+def check_fits(fc_shapes: list[tuple[str, tuple[int, int]]], cfg: CompressConfig) -> None:
+    """Raise ValueError when the PQ settings do not fit a layer; says what would fit."""
+    cfg = cfg.canonical()
+    if cfg.method not in ("kmeans", "pq"):
+        return
+    check_subvector_size(cfg.subvector_size)
+    check_centroids(cfg.n_centroids)
+    for name, (out_features, in_features) in fc_shapes:
+        if cfg.subvector_size > in_features:
+            raise ValueError(
+                f"subvector size d={cfg.subvector_size} is wider than layer {name} ({in_features} inputs); "
+                f"use d <= {min(i for _, (_, i) in fc_shapes)}"
+            )
+        if cfg.layout == "per-chunk" and cfg.n_centroids > out_features:
+            raise ValueError(
+                f"per-chunk layout learns each codebook from the {out_features} rows of layer {name}, "
+                f"so k={cfg.n_centroids} is too many; use k <= {min(o for _, (o, _) in fc_shapes)} "
+                f"or the shared layout"
+            )
+
+
+def quantize_weight(name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
+    """k-means / PQ of one (out, in) weight matrix with the settings of `cfg` (method kmeans or pq)."""
+    cfg = cfg.canonical()
+    out_features, in_features = weight.shape
+    dim = cfg.subvector_size
+    grouped = to_groups(to_subvectors(weight.detach().float(), dim), cfg.layout)  # (G, N, d)
+    centroids, codes = kmeans(grouped, cfg.n_centroids, cfg.kmeans_iters, cfg.seed, cfg.init)
+    if cfg.centroid_bits == 16:
+        # Store what the file will hold; re-assign so codes match the rounded centroids.
+        centroids = centroids.half().float()
+        codes, _ = assign(grouped, centroids)
+    return QuantizedLayer(name, (out_features, in_features), dim, cfg.layout, centroids, codes)
+
+
+def reconstruction_mse(weight: torch.Tensor, layer: QuantizedLayer) -> float:
+    return float(((weight.detach().float() - layer.decode()) ** 2).mean())

@@ -1,0 +1,61 @@
+"""The bit accounting: one function, exact to the bit (see METHOD.md, "Size accounting").
+
+FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
+model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .config import CompressConfig
+from .pq import check_fits, n_chunks
+
+FLOAT_BITS = 32
+
+
+@dataclass(frozen=True)
+class SizeReport:
+    code_bits: int  # packed codes of every FC layer
+    codebook_bits: int  # centroids (PQ / k-means)
+    scale_bits: int  # one alpha per layer (binarize)
+    fc_bits: int  # code + codebook + scale bits: the compressed FC layers
+    fc_float_bits: int  # 32 * N_fc: the FC layers uncompressed
+    rest_bits: int  # 32 * N_rest: biases, convs, anything left in float32
+    model_bits: int  # fc_bits + rest_bits
+    model_float_bits: int  # 32 * (N_fc + N_rest)
+    fc_ratio: float
+    model_ratio: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def size_report(fc_shapes: list[tuple[int, int]], n_rest: int, cfg: CompressConfig) -> SizeReport:
+    """Bits of a model whose FC weight matrices have `fc_shapes` (out, in), compressed by `cfg`,
+    with `n_rest` other parameters kept in float32."""
+    cfg = cfg.canonical()
+    check_fits([(f"fc{i + 1}", shape) for i, shape in enumerate(fc_shapes)], cfg)
+    n_fc = sum(out * inp for out, inp in fc_shapes)
+    code_bits = codebook_bits = scale_bits = 0
+    if cfg.method == "float":
+        code_bits = FLOAT_BITS * n_fc
+    elif cfg.method == "binarize":
+        code_bits = n_fc  # one sign bit a weight
+        scale_bits = cfg.centroid_bits * len(fc_shapes)  # alpha_l
+    else:
+        dim, k = cfg.subvector_size, cfg.n_centroids
+        for out, inp in fc_shapes:
+            chunks = n_chunks(inp, dim)
+            code_bits += out * chunks * cfg.code_bits
+            n_codebooks = chunks if cfg.layout == "per-chunk" else 1
+            codebook_bits += n_codebooks * k * dim * cfg.centroid_bits
+    fc_bits = code_bits + codebook_bits + scale_bits
+    rest_bits = FLOAT_BITS * n_rest
+    model_bits = fc_bits + rest_bits
+    model_float_bits = FLOAT_BITS * (n_fc + n_rest)
+    return SizeReport(
+        code_bits=code_bits, codebook_bits=codebook_bits, scale_bits=scale_bits, fc_bits=fc_bits,
+        fc_float_bits=FLOAT_BITS * n_fc, rest_bits=rest_bits, model_bits=model_bits,
+        model_float_bits=model_float_bits,
+        fc_ratio=FLOAT_BITS * n_fc / fc_bits, model_ratio=model_float_bits / model_bits,
+    )
