@@ -26,8 +26,13 @@ OnEpoch = Callable[[int, dict], None]
 OnStep = Callable[[int, int], None]
 
 
+# A cross-entropy this large means logits in the thousands: the run has blown up even if the
+# loss is still finite (Adam keeps huge learning rates from reaching inf for a while).
+CE_BLOWUP = 1e4
+
+
 class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite; nothing is stored."""
+    """The loss became NaN, infinite or blew up; nothing is stored."""
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -96,8 +101,8 @@ class TrainResult:
                 "device": self.device, "seconds": self.seconds}
 
 
-def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig) -> None:
-    if not math.isfinite(value):
+def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig, limit: float = math.inf) -> None:
+    if not math.isfinite(value) or value > limit:
         raise TrainingDiverged(
             f"training diverged in epoch {epoch + 1}: the {what} became {value}; "
             f"lower lam (now {cfg.lam}) or the learning rate (now {cfg.lr}). Nothing was stored."
@@ -139,6 +144,7 @@ def train_epoch(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimize
     metrics = {"loss": float(sum_loss) / n_steps, "ce": float(sum_ce) / n_steps,
                "reg": float(sum_reg) / n_steps}
     _check_finite(metrics["loss"], epoch, "loss", cfg)
+    _check_finite(metrics["ce"], epoch, "cross-entropy", cfg, limit=CE_BLOWUP)
     return metrics
 
 

@@ -1,0 +1,115 @@
+"""The command line: the happy path with --json, and one-line errors that write nothing."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core.__main__ import main
+from tests.conftest import TINY
+
+TRAIN = ["train", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3"]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse exits by itself
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
+
+
+def test_train_compress_evaluate_runs(capsys, tmp_path):
+    cache = str(tmp_path / "cache")
+    code, out, _ = run_cli(capsys, *TRAIN, "--reg", "binary", "--lam", "0.05", "--cache-dir", cache, "--json")
+    assert code == 0
+    trained = json.loads(out)
+    assert {"run_id", "test_accuracy", "epochs"} <= set(trained) and len(trained["epochs"]) == 2
+    code, out, _ = run_cli(capsys, *TRAIN, "--reg", "binary", "--lam", "0.05", "--cache-dir", cache, "--json")
+    assert json.loads(out)["cached"] is True
+
+    model_file = tmp_path / "model.safetensors"
+    code, out, _ = run_cli(capsys, "compress", trained["run_id"][:6], "--method", "pq", "--subvector-size", "4",
+                           "--centroids", "16", "--layout", "shared", "--out", str(model_file),
+                           "--cache-dir", cache, "--json")
+    assert code == 0
+    compressed = json.loads(out)
+    for key in ("accuracy", "fc_bits", "fc_ratio", "model_bits", "model_ratio", "file_bytes"):
+        assert key in compressed
+    assert compressed["file_bytes"] == model_file.stat().st_size
+
+    code, out, _ = run_cli(capsys, "evaluate", str(model_file), "--json")
+    assert code == 0 and json.loads(out)["accuracy"] == compressed["accuracy"]
+
+    code, out, _ = run_cli(capsys, "runs", "--cache-dir", cache)
+    assert trained["run_id"] in out
+    code, out, _ = run_cli(capsys, "compress", trained["run_id"], "--method", "binarize", "--cache-dir", cache)
+    assert code == 0 and "FC" in out and "ratio" in out
+
+
+def test_sweep_writes_one_row_per_point(capsys, tmp_path):
+    table = tmp_path / "sweep.csv"
+    code, out, err = run_cli(
+        capsys, "sweep", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3",
+        "--reg", "binary", "--lam", "0", "0.05", "--method", "binarize", "kmeans", "pq",
+        "-d", "2", "4", "-k", "4", "32", "--layout", "shared", "per-chunk",
+        "--cache-dir", str(tmp_path / "cache"), "--csv", str(table), "--json")
+    assert code == 0
+    rows = list(csv.DictReader(table.open()))
+    # per run: binarize 1 + kmeans 2 (k) + pq 2 d x 2 k x 2 layouts - per-chunk k=32 (> the 10 rows of the last layer), for both d
+    assert len(rows) == 2 * (1 + 2 + 8 - 2)
+    assert {r["lam"] for r in rows} == {"0.0", "0.05"}
+    skipped = json.loads(out)["skipped"]
+    assert len(skipped) == 2 * 2 and "per-chunk" in skipped[0]["reason"]
+
+
+BAD = [
+    (["train", "--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+    (["train", "--dataset", "digits", "--lam", "-1"], "lam=-1.0 must be a finite number >= 0"),
+    (["train", "--dataset", "digits", "--epochs", "0"], "epochs=0 must be >= 1"),
+    (["compress", "RUN", "--method", "zip"], "invalid choice: 'zip'"),
+    (["compress", "RUN", "-d", "0"], "d=0 must be an integer >= 1"),
+    (["compress", "RUN", "-k", "1"], "k=1 is out of range; use an integer from 2 to 65,536"),
+    (["compress", "RUN", "-k", "70000"], "k=70000 is out of range"),
+    (["compress", "RUN", "-k", "64", "--layout", "per-chunk"], "k=64 is too many; use k <= 10 or the shared layout"),
+    (["compress", "RUN", "-d", "64"], "wider than layer"),
+    (["compress", "0123456789abcdef"], "is not a stored run"),
+    (["compress", "nothex"], "is not a stored run"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_arguments_one_line_and_nothing_written(capsys, tmp_path, tiny_store, argv, message):
+    run_id = tiny_store.list_runs()[0].run_id
+    argv = [run_id if a == "RUN" else a for a in argv]
+    before = snapshot(tiny_store.root)
+    code, out, err = run_cli(capsys, *argv, "--cache-dir", str(tiny_store.root))
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err and out == ""
+    assert snapshot(tiny_store.root) == before
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not a model")
+    code, _, err = run_cli(capsys, "evaluate", str(bad))
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "not a compressed model" in err
+
+
+def test_no_traceback_from_the_real_entry_point(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "digits", "--epochs", "0",
+                           "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "c").exists()

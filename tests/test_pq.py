@@ -1,0 +1,132 @@
+"""PQ and k-means: exact decoding of encodable input, monotone error in k, agreement with sklearn."""
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.cluster import KMeans
+
+from core.baselines import binarize_weight, quantize_model
+from core.config import CompressConfig
+from core.models import build_model
+from core.pq import (assign, check_fits, from_groups, from_subvectors, kmeans, quantize_weight,
+                     reconstruction_mse, to_groups, to_subvectors)
+
+
+def encodable_weight(out_features: int, in_features: int, d: int, k: int, layout: str, seed: int = 0):
+    """A weight whose subvectors are all drawn from k well-separated centroids (per group).
+    Exactly encodable only when d divides in_features (padding would break the pattern)."""
+    g = torch.Generator().manual_seed(seed)
+    chunks = -(-in_features // d)
+    n_groups = chunks if layout == "per-chunk" else 1
+    centroids = torch.randn(n_groups, k, d, generator=g) * 10  # far apart compared with 0
+    n_per_group = out_features if layout == "per-chunk" else out_features * chunks
+    codes = torch.randint(k, (n_groups, n_per_group), generator=g)
+    codes[:, :k] = torch.arange(k)  # every centroid used at least once
+    grouped = torch.gather(centroids, 1, codes.unsqueeze(-1).expand(-1, -1, d))
+    return from_subvectors(from_groups(grouped, layout, out_features), in_features)
+
+
+@pytest.mark.parametrize("layout", ["shared", "per-chunk"])
+@pytest.mark.parametrize("d,k", [(1, 4), (2, 8), (4, 16), (8, 4)])
+def test_known_centroids_decode_exactly(layout, d, k):
+    weight = encodable_weight(24, 16, d, k, layout)  # 16 % d == 0: no padding
+    layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=d, n_centroids=k,
+                                                        layout=layout, seed=1))
+    assert torch.allclose(layer.decode(), weight, atol=1e-4)
+    assert layer.codebooks.shape == (16 // d if layout == "per-chunk" else 1, k, d)
+
+
+def test_subvector_padding_round_trip():
+    weight = torch.arange(3 * 10, dtype=torch.float32).reshape(3, 10)
+    sub = to_subvectors(weight, 4)  # (3, 10) -> (3, 3, 4), two zeros of padding a row
+    assert sub.shape == (3, 3, 4)
+    assert torch.equal(sub[:, -1, 2:], torch.zeros(3, 2))
+    assert torch.equal(from_subvectors(sub, 10), weight)
+    for layout in ("shared", "per-chunk"):
+        assert torch.equal(from_groups(to_groups(sub, layout), layout, 3), sub)
+
+
+def test_fewer_distinct_subvectors_than_k_is_lossless():
+    weight = torch.tensor([[1.0, -1.0] * 8] * 6)  # d=2: one distinct subvector, 48 of them
+    layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=2, n_centroids=16))
+    assert torch.equal(layer.decode(), weight)
+    small = torch.randn(3, 4)  # 6 subvectors of d=2 < k=256: each its own centroid
+    layer = quantize_weight("w", small, CompressConfig(method="pq", subvector_size=2, n_centroids=256))
+    assert torch.equal(layer.decode(), small)
+    assert layer.codebooks.shape == (1, 256, 2)
+
+
+@pytest.mark.parametrize("method,d", [("kmeans", 1), ("pq", 4)])
+def test_error_never_grows_with_k(method, d):
+    weight = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
+    errors = [reconstruction_mse(weight, quantize_weight(
+        "w", weight, CompressConfig(method=method, subvector_size=d, n_centroids=k, seed=0)))
+        for k in (2, 4, 8, 16, 32, 64, 128)]
+    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:])), errors
+
+
+def test_scalar_kmeans_matches_sklearn_objective():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.tensor([-3.0, -1.0, 0.5, 2.0, 4.0])
+    x = (centers[torch.randint(5, (2000,), generator=g)] + 0.2 * torch.randn(2000, generator=g)).reshape(-1, 1)
+    centroids, codes = kmeans(x.unsqueeze(0), 5, n_iter=50, seed=0)
+    ours = float(((x.squeeze(1) - centroids[0, codes[0], 0]) ** 2).sum())
+    reference = KMeans(n_clusters=5, n_init=10, random_state=0).fit(x.numpy()).inertia_
+    assert ours == pytest.approx(reference, rel=0.01)
+
+
+def test_assign_agrees_with_brute_force():
+    g = torch.Generator().manual_seed(3)
+    for d in (1, 3):
+        x = torch.randn(2, 500, d, generator=g)
+        c = torch.randn(2, 37, d, generator=g)
+        codes, errors = assign(x, c)
+        dist = torch.cdist(x, c) ** 2
+        assert torch.equal(codes, dist.argmin(-1))
+        assert torch.allclose(errors, dist.min(-1).values, atol=1e-4)
+
+
+def test_large_k_runs_and_is_exact_on_few_values():
+    values = torch.linspace(-1, 1, 3000).reshape(30, 100)
+    layer = quantize_weight("w", values, CompressConfig(method="kmeans", n_centroids=65_536))
+    assert torch.equal(layer.decode(), values)  # 3,000 weights <= k: lossless
+    assert layer.codebooks.shape == (1, 65_536, 1)
+
+
+def test_kmeans_is_seeded():
+    x = torch.randn(1, 400, 4, generator=torch.Generator().manual_seed(0))
+    a = kmeans(x, 8, 10, seed=5)
+    b = kmeans(x, 8, 10, seed=5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_binarize_is_sign_times_alpha():
+    weight = torch.tensor([[0.5, -1.5], [0.0, 2.0]])
+    layer = binarize_weight("w", weight)
+    alpha = 1.0  # mean |W|
+    assert torch.equal(layer.decode(), torch.tensor([[alpha, -alpha], [alpha, alpha]]))
+
+
+def test_check_fits_errors_say_what_fits():
+    shapes = [("fc1", (300, 784)), ("fc3", (10, 100))]
+    with pytest.raises(ValueError, match="k <= 10 or the shared layout"):
+        check_fits(shapes, CompressConfig(method="pq", n_centroids=16, layout="per-chunk"))
+    with pytest.raises(ValueError, match="d <= 100"):
+        check_fits(shapes, CompressConfig(method="pq", subvector_size=128))
+    check_fits(shapes, CompressConfig(method="pq", n_centroids=8, layout="per-chunk"))
+
+
+def test_quantize_model_does_not_touch_the_model():
+    model = build_model("mlp", (1, 8, 8), 10, (16,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layers = quantize_model(model, CompressConfig(method="pq", subvector_size=2, n_centroids=4))
+    assert [l.name for l in layers] == ["fcs.0.weight", "fcs.1.weight"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert quantize_model(model, CompressConfig(method="float")) == []
+
+
+def test_float16_codebooks_hold_float16_values():
+    weight = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
+    layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=4, n_centroids=16,
+                                                        centroid_bits=16))
+    assert torch.equal(layer.codebooks, layer.codebooks.half().float())

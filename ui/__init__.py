@@ -1,0 +1,1 @@
+"""Helpers shared by the Streamlit pages (store access, cached views, widgets). The pages stay thin."""
