@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 DATASETS = ("digits", "mnist-5k", "fashion-mnist", "mnist", "cifar10")
 MODELS = ("mlp", "lenet5", "cifar-cnn")

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 from core.__main__ import main
-from tests.conftest import TINY
 
 TRAIN = ["train", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3"]
 
