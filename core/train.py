@@ -109,14 +109,15 @@ def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig, limit: 
         )
 
 
-def train_epoch(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimizer, reg: Regularizer,
-                epoch: int, generator: torch.Generator, device: torch.device,
+def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, optimizer: torch.optim.Optimizer,
+                reg: Regularizer, epoch: int, generator: torch.Generator, device: torch.device,
                 on_step: OnStep | None = None) -> dict:
-    """One pass over the training set; returns mean loss, cross-entropy and regularizer value."""
+    """One pass over (x_train, y_train), already on `device`; returns the mean loss, cross-entropy
+    and regularizer value."""
     cfg = reg.cfg
     model.train()
-    n_train = len(data.x_train)
-    order = torch.randperm(n_train, generator=generator)
+    n_train = len(x_train)
+    order = torch.randperm(n_train, generator=generator).to(device)  # CPU generator: same order everywhere
     n_steps = math.ceil(n_train / cfg.batch_size)
     # Sums stay on the device: one sync per epoch, not one per step.
     sum_ce = torch.zeros((), device=device)
@@ -125,8 +126,7 @@ def train_epoch(model: nn.Module, data: Dataset, optimizer: torch.optim.Optimize
     report_every = max(1, n_steps // 20)
     for step in range(n_steps):
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x = data.x_train[index].to(device, non_blocking=True)
-        y = data.y_train[index].to(device, non_blocking=True)
+        x, y = x_train[index], y_train[index]
         ce = F.cross_entropy(model(x), y)
         loss = ce
         if reg.active:
@@ -159,6 +159,8 @@ def train(cfg: TrainConfig, device: str | torch.device | None = None, on_epoch: 
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     reg = Regularizer(cfg)
+    # The whole dataset moves to the device once (at most a few hundred MB here), not per batch.
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test = data.x_test.to(device)
     result = TrainResult(cfg, cfg.run_id(), {}, data.input_shape, data.n_classes, device=str(device))
     result.histograms.append(weight_histograms(model))
@@ -167,7 +169,7 @@ def train(cfg: TrainConfig, device: str | torch.device | None = None, on_epoch: 
         epoch_start = time.perf_counter()
         if reg.active:
             reg.refresh(model, epoch)
-        metrics = train_epoch(model, data, optimizer, reg, epoch, generator, device, on_step)
+        metrics = train_epoch(model, x_train, y_train, optimizer, reg, epoch, generator, device, on_step)
         for name, layer in fc_layers(model):
             _check_finite(float(layer.weight.detach().abs().max()), epoch, f"weights of {name}", cfg)
         metrics["test_accuracy"] = evaluate(model, x_test, data.y_test, device)
