@@ -154,8 +154,13 @@ def _progress(enabled: bool, total: int, desc: str):
 
 
 def _train_run(store, cfg: TrainConfig, args, label: str = "train"):
+    cached = store.load_run(cfg.run_id())
+    if cached is not None:
+        return cached, True
+    from .data import load_dataset
+    data = load_dataset(cfg.dataset)  # before the bar, so an unavailable dataset is one clean line
     with _progress(not args.json, cfg.epochs, f"{label} epochs") as update:
-        return store.get_or_train(cfg, device=args.device, on_epoch=lambda e, m: update(e))
+        return store.get_or_train(cfg, device=args.device, on_epoch=lambda e, m: update(e), data=data)
 
 
 def _pct(x: float) -> str:

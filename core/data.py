@@ -112,15 +112,23 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data"
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
+def downloads_allowed() -> bool:
+    """False when $COMPRESSION_LAB_OFFLINE is set to 1: never touch the network (tests, air-gapped use)."""
+    return os.environ.get("COMPRESSION_LAB_OFFLINE", "") != "1"
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> Dataset:
     """Load a dataset as normalized in-memory tensors; cached, so do not mutate the result.
 
+    `download=None` downloads missing files unless $COMPRESSION_LAB_OFFLINE=1.
     Raises ValueError for an unknown name and DatasetUnavailable when the files cannot be found,
     read or downloaded. `load_dataset.cache_clear()` empties the cache.
     """
     if name not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(_LOADERS)}")
     resolved = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if download is None:
+        download = downloads_allowed()
     return _load_cached(name, resolved.resolve(), bool(download))
 
 

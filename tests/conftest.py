@@ -1,10 +1,15 @@
 """Shared fixtures: a tiny, fast run on the 8x8 digits (1,437 training images)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from core.config import TrainConfig
 from core.store import RunStore
+
+# The tests never touch the network: a missing dataset fails at once instead of trying a download.
+os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
 
 TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64, seed=0)
 

@@ -99,6 +99,15 @@ def test_bad_arguments_one_line_and_nothing_written(capsys, tmp_path, tiny_store
     assert snapshot(tiny_store.root) == before
 
 
+def test_unavailable_dataset_is_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSION_LAB_OFFLINE", "1")  # no download attempt: the tests stay offline
+    monkeypatch.setenv("COMPRESSION_LAB_DATA", str(tmp_path / "data"))
+    code, out, err = run_cli(capsys, "train", "--dataset", "mnist", "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "dataset 'mnist' is not available" in err and "MNIST/raw" in err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path):
     bad = tmp_path / "notes.txt"
     bad.write_text("not a model")
