@@ -38,7 +38,7 @@ SIZE_AXES: dict[str, tuple[str, bool]] = {
 
 def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
     fig.update_layout(
-        title=title, height=height, font=dict(size=FONT_SIZE), margin=dict(l=70, r=20, t=60 if title else 30, b=60),
+        title=title, height=height, font=dict(size=FONT_SIZE), margin=dict(l=70, r=20, t=100 if title else 40, b=60),
         legend=dict(font=dict(size=FONT_SIZE - 2)), template="plotly_white",
     )
     return fig
@@ -109,9 +109,13 @@ def weight_histograms_overlay(layers: dict[str, dict], title: str | None = None,
         ))
         if show_alpha:
             for sign in (-1, 1):
-                fig.add_vline(x=sign * layer["alpha"], line=dict(color=color, dash="dash", width=2))
-            fig.add_annotation(x=layer["alpha"], y=1, yref="paper", text=f"+α={layer['alpha']:.3g}",
-                               showarrow=False, yanchor="bottom", font=dict(color=color))
+                # one histogram: black lines stand out against the bars; several: each in its colour
+                line_color = "black" if len(layers) == 1 else color
+                fig.add_vline(x=sign * layer["alpha"], line=dict(color=line_color, dash="dash", width=2))
+            fig.add_annotation(x=layer["alpha"], y=1 - 0.08 * index, yref="paper", text=f" +α={layer['alpha']:.3g}",
+                               showarrow=False, xanchor="left", yanchor="top",
+                               font=dict(color="black" if len(layers) == 1 else color),
+                               bgcolor="rgba(255,255,255,0.7)")
     fig.update_layout(barmode="overlay", showlegend=legend)
     fig.update_xaxes(title_text="weight value")
     fig.update_yaxes(title_text="share of weights (%)")

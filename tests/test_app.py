@@ -1,0 +1,251 @@
+"""Every page under streamlit's AppTest: empty store, a store with tiny runs, and widgets that
+change what is shown. The app is driven through app.py (st.navigation) with switch_page."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import CompressConfig, TrainConfig
+from core.data import DatasetUnavailable
+from core.store import RunStore
+from core.train import TrainingDiverged
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGES = ("train", "compress", "frontier", "compare", "learn")
+TIMEOUT = 60
+TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, batch_size=64, seed=0)
+BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
+PLAIN = TrainConfig(**TINY)
+
+
+@pytest.fixture(scope="session")
+def lab_root(tmp_path_factory) -> Path:
+    """A store with a tiny unregularized run, a tiny binary-regularized one, and a few compressions."""
+    root = tmp_path_factory.mktemp("lab-store")
+    store = RunStore(root)
+    for cfg in (PLAIN, BINARY):
+        run, _ = store.get_or_train(cfg)
+        for ccfg in (CompressConfig(method="binarize"), CompressConfig(method="kmeans", n_centroids=4),
+                     CompressConfig(method="pq", subvector_size=2, n_centroids=8)):
+            store.get_or_compress(run, ccfg)
+    return root
+
+
+@pytest.fixture
+def lab_store(lab_root, monkeypatch) -> Path:
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(lab_root))
+    return lab_root
+
+
+@pytest.fixture
+def empty_store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "empty-store"
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
+    return root
+
+
+def open_page(page: str | None, query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(query or {})
+    at.run()
+    if page is not None:
+        at.switch_page(f"pages/{page}.py")
+        at.run()
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def metric(at: AppTest, label: str) -> str:
+    values = [m.value for m in at.metric if m.label == label]
+    assert values, f"no metric {label!r}; metrics: {[m.label for m in at.metric]}"
+    return values[0]
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+# ------------------------------------------------------------------------------------ empty store
+
+def test_home_on_empty_store_shows_labelled_illustration(empty_store):
+    at = open_page(None)
+    assert_clean(at)
+    assert "Illustration" in texts(at.subheader)
+    assert "ILLUSTRATION" in texts(at.caption)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_on_an_empty_store(empty_store, page):
+    at = open_page(page)
+    assert_clean(at)
+    assert not at.error
+    if page in ("compress", "frontier", "compare"):
+        assert at.info, "an empty store should be explained with st.info"
+
+
+# --------------------------------------------------------------------------------- store with runs
+
+@pytest.mark.parametrize("page", (None, *PAGES))
+def test_every_page_runs_on_a_store_with_runs(lab_store, page):
+    at = open_page(page)
+    assert_clean(at)
+    assert not at.error
+
+
+def test_home_draws_a_stored_regularized_run(lab_store):
+    at = open_page(None)
+    assert "before and after training" in texts(at.subheader)
+    assert BINARY.run_id()[:6] in texts(at.caption)
+
+
+def test_train_shows_a_stored_run_without_training(lab_store, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a stored run must not be retrained")
+
+    monkeypatch.setattr("core.store.train", no_training)
+    at = open_page("train", {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"})
+    assert_clean(at)
+    assert metric(at, "Test accuracy").endswith("%")
+    assert BINARY.run_id() in texts(at.success)
+    # the epoch slider moves the histogram back to initialisation
+    at.slider(key="hist_epoch").set_value(0).run()
+    assert_clean(at)
+
+
+def test_train_button_trains_stores_and_shows_the_run(empty_store):
+    at = open_page("train", {"dataset": "digits", "hidden": "16", "epochs": "1", "reg": "binary", "lam": "0.01"})
+    assert "not been trained yet" in texts(at.info)
+    at.button(key="train_button").click().run()
+    assert_clean(at)
+    cfg = TrainConfig(dataset="digits", hidden=(16,), epochs=1, reg="binary", lam=0.01)
+    assert RunStore(empty_store).load_run(cfg.run_id()) is not None
+    assert metric(at, "Test accuracy").endswith("%")
+
+
+def test_train_reports_an_unavailable_dataset(empty_store, monkeypatch):
+    def unavailable(name, *args, **kwargs):
+        raise DatasetUnavailable(f"dataset {name!r} is not available: no files (test)")
+
+    monkeypatch.setattr("core.train.load_dataset", unavailable)
+    at = open_page("train", {"dataset": "fashion-mnist", "epochs": "1"})
+    at.button(key="train_button").click().run()
+    assert_clean(at)
+    assert "Dataset unavailable" in texts(at.error)
+
+
+def test_train_reports_a_diverged_run(empty_store, monkeypatch):
+    def diverge(cfg, **kwargs):
+        raise TrainingDiverged("training diverged in epoch 1: the loss became nan; lower lam. Nothing was stored.")
+
+    monkeypatch.setattr("core.store.train", diverge)
+    at = open_page("train", {"dataset": "digits", "epochs": "1", "lam": "1"})
+    at.button(key="train_button").click().run()
+    assert_clean(at)
+    assert "diverged" in texts(at.error)
+
+
+@pytest.mark.parametrize("query, message", [
+    ({"dataset": "digits", "hidden": "30,abc"}, "Hidden widths"),
+    ({"dataset": "mnist-5k", "model": "cifar-cnn"}, "cifar10"),
+])
+def test_train_rejects_an_invalid_configuration_in_the_page(empty_store, query, message):
+    at = open_page("train", query)
+    assert_clean(at)
+    assert message in texts(at.error)
+
+
+def test_compress_fc_ratio_follows_k(lab_store):
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "d": "2", "k": "4"})
+    assert_clean(at)
+    small_k = metric(at, "FC ratio")
+    started = time.perf_counter()
+    at.select_slider(key="k").set_value(16).run()
+    first_move = time.perf_counter() - started
+    assert_clean(at)
+    large_k = metric(at, "FC ratio")
+    assert small_k != large_k
+    # back to a setting seen before: answered from the cache, no recomputation
+    started = time.perf_counter()
+    at.select_slider(key="k").set_value(4).run()
+    cached_move = time.perf_counter() - started
+    assert metric(at, "FC ratio") == small_k
+    print(f"\nCompress, k slider (AppTest): new setting {first_move:.3f} s, cached setting {cached_move:.3f} s")
+    # d = 2 shows the scatter of subvectors; d = 1 (kmeans) the histogram with centroids
+    assert at.get("plotly_chart")
+    assert at.get("download_button")
+
+
+def test_compress_binarize_shows_histogram_and_one_bit_codes(lab_store):
+    at = open_page("compress", {"run": BINARY.run_id(), "method": "binarize"})
+    assert_clean(at)
+    ratio = float(metric(at, "FC ratio").rstrip("x").replace(",", ""))
+    assert 25 < ratio < 32  # 1 bit a weight plus one float alpha per layer
+
+
+def test_compress_per_chunk_with_too_many_centroids_is_an_error_in_the_page(lab_store):
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "layout": "per-chunk", "k": "64", "d": "2"})
+    assert_clean(at)
+    assert "does not fit" in texts(at.error)
+    assert "k to at most 10" in texts(at.error)
+
+
+def test_frontier_switches_axis_and_hides_dominated_points(lab_store):
+    at = open_page("frontier")
+    assert_clean(at)
+    assert at.get("plotly_chart")
+    at.radio(key="x").set_value("fc_bits").run()
+    assert_clean(at)
+    at.toggle(key="dominated").set_value(False).run()
+    assert_clean(at)
+
+
+def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(empty_store):
+    at = open_page("frontier")
+    assert "No compressions" in texts(at.info)
+    at.selectbox(key="sw_dataset").set_value("digits")
+    at.text_input(key="sw_hidden").set_value("16")
+    at.number_input(key="sw_epochs").set_value(1)
+    at.multiselect(key="sw_lams").set_value([0.0])
+    at.multiselect(key="sw_methods").set_value(["binarize", "pq"])
+    at.multiselect(key="sw_dims").set_value([2])
+    at.multiselect(key="sw_ks").set_value([4, 64])  # per-chunk k=64 > 10 rows of the last layer: skipped
+    at.selectbox(key="sw_layout").set_value("per-chunk")
+    next(b for b in at.button if b.label == "Run the sweep").click().run()
+    assert_clean(at)
+    assert "Sweep done" in texts(at.success)
+    assert "Skipped pq d=2 k=64 per-chunk" in texts(at.warning)
+    assert len(RunStore(empty_store).list_compressions()) == 2  # binarize + pq d=2 k=4 per-chunk (fits: 10 rows)
+    assert at.get("plotly_chart"), "the frontier is drawn right after the sweep"
+
+
+def test_compare_two_runs_shows_differences_and_budgets(lab_store):
+    at = open_page("compare", {"runs": f"{PLAIN.run_id()},{BINARY.run_id()}"})
+    assert_clean(at)
+    frames = at.dataframe
+    assert len(frames) >= 2
+    diff = frames[0].value
+    assert "reg" in diff.index and "lam" in diff.index and "dataset" not in diff.index
+    best = frames[-1].value
+    assert set(best["budget (points)"]) == {0.5, 1.0, 2.0}
+    at.slider(key="cmp_epoch").set_value(1).run()
+    assert_clean(at)
+
+
+def test_learn_worked_example_and_toys(empty_store):
+    at = open_page("learn")
+    assert_clean(at)
+    text = texts(at.markdown)
+    assert "463,248 bits" in text and "FC ratio 18.39" in text
+    assert "our reading of the paper's binarizing term" in text
+    before = metric(at, "R(W) after descent")
+    at.select_slider(key="toy_lam").set_value(3.0).run()
+    assert metric(at, "R(W) after descent") != before
+    at.select_slider(key="toy_k").set_value(16).run()
+    assert_clean(at)
