@@ -1,0 +1,470 @@
+"""The paper's experiment, and the anchors it is measured against.
+
+For each dataset / network: a float baseline without regularizer, regularized runs over a lam grid
+(binary = the paper's term in our reading, levels, pq), all with the same epochs and optimizer. Every
+run is compressed over a grid of (method, d, k, layout), without and with centroid fine-tuning.
+
+    Gong et al. 2014       binarize / kmeans / pq on the UNREGULARIZED run, no fine-tuning
+    Deep Compression       kmeans + centroid fine-tuning on the unregularized run
+    ours                   the same compressions of the REGULARIZED runs (+ fine-tuning)
+
+Outputs under --out (default bench/results):
+    points_<dataset>_<model>.csv   every (run, compression) point (CompressResult.row() + family)
+    points.csv                     all of them
+    budget.csv / budget.md         per accuracy-drop budget, the largest FC ratio each family reaches
+    headline.csv / headline.md     the headline rows re-run over three seeds (mean and spread)
+    frontier.png                   accuracy vs FC ratio (log x), one panel per dataset / network
+
+Runs and compressions go through core.store.RunStore (default cache bench/cache/, gitignored), so a
+second invocation only computes what is missing.
+
+    python bench/paper.py                 # the full run (~30 min on 2 shared CPU cores)
+    python bench/paper.py --smoke --out /tmp/paper-smoke   # tiny, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+
+from core.config import CompressConfig, TrainConfig  # noqa: E402
+from core.data import DatasetUnavailable, load_dataset  # noqa: E402
+from core.models import build_model, fc_layers  # noqa: E402
+from core.pq import check_fits  # noqa: E402
+from core.store import RunStore  # noqa: E402
+
+BUDGETS = (0.5, 1.0, 2.0)  # accuracy-drop budgets, in points below the float unregularized baseline
+HEADLINE_SEEDS = (0, 1, 2)
+
+
+# ------------------------------------------------------------------------------------- settings
+
+@dataclass
+class Setting:
+    """One (dataset, network) block of the experiment."""
+
+    dataset: str
+    model: str
+    epochs: int
+    regs: list[dict]  # regularized runs (TrainConfig fields beyond the shared ones)
+    finetune_epochs: int  # centroid fine-tuning epochs of the "+ft" points
+    hidden: tuple[int, ...] = (300, 100)
+    batch_size: int = 128
+    lr: float = 1e-3
+    note: str = ""
+    seeds: tuple[int, ...] = HEADLINE_SEEDS  # seeds of the headline rows (seed 0 also runs the grid)
+    grid: list[CompressConfig] = field(default_factory=list)
+    ft_grid: list[CompressConfig] = field(default_factory=list)
+    long_ft_grid: list[CompressConfig] = field(default_factory=list)  # get 3 * finetune_epochs too
+
+    def train_config(self, seed: int = 0, **reg) -> TrainConfig:
+        return TrainConfig(dataset=self.dataset, model=self.model, hidden=self.hidden, epochs=self.epochs,
+                           batch_size=self.batch_size, lr=self.lr, seed=seed, **reg)
+
+
+def pq(d: int, k: int, layout: str = "shared") -> CompressConfig:
+    return CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout)
+
+
+# The compression grid. FC ratios on LeNet-300-100 (core.size.size_report, float32 centroids):
+# kmeans k=2/4/16: 32/16/8x; pq shared (4,16) 31x, (4,8) 42x, (8,256) 18x, (8,64) 34x, (8,32) 44x,
+# (8,16) 58x, (8,8) 80x, (16,256) 16x, (16,64) 43x, (16,16) 93x; per-chunk (k <= 10: the last layer has
+# 10 rows) (4,8) 17x, (8,8) 21x, (8,4) 39x, (16,4) 46x. High ratios need large d with small k: with
+# k = 256 the float32 codebooks (k * d * 32 bits a layer) dominate the bits.
+FULL_GRID = [
+    CompressConfig(method="binarize"),
+    *[CompressConfig(method="kmeans", subvector_size=1, n_centroids=k) for k in (2, 4, 16)],
+    *[pq(d, k) for d, k in ((4, 16), (4, 8), (8, 256), (8, 64), (8, 32), (8, 16), (8, 8),
+                            (16, 256), (16, 64), (16, 16))],
+    *[pq(d, k, "per-chunk") for d, k in ((4, 8), (8, 8), (8, 4), (16, 4))],
+]
+# Fine-tuning costs epochs over the training set per point, so only this subset gets "+ft" points.
+FT_GRID = [
+    CompressConfig(method="binarize"),
+    *[CompressConfig(method="kmeans", subvector_size=1, n_centroids=k) for k in (2, 4, 16)],
+    *[pq(d, k) for d, k in ((4, 16), (4, 8), (8, 32), (8, 16), (8, 8), (16, 16))],
+    pq(8, 4, "per-chunk"),
+]
+# Longer fine-tuning (3x the setting's epochs) on the grid points around 40x.
+LONG_FT_GRID = [pq(4, 8), pq(8, 32), pq(8, 16), CompressConfig(method="kmeans", subvector_size=1, n_centroids=4)]
+SMOKE_GRID = [CompressConfig(method="binarize"), CompressConfig(method="kmeans", subvector_size=1, n_centroids=2),
+              pq(4, 8), pq(4, 4, "per-chunk")]
+
+
+def full_settings() -> list[Setting]:
+    binary = lambda lam: dict(reg="binary", lam=lam, warmup_epochs=2)  # noqa: E731
+    levels = lambda lam, n: dict(reg="levels", lam=lam, warmup_epochs=2, reg_levels=n)  # noqa: E731
+    pqreg = lambda lam, d, k: dict(reg="pq", lam=lam, warmup_epochs=2, reg_subvector_size=d,  # noqa: E731
+                                   reg_centroids=k)
+    return [
+        Setting("mnist-5k", "mlp", epochs=15, finetune_epochs=3,
+                regs=[binary(0.02), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
+                grid=FULL_GRID, ft_grid=FT_GRID, long_ft_grid=LONG_FT_GRID),
+        Setting("fashion-mnist", "mlp", epochs=8, finetune_epochs=1,
+                regs=[binary(0.02), binary(0.05), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
+                grid=FULL_GRID, ft_grid=FT_GRID, long_ft_grid=LONG_FT_GRID,
+                note="fine-tuning 1 (and 3) epochs: 60k images an epoch"),
+        Setting("mnist-5k", "lenet5", epochs=8, finetune_epochs=3,
+                regs=[binary(0.05)], grid=FULL_GRID, ft_grid=FT_GRID,
+                note="lenet5: one lam value (convs are slow on CPU); fashion-mnist/lenet5 not run"),
+        # The paper's datasets: only when their files are present (no download here).
+        Setting("mnist", "mlp", epochs=8, finetune_epochs=1, regs=[binary(0.02), binary(0.05)],
+                grid=FULL_GRID, ft_grid=FT_GRID),
+        Setting("cifar10", "cifar-cnn", epochs=8, finetune_epochs=1, regs=[binary(0.02)],
+                grid=FULL_GRID, ft_grid=FT_GRID),
+    ]
+
+
+def smoke_settings() -> list[Setting]:
+    return [Setting("digits", "mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64, finetune_epochs=1,
+                    regs=[dict(reg="binary", lam=0.05), dict(reg="levels", lam=0.5),
+                          dict(reg="pq", lam=0.5, reg_subvector_size=4, reg_centroids=8)],
+                    grid=SMOKE_GRID, ft_grid=SMOKE_GRID[:3])]
+
+
+# --------------------------------------------------------------------------------------- families
+
+def family(reg: str, method: str, finetune_epochs: int) -> str:
+    """The method family a point belongs to (the budget table's rows)."""
+    ft = finetune_epochs > 0
+    names = {"binarize": "binarize", "kmeans": "kmeans", "pq": "PQ"}
+    if reg == "none":
+        if not ft:
+            return f"Gong {names[method]}"
+        if method == "kmeans":
+            return "Deep Compression (kmeans+ft)"
+        return f"no reg, {names[method]}+ft (ablation)"
+    lead = {"binary": "ours: binary reg", "levels": "levels reg", "pq": "pq reg"}[reg]
+    tail = names[method] if method == "binarize" else "PQ/kmeans"
+    return f"{lead} + {tail}" + (" + ft" if ft else "")
+
+
+BASELINE_FAMILIES = ("Gong binarize", "Gong kmeans", "Gong PQ", "Deep Compression (kmeans+ft)")
+
+
+def family_order(name: str) -> tuple[int, str]:
+    """Baselines first, then the no-reg ablations, then the paper's term, levels, pq."""
+    if name in BASELINE_FAMILIES:
+        return (0, str(BASELINE_FAMILIES.index(name)))
+    for rank, lead in enumerate(("no reg", "ours", "levels", "pq reg"), start=1):
+        if name.startswith(lead):
+            return (rank, name)
+    return (9, name)
+
+
+# ------------------------------------------------------------------------------------------ run
+
+def fitting(grid: list[CompressConfig], fc_shapes: list[tuple[str, tuple[int, int]]]) -> list[CompressConfig]:
+    keep = []
+    for cfg in grid:
+        try:
+            check_fits(fc_shapes, cfg)
+            keep.append(cfg)
+        except ValueError:
+            pass
+    return keep
+
+
+def compress_points(store: RunStore, run, grid, ft_grid, ft_epochs: int, data, long_ft_grid=()) -> list[dict]:
+    rows = []
+    _TRAIN_CONFIGS[run.run_id] = run.config
+    for cfg in [*grid, *[replace(c, finetune_epochs=ft_epochs) for c in ft_grid],
+                *[replace(c, finetune_epochs=3 * ft_epochs) for c in long_ft_grid]]:
+        result, _, _ = store.get_or_compress(run, cfg, device="cpu", data=data)
+        row = result.row()
+        row["family"] = family(row["reg"], row["method"], row["finetune_epochs"])
+        row["run_label"] = run_label(run.config)
+        rows.append(row)
+    return rows
+
+
+def run_label(cfg: TrainConfig) -> str:
+    if cfg.reg == "none" or cfg.lam == 0:
+        return "none"
+    text = f"{cfg.reg} lam={cfg.lam:g}"
+    if cfg.reg == "levels":
+        text += f" L={cfg.reg_levels}"
+    if cfg.reg == "pq":
+        text += f" d={cfg.reg_subvector_size} k={cfg.reg_centroids}"
+    return text
+
+
+def budget_table(points: pd.DataFrame, float_acc: float) -> pd.DataFrame:
+    """For each budget and family: the largest FC ratio among points within `budget` points of
+    `float_acc` (the unregularized float accuracy), with its model ratio, accuracy and config."""
+    rows = []
+    for budget in BUDGETS:
+        ok = points[points["accuracy"] >= float_acc - budget / 100 - 1e-12]
+        for fam in sorted(points["family"].unique()):
+            part = ok[ok["family"] == fam]
+            if part.empty:
+                rows.append({"budget_pts": budget, "family": fam, "fc_ratio": float("nan"),
+                             "model_ratio": float("nan"), "accuracy": float("nan"), "run": "", "compression": ""})
+                continue
+            best = part.sort_values(["fc_ratio", "accuracy"], ascending=False).iloc[0]
+            rows.append({"budget_pts": budget, "family": fam, "fc_ratio": best["fc_ratio"],
+                         "model_ratio": best["model_ratio"], "accuracy": best["accuracy"],
+                         "run": best["run_label"], "compression": best["label"]})
+    return pd.DataFrame(rows)
+
+
+def frontier_png(points: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = list(points.groupby(["dataset", "model"], sort=False))
+    fig, axes = plt.subplots(1, len(blocks), figsize=(6.2 * len(blocks), 4.8), squeeze=False)
+    for ax, ((dataset, model), part) in zip(axes[0], blocks):
+        seed0 = part[(part["seed"] == 0) & (part["method"] != "float")]
+        base = seed0[seed0["reg"] == "none"]
+        float_acc = 100 * base["float_accuracy"].iloc[0] if not base.empty else None
+        groups = [
+            ("baselines: no reg (Gong, Deep Compression)", seed0["reg"] == "none", "#7f7f7f", "o"),
+            ("binary reg (the paper, our reading)", seed0["reg"] == "binary", "#d62728", "s"),
+            ("levels reg", seed0["reg"] == "levels", "#2ca02c", "^"),
+            ("pq reg", seed0["reg"] == "pq", "#1f77b4", "D"),
+        ]
+        for name, mask, color, marker in groups:
+            g = seed0[mask]
+            if g.empty:
+                continue
+            ft = g["finetune_epochs"] > 0
+            ax.scatter(g.loc[~ft, "fc_ratio"], 100 * g.loc[~ft, "accuracy"], s=18, c=color, marker=marker,
+                       alpha=0.45, label=f"{name}")
+            ax.scatter(g.loc[ft, "fc_ratio"], 100 * g.loc[ft, "accuracy"], s=26, facecolors="none",
+                       edgecolors=color, marker=marker, label=f"{name} + ft")
+            front = pareto(g)
+            ax.plot(front["fc_ratio"], 100 * front["accuracy"], color=color, lw=1.2)
+        if float_acc is not None:
+            ax.axhline(float_acc, color="black", lw=0.8, ls="--", label="float, no reg")
+            ax.axhline(float_acc - 1, color="black", lw=0.6, ls=":", label="float - 1 point")
+            ax.set_ylim(max(0, float_acc - 25), float_acc + 2)
+        ax.set_xscale("log")
+        ax.set_xlabel("FC compression ratio (log)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset} / {model} (seed 0)")
+        ax.grid(True, which="both", alpha=0.25)
+    axes[0][0].legend(fontsize=6.5, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def pareto(frame: pd.DataFrame) -> pd.DataFrame:
+    """Points no other point beats on both FC ratio and accuracy, sorted by ratio."""
+    ordered = frame.sort_values(["fc_ratio", "accuracy"], ascending=[False, False])
+    best, keep = -1.0, []
+    for index, acc in zip(ordered.index, ordered["accuracy"]):
+        if acc > best:
+            keep.append(index)
+            best = acc
+    return frame.loc[keep].sort_values("fc_ratio")
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, row in frame.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            if isinstance(v, float):
+                cells.append("—" if v != v else (f"{v:.4f}" if c.startswith("acc") else f"{v:.1f}"))
+            else:
+                cells.append(str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny setting (digits, 2 epochs), seconds")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for CSV / MD / PNG")
+    parser.add_argument("--cache-dir", help="run store (default bench/cache; with --smoke <out>/cache)")
+    parser.add_argument("--only", nargs="*", help="dataset/model blocks to run, e.g. fashion-mnist/mlp")
+    parser.add_argument("--max-minutes", type=float, default=40.0,
+                        help="start no new block after this many minutes (what is done is written)")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache_dir) if args.cache_dir else (out / "cache" if args.smoke else ROOT / "bench" / "cache")
+    store = RunStore(cache)
+    settings = smoke_settings() if args.smoke else full_settings()
+    if args.only:
+        settings = [s for s in settings if f"{s.dataset}/{s.model}" in args.only]
+    started = time.perf_counter()
+    all_points, budgets, headlines, skipped = [], [], [], []
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:7.1f}s] {msg}", flush=True)
+
+    for setting in settings:
+        block = f"{setting.dataset}/{setting.model}"
+        if (time.perf_counter() - started) / 60 > args.max_minutes:
+            skipped.append(f"{block}: time budget --max-minutes={args.max_minutes} spent")
+            log(f"SKIP {skipped[-1]}")
+            continue
+        try:
+            data = load_dataset(setting.dataset)
+        except DatasetUnavailable as err:
+            skipped.append(f"{block}: dataset unavailable ({str(err).split(' Place ')[0]})")
+            log(f"SKIP {skipped[-1]}")
+            continue
+        model = build_model(setting.model, data.input_shape, data.n_classes, setting.hidden)
+        shapes = [(f"{n}.weight", tuple(l.weight.shape)) for n, l in fc_layers(model)]
+        grid, ft_grid = fitting(setting.grid, shapes), fitting(setting.ft_grid, shapes)
+        log(f"{block}: {len(grid)} + {len(ft_grid)} (+ft{setting.finetune_epochs}) compressions a run; {setting.note}")
+
+        # 1. seed 0: the float baseline and every regularized run, over the whole grid.
+        points = []
+        for reg in [{}, *setting.regs]:
+            t0 = time.perf_counter()
+            run, cached = store.get_or_train(setting.train_config(0, **reg), device="cpu", data=data)
+            t1 = time.perf_counter()
+            rows = compress_points(store, run, grid, ft_grid, setting.finetune_epochs, data,
+                                   fitting(setting.long_ft_grid, shapes))
+            points += rows
+            log(f"  {run_label(run.config):28s} float {run.test_accuracy:.4f} "
+                f"(train {'cached' if cached else f'{t1 - t0:.0f}s'}, compress {time.perf_counter() - t1:.0f}s)")
+        frame = pd.DataFrame(points)
+        float_acc = frame.loc[frame["reg"] == "none", "float_accuracy"].iloc[0]
+        table = budget_table(frame, float_acc)
+        table.insert(0, "block", block)
+        table.insert(1, "float_acc_noreg", float_acc)
+        budgets.append(table)
+
+        # 2. headline rows over three seeds: the float baseline, the best baseline and the best
+        #    regularized point at the 1-point budget (at 2 points when none reaches 1), picked on seed 0.
+        picks = headline_picks(frame, table)
+        seeds = HEADLINE_SEEDS[:2] if args.smoke else setting.seeds
+        for seed in seeds[1:]:
+            for run_cfg in {p["train_config"] for p in picks}:
+                run, _ = store.get_or_train(replace(run_cfg, seed=seed), device="cpu", data=data)
+                for p in picks:
+                    if p["train_config"] == run_cfg and p["compress_config"] is not None:
+                        result, _, _ = store.get_or_compress(run, p["compress_config"], device="cpu", data=data)
+                        row = result.row() | {"family": p["family"], "run_label": run_label(run.config)}
+                        points.append(row)
+                # the float baseline's own seed run (no compression) for the float mean
+                points.append(float_row(run, setting))
+            log(f"  seed {seed}: {len({p['train_config'] for p in picks})} runs, {len(picks)} headline points")
+        points.append(float_row(store.get_or_train(setting.train_config(0), device="cpu", data=data)[0], setting))
+        frame = pd.DataFrame(points)
+        headlines.append(headline_table(frame, picks, block))
+        frame.to_csv(out / f"points_{setting.dataset}_{setting.model}.csv", index=False)
+        all_points.append(frame)
+        write_outputs(out, all_points, budgets, headlines, skipped)
+    write_outputs(out, all_points, budgets, headlines, skipped)
+    log(f"done; wrote {out}")
+    return 0
+
+
+def float_row(run, setting: Setting) -> dict:
+    return {"run_id": run.run_id, "dataset": setting.dataset, "model": setting.model, "reg": run.config.reg,
+            "lam": run.config.lam, "epochs": run.config.epochs, "seed": run.config.seed, "method": "float",
+            "label": "float", "finetune_epochs": 0, "float_accuracy": run.test_accuracy,
+            "accuracy": run.test_accuracy, "fc_ratio": 1.0, "model_ratio": 1.0,
+            "family": "float", "run_label": run_label(run.config)}
+
+
+def headline_picks(frame: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
+    """The (run config, compression config) pairs re-run over seeds: float unregularized, then per
+    budget of 1 point (else 2) the best baseline family's point and the best regularized point."""
+    picks = []
+    base_run = frame[frame["reg"] == "none"].iloc[0]
+    picks.append({"what": "float, no reg", "family": "float", "train_config": config_of(base_run),
+                  "compress_config": None})
+    for what, fams in (("best baseline", list(BASELINE_FAMILIES)),
+                       ("best no-reg + ft (ablation)", [f for f in frame["family"].unique() if "ablation" in f]),
+                       ("best regularized", [f for f in frame["family"].unique() if frame.loc[frame["family"] == f, "reg"].iloc[0] != "none"])):
+        for budget in (1.0, 2.0):
+            cand = table[(table["budget_pts"] == budget) & table["family"].isin(fams) & table["fc_ratio"].notna()]
+            if cand.empty:
+                continue
+            best = cand.sort_values("fc_ratio", ascending=False).iloc[0]
+            match = frame[(frame["family"] == best["family"]) & (frame["run_label"] == best["run"])
+                          & (frame["label"] == best["compression"])].iloc[0]
+            picks.append({"what": f"{what} (<= {budget:g} pt on seed 0)", "family": best["family"],
+                          "train_config": config_of(match),
+                          "compress_config": compress_config_of(match)})
+            break
+    return picks
+
+
+def config_of(row) -> TrainConfig:
+    return _TRAIN_CONFIGS[row["run_id"]]
+
+
+def compress_config_of(row) -> CompressConfig:
+    return CompressConfig(method=row["method"], subvector_size=int(row["subvector_size"]),
+                          n_centroids=int(row["n_centroids"]), layout=row["layout"],
+                          centroid_bits=int(row["centroid_bits"]), finetune_epochs=int(row["finetune_epochs"]))
+
+
+_TRAIN_CONFIGS: dict[str, TrainConfig] = {}
+
+
+def headline_table(frame: pd.DataFrame, picks: list[dict], block: str) -> pd.DataFrame:
+    rows = []
+    for p in picks:
+        seedless = replace(p["train_config"], seed=0)
+        ids = {replace(seedless, seed=s).run_id() for s in range(10)}
+        if p["compress_config"] is None:
+            part = frame[frame["run_id"].isin(ids) & (frame["method"] == "float")].drop_duplicates("run_id")
+            label = "float"
+        else:
+            label = p["compress_config"].label()
+            part = frame[frame["run_id"].isin(ids) & (frame["label"] == label)].drop_duplicates("run_id")
+        acc = 100 * part["accuracy"]
+        rows.append({"block": block, "row": p["what"], "family": p["family"], "run": run_label(seedless),
+                     "compression": label, "seeds": len(part), "acc_mean": acc.mean(),
+                     "acc_std": acc.std(ddof=0) if len(part) > 1 else 0.0,
+                     "acc_min": acc.min(), "acc_max": acc.max(),
+                     "fc_ratio": part["fc_ratio"].iloc[0], "model_ratio": part["model_ratio"].iloc[0]})
+    return pd.DataFrame(rows)
+
+
+def write_outputs(out: Path, all_points, budgets, headlines, skipped) -> None:
+    if not all_points:
+        (out / "skipped.txt").write_text("\n".join(skipped) + "\n")
+        return
+    points = pd.concat(all_points, ignore_index=True)
+    points.to_csv(out / "points.csv", index=False)
+    budget = pd.concat(budgets, ignore_index=True)
+    budget.to_csv(out / "budget.csv", index=False)
+    head = pd.concat(headlines, ignore_index=True)
+    head.to_csv(out / "headline.csv", index=False)
+    md = []
+    for block, part in budget.groupby("block", sort=False):
+        md.append(f"### {block} (float, no reg: {100 * part['float_acc_noreg'].iloc[0]:.2f}%)\n")
+        wide = pd.DataFrame({"family": sorted(dict.fromkeys(part["family"]), key=family_order)})
+        for what in ("fc_ratio", "model_ratio"):
+            for budget in BUDGETS:
+                sel = part[part["budget_pts"] == budget].set_index("family")[what]
+                wide[f"{what.replace('_', ' ')} @ -{budget:g} pt"] = [sel.get(f, float("nan")) for f in wide["family"]]
+        one = part[part["budget_pts"] == 1.0].set_index("family")
+        wide["point @ -1 pt (run / compression)"] = [
+            f"{one.at[f, 'run']} / {one.at[f, 'compression']}" if one.at[f, "run"] else "—" for f in wide["family"]]
+        md.append(to_markdown(wide))
+    (out / "budget.md").write_text("\n".join(md))
+    head_md = head.copy()
+    head_md["accuracy (%)"] = [f"{m:.2f} ± {s:.2f} (n={n})" for m, s, n in
+                               zip(head_md["acc_mean"], head_md["acc_std"], head_md["seeds"])]
+    (out / "headline.md").write_text(to_markdown(
+        head_md[["block", "row", "run", "compression", "accuracy (%)", "fc_ratio", "model_ratio"]]))
+    (out / "skipped.txt").write_text("\n".join(skipped) + "\n")
+    frontier_png(points, out / "frontier.png")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,390 @@
+"""Speed of the core against references, measured side by side in one run (medians of repeats).
+
+1. PQ: our fit + encode (core.pq.quantize_weight) against faiss.ProductQuantizer (per-chunk layout,
+   same d, k = 2^nbits, same Lloyd iterations, random init like faiss, subsampling disabled) and
+   scikit-learn KMeans per chunk (n_init=1, same iterations, random init); time and reconstruction MSE.
+   Also the shared layout (one codebook a layer) against faiss.Kmeans on the same subvectors.
+2. Regularizer cost: epoch time with binary / pq against none (mnist-5k, LeNet-300-100).
+3. Training throughput: core.train.train_epoch against a minimal plain PyTorch loop.
+4. App recompute: recompress a stored run with a new k (cold) and the cached lookup (warm); frontier
+   data from a store of 200 points (list + DataFrame + Pareto, and core.charts.frontier_figure).
+
+faiss is a bench dependency only; core never imports it.
+
+    python bench/speed.py            # ~5 min on 2 shared CPU cores
+    python bench/speed.py --smoke    # tiny sizes, seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from core import pq as core_pq  # noqa: E402
+from core.config import CompressConfig, TrainConfig  # noqa: E402
+from core.data import load_dataset  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.regularizers import Regularizer  # noqa: E402
+from core.store import RunStore  # noqa: E402
+from core.train import train_epoch  # noqa: E402
+
+DEVICE = f"cpu ({os.cpu_count()} cores)"
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    """(median seconds over `repeats` calls, result of the last call)."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+# ------------------------------------------------------------------------------------------ 1. PQ
+
+def pad_columns(weight: np.ndarray, d: int) -> np.ndarray:
+    """(out, in) -> (out, ceil(in / d) * d), zero-padded like core.pq.to_subvectors."""
+    pad = math.ceil(weight.shape[1] / d) * d - weight.shape[1]
+    return np.pad(weight, ((0, 0), (0, pad)))
+
+
+def ours_pq(weight: torch.Tensor, d: int, k: int, iters: int, layout: str, init: str) -> float:
+    cfg = CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout, kmeans_iters=iters,
+                         init=init)
+    layer = core_pq.quantize_weight("w", weight, cfg)
+    return core_pq.reconstruction_mse(weight, layer)
+
+
+def faiss_pq(weight: np.ndarray, d: int, k: int, iters: int) -> float:
+    import faiss
+    x = np.ascontiguousarray(pad_columns(weight, d), dtype=np.float32)  # (out, in_padded)
+    n_sub = x.shape[1] // d
+    quantizer = faiss.ProductQuantizer(x.shape[1], n_sub, int(math.log2(k)))
+    quantizer.cp.niter = iters
+    # faiss subsamples to max_points_per_centroid * k training points (default 256); disabled so
+    # that every method sees every subvector (it never triggers here anyway: out <= 256 * k).
+    quantizer.cp.max_points_per_centroid = 1 << 30
+    quantizer.cp.min_points_per_centroid = 1  # silences the "please provide at least" warning
+    quantizer.train(x)
+    codes = quantizer.compute_codes(x)
+    recon = quantizer.decode(codes)[:, :weight.shape[1]]
+    return float(((weight - recon) ** 2).mean())
+
+
+def faiss_shared(weight: np.ndarray, d: int, k: int, iters: int) -> float:
+    import faiss
+    x = np.ascontiguousarray(pad_columns(weight, d).reshape(-1, d), dtype=np.float32)  # (n_sub, d)
+    km = faiss.Kmeans(d, k, niter=iters, seed=0, max_points_per_centroid=1 << 30, min_points_per_centroid=1)
+    km.train(x)
+    _, codes = km.index.search(x, 1)
+    recon = km.centroids[codes[:, 0]].reshape(weight.shape[0], -1)[:, :weight.shape[1]]
+    return float(((weight - recon) ** 2).mean())
+
+
+def sklearn_pq(weight: np.ndarray, d: int, k: int, iters: int) -> float:
+    from sklearn.cluster import KMeans
+    x = pad_columns(weight, d).astype(np.float32)
+    recon = np.empty_like(x)
+    for j in range(x.shape[1] // d):
+        chunk = x[:, j * d:(j + 1) * d]  # (out, d): the subvectors at chunk position j
+        km = KMeans(n_clusters=k, n_init=1, max_iter=iters, tol=0.0, init="random", random_state=j,
+                    algorithm="lloyd").fit(chunk)
+        recon[:, j * d:(j + 1) * d] = km.cluster_centers_[km.predict(chunk)]
+    return float(((weight - recon[:, :weight.shape[1]]) ** 2).mean())
+
+
+def bench_pq(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repeats: int,
+             sklearn_repeats: int) -> list[dict]:
+    rows = []
+    for name, weight, d, k in cases:
+        tensor = torch.from_numpy(weight)
+        # The 4096 x 4096 case costs about a minute a fit on 2 cores: one repeat, and no k-means++
+        # row (its sequential init is the slow part; see RESULTS.md).
+        big = weight.size > 4_000_000
+        reps = 1 if big else repeats
+        ref_t, ref_mse = median_time(lambda: faiss_pq(weight, d, k, iters), reps)
+        results = {"ours (random init)": median_time(
+            lambda: ours_pq(tensor, d, k, iters, "per-chunk", "random"), reps)}
+        if not big:
+            results["ours (kmeans++ init, the default)"] = median_time(
+                lambda: ours_pq(tensor, d, k, iters, "per-chunk", "kmeans++"), reps)
+        results["scikit-learn KMeans per chunk"] = median_time(lambda: sklearn_pq(weight, d, k, iters),
+                                                               sklearn_repeats)
+        rows.append(pq_row("per-chunk", name, weight, d, k, "faiss ProductQuantizer", ref_t, ref_mse, ref_t, ref_mse))
+        for method, (t, mse) in results.items():
+            rows.append(pq_row("per-chunk", name, weight, d, k, method, t, mse, ref_t, ref_mse))
+        print_rows(rows[-1 - len(results):])
+    return rows
+
+
+def bench_shared(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repeats: int) -> list[dict]:
+    rows = []
+    for name, weight, d, k in cases:
+        tensor = torch.from_numpy(weight)
+        ref_t, ref_mse = median_time(lambda: faiss_shared(weight, d, k, iters), repeats)
+        rows.append(pq_row("shared", name, weight, d, k, "faiss Kmeans", ref_t, ref_mse, ref_t, ref_mse))
+        for method, init in (("ours (random init)", "random"), ("ours (kmeans++ init, the default)", "kmeans++")):
+            t, mse = median_time(lambda: ours_pq(tensor, d, k, iters, "shared", init), repeats)
+            rows.append(pq_row("shared", name, weight, d, k, method, t, mse, ref_t, ref_mse))
+        print_rows(rows[-3:])
+    return rows
+
+
+def pq_row(layout, name, weight, d, k, method, t, mse, ref_t, ref_mse) -> dict:
+    return {"section": "pq", "case": f"{name} {weight.shape[0]}x{weight.shape[1]} d={d} k={k} {layout}",
+            "method": method, "seconds": t, "mse": mse, "time_ratio_vs_faiss": t / ref_t,
+            "mse_rel_vs_faiss": (mse / ref_mse - 1) if ref_mse > 0 else (0.0 if mse == 0 else math.inf),
+            "device": DEVICE}
+
+
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        extra = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in r.items() if k not in ("section", "device"))
+        print(f"  {extra}", flush=True)
+
+
+# ----------------------------------------------------------------------------- 2.-3. training
+
+def timed_epochs(cfg: TrainConfig, data, repeats: int) -> dict[str, float]:
+    """Median epoch seconds of: core train_epoch with reg none / binary / pq (refresh included, as in
+    core.train.train), and a minimal plain PyTorch loop; interleaved so load changes hit all alike."""
+    variants = {
+        "plain PyTorch loop": None,
+        "core train_epoch, reg none": replace(cfg, reg="none", lam=0.0),
+        "core train_epoch, reg binary": replace(cfg, reg="binary", lam=0.02),
+        "core train_epoch, reg pq (d=8 k=16)": replace(cfg, reg="pq", lam=1.0, reg_subvector_size=8,
+                                                       reg_centroids=16),
+    }
+    device = torch.device("cpu")
+    state = {}
+    for name, vcfg in variants.items():
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
+        state[name] = (model, torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                       Regularizer(vcfg) if vcfg else None, torch.Generator().manual_seed(cfg.seed))
+    times = {name: [] for name in variants}
+    for epoch in range(repeats + 1):  # the first pass warms up allocators and is dropped
+        for name in variants:
+            model, optimizer, reg, generator = state[name]
+            start = time.perf_counter()
+            if reg is None:
+                plain_epoch(model, data.x_train, data.y_train, optimizer, cfg.batch_size, generator)
+            else:
+                if reg.active:
+                    reg.refresh(model, epoch)
+                train_epoch(model, data.x_train, data.y_train, optimizer, reg, epoch, generator, device)
+            if epoch:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def plain_epoch(model, x_train, y_train, optimizer, batch_size, generator) -> None:
+    """The reference: pytorch/examples-style loop over in-memory tensors."""
+    model.train()
+    order = torch.randperm(len(x_train), generator=generator)
+    for start in range(0, len(x_train), batch_size):
+        index = order[start:start + batch_size]
+        loss = F.cross_entropy(model(x_train[index]), y_train[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+# ---------------------------------------------------------------------------------- 4. the app
+
+def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStore) -> list[dict]:
+    rows = []
+    data = load_dataset(run_cfg.dataset)  # the app holds it in st.cache_resource
+    run, _ = source.get_or_train(run_cfg, device="cpu", data=data)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RunStore(tmp)
+        store.save_run(run)
+        cold, warm = [], []
+        ks = [16, 32, 64, 128, 256, 8, 4, 512][:max(repeats, 3)]
+        for k in ks:  # a slider move to a k never computed: cold
+            cfg = CompressConfig(method="pq", subvector_size=8, n_centroids=k)
+            start = time.perf_counter()
+            store.get_or_compress(run, cfg, device="cpu", data=data)
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            _, _, cached = store.get_or_compress(run, cfg, device="cpu", data=data)  # moved back: warm
+            warm.append(time.perf_counter() - start)
+            assert cached
+        rows.append(app_row("recompress a stored run, new k (cold, computed + stored)", cold, run_cfg))
+        rows.append(app_row("recompress a stored run, k seen before (warm, store lookup)", warm, run_cfg))
+
+        # A store of n_points compressions. They are synthesized from the real ones above by
+        # relabelling the k-means seed: the same files and JSON, so reading them costs the same.
+        real = store.list_compressions(run.run_id)
+        i = 0
+        while len(store.list_compressions()) < n_points:
+            base = real[i % len(real)]
+            cfg = replace(base.compress_config, seed=1000 + i)
+            file_path = store._compress_paths(run.run_id, base.compress_config)[1]
+            store.save_compression(replace(base, compress_config=cfg), file_path.read_bytes())
+            i += 1
+        try:
+            from core import charts
+        except ImportError:  # written by another part of the project; optional here
+            charts = None
+
+        def frontier_data():
+            frame = pd.DataFrame([r.row() for r in store.list_compressions()])
+            mask = pareto_mask(frame["fc_ratio"].to_numpy(), frame["accuracy"].to_numpy())
+            return frame, mask
+
+        t_data, (frame, _) = median_time(frontier_data, repeats)
+        rows.append(app_row(f"frontier data from a store of {len(frame)} points "
+                            "(list_compressions + DataFrame + Pareto)", [t_data], run_cfg))
+        if charts is not None and hasattr(charts, "frontier_figure"):
+            t_fig, _ = median_time(lambda: charts.frontier_figure(frame), repeats)
+            rows.append(app_row(f"core.charts.frontier_figure of {len(frame)} points", [t_fig], run_cfg))
+            t_all, _ = median_time(lambda: charts.frontier_figure(frontier_data()[0]), repeats)
+            rows.append(app_row(f"both: store -> frontier figure ({len(frame)} points)", [t_all], run_cfg))
+    return rows
+
+
+def pareto_mask(size: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """True where no other point has both a larger-or-equal ratio and accuracy (one strictly)."""
+    order = np.lexsort((-accuracy, -size))  # by ratio desc, then accuracy desc
+    mask = np.zeros(len(size), dtype=bool)
+    best = -np.inf
+    for i in order:
+        if accuracy[i] > best:
+            mask[i] = True
+            best = accuracy[i]
+    return mask
+
+
+def app_row(what: str, times: list[float], cfg: TrainConfig) -> dict:
+    row = {"section": "app", "case": f"{what}; {cfg.dataset} {cfg.model}", "method": "core",
+           "seconds": statistics.median(times), "max_seconds": max(times), "n": len(times),
+           "target": "< 1 s", "met": statistics.median(times) < 1.0, "device": DEVICE}
+    print_rows([row])
+    return row
+
+
+def speed_markdown(frame: pd.DataFrame, env: dict) -> str:
+    """The speed table for RESULTS.md: one line a measurement, the ratio its target is about."""
+    lines = [f"device: {env['device']}, torch {env['torch']} ({env['torch_threads']} threads), "
+             f"faiss {env.get('faiss', '-')} ({env.get('faiss_threads', '-')} threads), "
+             f"k-means iterations {env['kmeans_iters']}, median of {env['repeats']} repeats\n",
+             "| section | case | method | seconds | ratio | MSE vs faiss | target | met |", "|---|---|---|---|---|---|---|---|"]
+    for r in frame.to_dict("records"):
+        if r["section"] == "pq":
+            ratio, mse = f"{r['time_ratio_vs_faiss']:.2f}x faiss", f"{100 * r['mse_rel_vs_faiss']:+.2f}%"
+            target = "time <= 1.5x faiss, MSE <= faiss + 1%"
+            met = "reference" if r["method"].startswith("faiss") else (
+                "yes" if r["time_ratio_vs_faiss"] <= 1.5 and r["mse_rel_vs_faiss"] <= 0.01 else "no")
+        elif r["section"] == "train":
+            ratio, mse, target = f"{r['ratio']:.2f}x", "", r["target"]
+            met = "reference" if target == "reference" else ("yes" if r["met"] else "no")
+        else:
+            ratio, mse, target, met = "", "", r["target"], "yes" if r["met"] else "no"
+        lines.append(f"| {r['section']} | {r['case']} | {r['method']} | {r['seconds']:.4f} | {ratio} | {mse} | "
+                     f"{target} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat, seconds")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--cache-dir", help="run store for the trained runs (default bench/cache)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["pq", "train", "app"])
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    repeats = 1 if args.smoke else args.repeats
+    iters = 5 if args.smoke else 20
+    tmp = tempfile.TemporaryDirectory()
+    source = RunStore(args.cache_dir or (tmp.name if args.smoke else ROOT / "bench" / "cache"))
+    if args.smoke:
+        run_cfg = TrainConfig(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64)
+    else:
+        run_cfg = TrainConfig(dataset="mnist-5k", model="mlp", epochs=15, batch_size=128)
+    env = {"device": DEVICE, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+           "python": platform.python_version(), "kmeans_iters": iters, "repeats": repeats}
+    try:
+        import faiss
+        env["faiss"] = faiss.__version__
+        env["faiss_threads"] = faiss.omp_get_max_threads()
+    except ImportError:
+        faiss = None
+    print(json.dumps(env), flush=True)
+    rows: list[dict] = []
+
+    if "pq" not in args.skip and faiss is not None:
+        print("1. PQ fit + encode: ours vs faiss vs scikit-learn", flush=True)
+        data = load_dataset(run_cfg.dataset)
+        run, _ = source.get_or_train(run_cfg, device="cpu", data=data)
+        fc = [(name, run.state_dict[name].numpy()) for name in sorted(run.state_dict) if name.endswith("weight")]
+        cases = []
+        for name, weight in (fc[:1] if args.smoke else fc):
+            # per-chunk learns each codebook from the `out` rows: k <= out (the 10-row layer: k = 8)
+            k = min(256, 2 ** int(math.log2(weight.shape[0])))
+            if args.smoke:
+                k = max(2, k // 4)  # fewer centroids than rows, so the tiny case is not lossless
+            cases.append((f"{run_cfg.model} {name}", weight, 8 if weight.shape[1] >= 8 else 4, k))
+        size = 128 if args.smoke else 4096
+        rng = np.random.default_rng(0)
+        big = (rng.standard_normal((size, size)) * 0.02).astype(np.float32)
+        rows += bench_pq(cases, iters, repeats, sklearn_repeats=1)
+        shared = [(f"{run_cfg.model} {fc[0][0]}", fc[0][1], 8, 16 if args.smoke else 256)]
+        rows += bench_shared(shared, iters, repeats)
+        rows += bench_pq([("random", big, 8, 16 if args.smoke else 256)], iters, repeats, sklearn_repeats=1)
+    elif faiss is None:
+        print("faiss not installed: PQ comparison skipped (pip install faiss-cpu)")
+
+    if "train" not in args.skip:
+        print("2.-3. epoch time: regularizers and core loop vs plain PyTorch", flush=True)
+        data = load_dataset(run_cfg.dataset)
+        times = timed_epochs(run_cfg, data, max(3, repeats) if not args.smoke else 1)
+        plain, none = times["plain PyTorch loop"], times["core train_epoch, reg none"]
+        for name, t in times.items():
+            ref, target = (none, "<= 1.10 (vs reg none)") if "binary" in name or "pq" in name else (plain, "<= 1.10 (vs plain)")
+            ratio = t / ref
+            rows.append({"section": "train", "case": f"{run_cfg.dataset} {run_cfg.model}, batch {run_cfg.batch_size}, "
+                         f"{len(data.x_train)} images an epoch", "method": name, "seconds": t,
+                         "ratio": ratio, "target": target if name != "plain PyTorch loop" else "reference",
+                         "met": ratio <= 1.10, "device": DEVICE})
+            print_rows(rows[-1:])
+
+    if "app" not in args.skip:
+        print("4. app recompute", flush=True)
+        rows += bench_app(run_cfg, 20 if args.smoke else 200, repeats, source)
+
+    frame = pd.DataFrame(rows)
+    name = "speed_smoke" if args.smoke else "speed"
+    frame.to_csv(out / f"{name}.csv", index=False)
+    (out / f"{name}.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1, default=float))
+    (out / f"{name}.md").write_text(speed_markdown(frame, env))
+    print(f"wrote {out / name}.csv, .json and .md")
+    tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
