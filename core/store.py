@@ -69,7 +69,7 @@ class RunStore:
             if meta.get("model_sha256") != _sha256(blob):
                 return None
             return TrainResult(
-                config=TrainConfig.from_dict(meta["config"]), run_id=meta["run_id"],
+                config=TrainConfig.from_dict(meta["config"]).canonical(), run_id=meta["run_id"],
                 state_dict=st_load(blob), input_shape=tuple(meta["input_shape"]),
                 n_classes=meta["n_classes"], history=meta["history"], histograms=meta["histograms"],
                 device=meta.get("device", "cpu"), seconds=meta.get("seconds", 0.0),

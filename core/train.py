@@ -150,7 +150,11 @@ def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
 
 def train(cfg: TrainConfig, device: str | torch.device | None = None, on_epoch: OnEpoch | None = None,
           on_step: OnStep | None = None, data: Dataset | None = None) -> TrainResult:
-    """Train `cfg` from scratch; raises TrainingDiverged on a NaN / inf loss."""
+    """Train `cfg` from scratch; raises TrainingDiverged on a NaN / inf loss.
+
+    The result carries the canonical config: (reg=binary, lam=0) is recorded as the run it is,
+    reg=none."""
+    cfg = cfg.canonical()
     device = pick_device(device)
     data = data or load_dataset(cfg.dataset)
     with torch.random.fork_rng(devices=[]):

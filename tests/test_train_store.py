@@ -39,6 +39,13 @@ def test_run_id_ignores_fields_that_cannot_matter():
     assert TrainConfig(reg="binary", lam=0.1).run_id() != TrainConfig(reg="binary", lam=0.2).run_id()
 
 
+def test_a_run_records_its_canonical_config(store):
+    """(reg=binary, lam=0) is the unregularized run: it is stored and shown as reg=none."""
+    run, _ = store.get_or_train(TrainConfig(**TINY, reg="binary", lam=0.0, warmup_epochs=3))
+    assert run.config == TrainConfig(**TINY)
+    assert store.load_run(run.run_id).config.reg == "none"
+
+
 def test_store_round_trip_and_cache_hit(store):
     cfg = TrainConfig(**TINY)
     first, cached = store.get_or_train(cfg)
