@@ -128,16 +128,18 @@ def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x, y = x_train[index], y_train[index]
         ce = F.cross_entropy(model(x), y)
-        loss = ce
-        if reg.active:
-            penalty = reg.penalty(model)
-            loss = ce + reg.lam_at(epoch, step, n_steps) * penalty
-            sum_reg += penalty.detach()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        ce.backward()
+        loss = ce.detach()
+        if reg.active:
+            # lam * dR/dW joins the task gradient in place: the gradient of ce + lam * R
+            lam = reg.lam_at(epoch, step, n_steps)
+            penalty = reg.add_gradient_(model, lam)
+            loss = loss + lam * penalty
+            sum_reg += penalty
         optimizer.step()
         sum_ce += ce.detach()
-        sum_loss += loss.detach()
+        sum_loss += loss
         if on_step is not None and (step + 1) % report_every == 0:
             _check_finite(float(sum_loss), epoch, "loss", cfg)
             on_step(step + 1, n_steps)

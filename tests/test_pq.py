@@ -86,6 +86,29 @@ def test_assign_agrees_with_brute_force():
         assert torch.allclose(errors, dist.min(-1).values, atol=1e-4)
 
 
+@pytest.mark.parametrize("block", [64, 1000, 1 << 20])  # row blocks, group blocks, one block
+def test_assign_in_blocks_agrees_with_brute_force(monkeypatch, block):
+    import core.pq
+    monkeypatch.setattr(core.pq, "_DIST_BLOCK", block)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 70, 4, generator=g)
+    c = torch.randn(5, 9, 4, generator=g)
+    codes, errors = assign(x, c)
+    dist = torch.cdist(x, c) ** 2
+    assert torch.equal(codes, dist.argmin(-1))
+    assert torch.allclose(errors, dist.min(-1).values, atol=1e-4)
+
+
+def test_kmeans_pp_seeds_every_distinct_point_before_repeating_one():
+    g = torch.Generator().manual_seed(5)
+    distinct = torch.randn(3, 6, 2, generator=g)  # 3 groups, exactly k = 6 distinct subvectors each
+    x = torch.gather(distinct, 1, torch.randint(6, (3, 200, 1), generator=g).expand(-1, -1, 2))
+    x[:, :6] = distinct
+    centroids, codes = kmeans(x, 6, n_iter=0, seed=0)  # the seeding alone must already be lossless
+    decoded = torch.gather(centroids, 1, codes.unsqueeze(-1).expand(-1, -1, 2))
+    assert torch.equal(decoded, x)
+
+
 def test_large_k_runs_and_is_exact_on_few_values():
     values = torch.linspace(-1, 1, 3000).reshape(30, 100)
     layer = quantize_weight("w", values, CompressConfig(method="kmeans", n_centroids=65_536))

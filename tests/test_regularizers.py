@@ -63,3 +63,30 @@ def test_regularizer_refresh_and_warmup():
         assert value.requires_grad and float(value.detach()) > 0
         assert term.lam_at(0, 0, 10) == 0 and term.lam_at(1, 0, 10) == 0.05 and term.lam_at(5, 0, 10) == 0.1
     assert not Regularizer(TrainConfig(dataset="digits", reg="binary", lam=0)).active
+
+
+def test_in_place_gradients_equal_autograd_of_the_penalty():
+    """Training adds lam * dR/dW in closed form; it must be the gradient autograd gives for R."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 64), torch.randint(10, (32,))
+    for reg in ("binary", "levels", "pq"):
+        cfg = TrainConfig(dataset="digits", hidden=(16, 12), reg=reg, lam=0.3, reg_levels=3,
+                          reg_subvector_size=4, reg_centroids=8)
+        grads = []
+        for fused in (False, True):
+            torch.manual_seed(1)  # the same weights for both
+            model = build_model("mlp", (1, 8, 8), 10, (16, 12))
+            term = Regularizer(cfg)
+            term.refresh(model, 0)
+            ce = torch.nn.functional.cross_entropy(model(x), y)
+            if fused:
+                ce.backward()
+                value = term.add_gradient_(model, 0.3)
+            else:
+                value = term.penalty(model)
+                (ce + 0.3 * value).backward()
+            grads.append(([p.grad.clone() for p in model.parameters()], float(value.detach())))
+        (autograd, value_a), (closed_form, value_c) = grads
+        assert abs(value_a - value_c) < 1e-5 * max(1.0, value_a), reg
+        for a, c in zip(autograd, closed_form):
+            assert torch.allclose(a, c, rtol=1e-4, atol=1e-7), reg
