@@ -234,6 +234,12 @@ def test_compare_two_runs_shows_differences_and_budgets(lab_store):
     assert "reg" in diff.index and "lam" in diff.index and "dataset" not in diff.index
     best = frames[-1].value
     assert set(best["budget (points)"]) == {0.5, 1.0, 2.0}
+    at.radio(key="cmp_reference").set_value("each run's own float accuracy").run()
+    assert_clean(at)
+    own = at.dataframe[-1].value
+    # from its own float accuracy no run's drop can be larger than from the best float accuracy
+    ratios = [frame["FC ratio"].fillna(0).tolist() if "FC ratio" in frame else [0] * len(frame) for frame in (own, best)]
+    assert all(a >= b for a, b in zip(*ratios))
     at.slider(key="cmp_epoch").set_value(1).run()
     assert_clean(at)
 
