@@ -5,7 +5,7 @@ import streamlit as st
 
 from core.charts import weight_histograms_overlay
 from ui.common import runs
-from ui.toy import double_well_descent, histogram_dict
+from core.toy import double_well_descent, histogram_dict
 
 PAGES = {
     "train": ("pages/train.py", "Train", ":material/model_training:"),

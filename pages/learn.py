@@ -9,7 +9,7 @@ from core.config import CompressConfig
 from core.pq import n_chunks
 from core.size import size_report
 from ui.common import D_OPTIONS, K_OPTIONS, fmt_k
-from ui.toy import double_well_descent, pq_toy
+from core.toy import double_well_descent, pq_toy
 
 LENET_300_100 = [(300, 784), (100, 300), (10, 100)]  # (out, in) of each FC layer
 LENET_BIASES = 300 + 100 + 10

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from core.pq import kmeans
-from core.regularizers import binary_penalty
-from core.train import HIST_BINS
+from .pq import kmeans
+from .regularizers import binary_penalty
+from .train import HIST_BINS
 
 
 def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01,
