@@ -8,11 +8,11 @@ from ui.common import runs
 from core.toy import double_well_descent, histogram_dict
 
 PAGES = {
-    "train": ("pages/train.py", "Train", ":material/model_training:"),
-    "compress": ("pages/compress.py", "Compress", ":material/compress:"),
-    "frontier": ("pages/frontier.py", "Frontier", ":material/scatter_plot:"),
-    "compare": ("pages/compare.py", "Compare", ":material/compare:"),
-    "learn": ("pages/learn.py", "Learn", ":material/school:"),
+    "train": ("views/train.py", "Train", ":material/model_training:"),
+    "compress": ("views/compress.py", "Compress", ":material/compress:"),
+    "frontier": ("views/frontier.py", "Frontier", ":material/scatter_plot:"),
+    "compare": ("views/compare.py", "Compare", ":material/compare:"),
+    "learn": ("views/learn.py", "Learn", ":material/school:"),
 }
 
 

@@ -48,8 +48,11 @@ def walk(url: str, shots: Path, presses: int) -> dict:
             page.set_default_timeout(LONG * 4)
             expect.set_options(timeout=LONG * 4)
             for lam in LAMS:  # the Train page's defaults (mnist-5k, mlp 300-100, 5 epochs) but lam
-                page.goto(f"{url}/train?reg=binary&lam={lam}")
-                page.get_by_role("button", name="Train").click()
+                page.goto(f"{url}/train?reg=binary&lam={lam:g}")  # the slider's own spelling: 0, 0.05
+                train_button = page.get_by_role("button", name="Train", exact=True)
+                train_button.or_(page.get_by_text("shown from the store")).first.wait_for()
+                if train_button.count():  # not in the store yet (--store may hold it already)
+                    train_button.click()
                 expect(page.get_by_text("shown from the store")).to_be_visible()
                 settle(page)
                 no_exception(page, f"train lam={lam}")
@@ -91,6 +94,10 @@ def walk(url: str, shots: Path, presses: int) -> dict:
             expect(page.get_by_text("before and after training with the regularizer")).to_be_visible()
             settle(page)
             shot(page, shots / "home.png")
+        except Exception:
+            shot(page, shots / "failed.png")
+            print(f"failed on {page.url}; the page is in {shots / 'failed.png'}", file=sys.stderr)
+            raise
         finally:
             browser.close()
     return timings
@@ -115,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="walkthrough.{json,md} go here")
     parser.add_argument("--shots", help="screenshot folder (default <out>/screenshots)")
     parser.add_argument("--presses", type=int, default=5, help="k-slider presses each way")
+    parser.add_argument("--store", help="run store to use (default: a fresh temporary one, so both runs are trained)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     shots = Path(args.shots) if args.shots else out / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        store_root = Path(tmp) / "store"
+        store_root = Path(args.store) if args.store else Path(tmp) / "store"
         with streamlit_app(store_root, Path(tmp) / "streamlit.log") as url:
             timings = walk(url, shots, args.presses)
         rows = frontier_rows(RunStore(store_root))

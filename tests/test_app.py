@@ -53,7 +53,7 @@ def open_page(page: str | None, query: dict | None = None) -> AppTest:
     at.query_params.update(query or {})
     at.run()
     if page is not None:
-        at.switch_page(f"pages/{page}.py")
+        at.switch_page(f"views/{page}.py")
         at.run()
     return at
 
@@ -223,6 +223,14 @@ def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(e
     assert "Skipped pq d=2 k=64 per-chunk" in texts(at.warning)
     assert len(RunStore(empty_store).list_compressions()) == 2  # binarize + pq d=2 k=4 per-chunk (fits: 10 rows)
     assert at.get("plotly_chart"), "the frontier is drawn right after the sweep"
+
+
+@pytest.mark.parametrize("page,query", [("compress", {"run": "0123456789abcdef"}),
+                                        ("compare", {"runs": f"0123456789abcdef,{PLAIN.run_id()}"})])
+def test_a_link_to_a_run_not_in_the_store_says_so(lab_store, page, query):
+    at = open_page(page, query)
+    assert_clean(at)
+    assert "0123456789abcdef" in texts(at.warning) and "not in this run store" in texts(at.warning)
 
 
 def test_compare_two_runs_shows_differences_and_budgets(lab_store):

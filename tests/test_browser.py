@@ -48,6 +48,16 @@ def test_train_compress_frontier_in_a_browser(server):
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.set_default_timeout(LONG)
 
+            # A link straight to a page, the server's first visit: the page runs inside the app's
+            # navigation (the sidebar lists the app's pages, Home first), not as a lone script
+            page.goto(f"{server}/learn")
+            expect(page.get_by_text("463,248 bits")).to_be_visible()
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            expect(nav.get_by_text("Home", exact=True)).to_be_visible()
+            expect(nav.get_by_text("Compress", exact=True)).to_be_visible()
+            settle(page)
+            no_exception(page, "learn (first visit)")
+
             # Home on an empty store: the labelled illustration
             page.goto(server)
             expect(page.get_by_text("Illustration: a weight cloud")).to_be_visible()

@@ -213,6 +213,9 @@ def run_select_ui(views: list[dict], label: str = "Trained run", key: str = "run
     wanted = st.query_params.get("run")
     if key not in st.session_state and wanted in ids:
         st.session_state[key] = wanted
+    elif key not in st.session_state and wanted:
+        st.warning(f"The link asks for run {wanted!r}, which is not in this run store ({store_root()}); "
+                   f"showing the newest run instead. Pick another below, or train it on the Train page.")
     if st.session_state.get(key) not in ids:
         st.session_state.pop(key, None)
     run_id = st.selectbox(label, ids, format_func=labels.get, key=key)
@@ -226,7 +229,12 @@ def runs_multiselect_ui(views: list[dict], label: str, default_count: int = 2, m
     ids = [v["run_id"] for v in views]
     labels = {v["run_id"]: v["label"] for v in views}
     if key not in st.session_state:
-        wanted = [r for r in st.query_params.get("runs", "").split(",") if r in ids]
+        asked = [r for r in st.query_params.get("runs", "").split(",") if r]
+        wanted = [r for r in asked if r in ids]
+        if len(wanted) < len(asked):
+            missing = ", ".join(r for r in asked if r not in ids)
+            st.warning(f"The link asks for runs that are not in this run store: {missing}. Showing the others"
+                       f"{'' if wanted else ' (the newest runs)'}.")
         st.session_state[key] = wanted[:max_selections] or ids[:default_count]
     st.session_state[key] = [r for r in st.session_state[key] if r in ids]
     chosen = st.multiselect(label, ids, format_func=labels.get, max_selections=max_selections, key=key)

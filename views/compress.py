@@ -25,7 +25,7 @@ st.caption("Quantize the FC layers of a trained run: sign binarization, scalar k
 views = runs()
 if not views:
     st.info("The run store is empty: there is no trained network to compress yet. Train one first.")
-    st.page_link("pages/train.py", label="Go to Train", icon=":material/model_training:")
+    st.page_link("views/train.py", label="Go to Train", icon=":material/model_training:")
     st.stop()
 
 view = run_select_ui(views)

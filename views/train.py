@@ -122,7 +122,7 @@ with right:
     layer = view["histograms"][epoch][layer_index]
     st.plotly_chart(weight_histogram(layer, title=f"{layer_names[layer_index]}, epoch {epoch}: "
                                                   f"α = mean|W| = {layer['alpha']:.4g}"), theme=None, key="chart_hist")
-st.page_link("pages/compress.py", label="Compress this run", icon=":material/compress:",
+st.page_link("views/compress.py", label="Compress this run", icon=":material/compress:",
              query_params={"run": run_id})
 with st.expander("Configuration"):
     st.json(view["config"])
