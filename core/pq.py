@@ -173,8 +173,12 @@ def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
     else:
         centroids = _init_random(x, k, generator)
     offsets = (torch.arange(n_groups, device=x.device) * k).unsqueeze(1)  # (G, 1)
+    previous = None  # the codes the centroids were computed from, when none was reseeded
     for _ in range(n_iter):
         codes, errors = assign(x, centroids)
+        if previous is not None and torch.equal(codes, previous):
+            # converged: another update would recompute the very same centroids, exactly
+            return centroids, codes
         flat = (codes + offsets).flatten()  # index into the (G * k) centroids
         sums = torch.zeros(n_groups * k, dim, dtype=x.dtype, device=x.device)
         sums.index_add_(0, flat, x.reshape(-1, dim))
@@ -182,8 +186,11 @@ def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
         filled = counts > 0
         means = sums.reshape(n_groups, k, dim) / counts.clamp_min(1).unsqueeze(-1)
         centroids = torch.where(filled.unsqueeze(-1), means, centroids)
-        if not filled.all():
+        if filled.all():
+            previous = codes
+        else:
             _reseed_empty(centroids, counts, x, errors)
+            previous = None
     codes, _ = assign(x, centroids)
     return centroids, codes
 

@@ -153,3 +153,16 @@ def test_float16_codebooks_hold_float16_values():
     layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=4, n_centroids=16,
                                                         centroid_bits=16))
     assert torch.equal(layer.codebooks, layer.codebooks.half().float())
+
+
+def test_kmeans_stops_early_only_at_a_fixed_point():
+    """Stopping when the codes no longer change gives exactly what running every iteration gives."""
+    x = torch.randn(3, 500, 4, generator=torch.Generator().manual_seed(6))
+    fast = kmeans(x, 8, n_iter=200, seed=2)
+    equal = torch.equal
+    try:  # never report convergence: all 200 iterations run
+        torch.equal = lambda a, b: False
+        slow = kmeans(x, 8, n_iter=200, seed=2)
+    finally:
+        torch.equal = equal
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
