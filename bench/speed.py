@@ -1,8 +1,9 @@
 """Speed of the core against references, measured side by side in one run (medians of repeats).
 
 1. PQ: our fit + encode (core.pq.quantize_weight) against faiss.ProductQuantizer (per-chunk layout,
-   same d, k = 2^nbits, same Lloyd iterations, random init like faiss, subsampling disabled) and
-   scikit-learn KMeans per chunk (n_init=1, same iterations, random init); time and reconstruction MSE.
+   same d, k = 2^nbits, at most the same Lloyd iterations (ours and scikit-learn stop at a fixed point,
+   faiss runs them all), random init like faiss, subsampling disabled) and scikit-learn KMeans per
+   chunk (n_init=1, same iterations, random init); time and reconstruction MSE.
    Also the shared layout (one codebook a layer) against faiss.Kmeans on the same subvectors.
 2. Regularizer cost: epoch time with binary / pq against none (mnist-5k, LeNet-300-100).
 3. Training throughput: core.train.train_epoch against a minimal plain PyTorch loop.
