@@ -5,7 +5,7 @@
    faiss runs them all), random init like faiss, subsampling disabled) and scikit-learn KMeans per
    chunk (n_init=1, same iterations, random init); time and reconstruction MSE.
    Also the shared layout (one codebook a layer) against faiss.Kmeans on the same subvectors.
-2. Regularizer cost: epoch time with binary / pq against none (mnist-5k, LeNet-300-100).
+2. Regularizer cost: epoch time with binary / pq against none (LeNet-300-100 on mnist-5k and fashion-mnist).
 3. Training throughput: core.train.train_epoch against a minimal plain PyTorch loop.
 4. App recompute: recompress a stored run with a new k (cold) and the cached lookup (warm); frontier
    data from a store of 200 points (list + DataFrame + Pareto, and core.charts.frontier_figure).
