@@ -23,7 +23,7 @@ from torch import nn
 
 from .config import CompressConfig, TrainConfig
 from .models import fc_layers
-from .pq import kmeans, quantize_weight
+from .pq import assign, kmeans, quantize_weight
 
 _EPS = 1e-12
 
@@ -100,10 +100,9 @@ def target_gradient_(weights: list[torch.Tensor], targets: list[torch.Tensor], l
 
 @torch.no_grad()
 def nearest_levels(weight: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """Each weight replaced by the nearest of `levels` (k,), in O(n log k)."""
-    ordered = levels.sort().values
-    midpoints = (ordered[1:] + ordered[:-1]) / 2
-    return ordered[torch.searchsorted(midpoints, weight.detach().reshape(-1).contiguous())].view_as(weight)
+    """Each weight replaced by the nearest of `levels` (k,): scalar k-means' own assignment."""
+    codes, _ = assign(weight.detach().reshape(1, -1, 1), levels.reshape(1, -1, 1))  # (1, n)
+    return levels[codes[0]].view_as(weight)
 
 
 def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0) -> torch.Tensor:

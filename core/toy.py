@@ -9,7 +9,7 @@ import torch
 
 from .pq import kmeans
 from .regularizers import binary_penalty
-from .train import HIST_BINS
+from .train import histogram
 
 
 def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01,
@@ -39,11 +39,7 @@ def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr:
 
 def histogram_dict(values: list[float], layer: str = "toy") -> dict:
     """The same dict as `core.train.weight_histograms` gives per layer, for a list of values."""
-    tensor = torch.tensor(values, dtype=torch.float32)
-    limit = float(tensor.abs().max()) or 1.0
-    counts = torch.histc(tensor, bins=HIST_BINS, min=-limit, max=limit)
-    return {"layer": layer, "shape": [1, len(values)], "alpha": float(tensor.abs().mean()),
-            "std": float(tensor.std()), "limit": limit, "counts": [int(c) for c in counts.tolist()]}
+    return histogram(torch.tensor(values), layer, [1, len(values)])
 
 
 def pq_toy(n_centroids: int, n_points: int = 600, n_iter: int = 20, seed: int = 0) -> dict:

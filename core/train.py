@@ -55,22 +55,25 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
 
 
 @torch.no_grad()
+def histogram(weights: torch.Tensor, name: str, shape: list[int]) -> dict:
+    """Histogram of `weights` (any shape) on [-max|W|, max|W|] in HIST_BINS bins, plus alpha: the
+    plain data the app draws for one layer."""
+    weights = weights.detach().float().cpu().flatten()
+    limit = float(weights.abs().max()) or 1.0
+    counts = torch.histc(weights, bins=HIST_BINS, min=-limit, max=limit)
+    return {
+        "layer": name,
+        "shape": list(shape),
+        "alpha": float(weights.abs().mean()),
+        "std": float(weights.std()),
+        "limit": limit,
+        "counts": [int(c) for c in counts.tolist()],
+    }
+
+
 def weight_histograms(model: nn.Module) -> list[dict]:
-    """Per FC layer: histogram of its weights on [-max|W|, max|W|] in HIST_BINS bins, plus alpha."""
-    layers = []
-    for name, layer in fc_layers(model):
-        weights = layer.weight.detach().float().cpu().flatten()
-        limit = float(weights.abs().max()) or 1.0
-        counts = torch.histc(weights, bins=HIST_BINS, min=-limit, max=limit)
-        layers.append({
-            "layer": name,
-            "shape": list(layer.weight.shape),
-            "alpha": float(weights.abs().mean()),
-            "std": float(weights.std()),
-            "limit": limit,
-            "counts": [int(c) for c in counts.tolist()],
-        })
-    return layers
+    """Per FC layer: `histogram` of its weights."""
+    return [histogram(layer.weight, name, list(layer.weight.shape)) for name, layer in fc_layers(model)]
 
 
 @dataclass

@@ -68,8 +68,7 @@ def run_label(view: dict) -> str:
 def _view(result: TrainResult) -> dict:
     """A run as plain data: everything the pages draw, no tensors."""
     view = {
-        # canonical: a run stored as (reg=binary, lam=0) is the unregularized run, and says so
-        "run_id": result.run_id, "config": asdict(result.config.canonical()), "history": result.history,
+        "run_id": result.run_id, "config": asdict(result.config), "history": result.history,
         "histograms": result.histograms, "test_accuracy": result.test_accuracy, "seconds": result.seconds,
         "device": result.device,
         "fc_shapes": [(layer["layer"], tuple(layer["shape"])) for layer in result.histograms[0]],
