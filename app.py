@@ -1,11 +1,12 @@
 """Compression on the Fly Lab: navigation and the home page only (`streamlit run app.py`)."""
+
 from __future__ import annotations
 
 import streamlit as st
 
 from core.charts import weight_histograms_overlay
-from ui.common import runs
 from core.toy import double_well_descent, histogram_dict
+from ui.common import runs
 
 PAGES = {
     "train": ("views/train.py", "Train", ":material/model_training:"),
@@ -43,24 +44,30 @@ def home() -> None:
             before, after = view["histograms"][0][0], view["histograms"][-1][0]
             st.subheader("First FC layer, before and after training with the regularizer")
             st.caption(f"From the stored run {view['label']}.")
-            fig = weight_histograms_overlay({"at initialisation": before, f"after {len(view['history'])} epochs": after},
-                                            colors=["#999999", "#CC79A7"])
+            fig = weight_histograms_overlay(
+                {"at initialisation": before, f"after {len(view['history'])} epochs": after},
+                colors=["#999999", "#CC79A7"],
+            )
         else:
             before, after = _toy_picture(1.0)
             st.subheader("Illustration: a weight cloud under the binarizing term")
-            st.caption("ILLUSTRATION, not a trained network: 2,000 Gaussian weights after gradient descent on "
-                       "(distance to their start) + λ·R(W) with λ = 1, computed with the core's binary_penalty. "
-                       "Train a run with a regularizer and this picture shows its real weights instead.")
-            fig = weight_histograms_overlay({"initial weights": before, "after descent": after},
-                                            colors=["#999999", "#CC79A7"])
+            st.caption(
+                "ILLUSTRATION, not a trained network: 2,000 Gaussian weights after gradient descent on "
+                "(distance to their start) + λ·R(W) with λ = 1, computed with the core's binary_penalty. "
+                "Train a run with a regularizer and this picture shows its real weights instead."
+            )
+            fig = weight_histograms_overlay(
+                {"initial weights": before, "after descent": after}, colors=["#999999", "#CC79A7"]
+            )
         st.plotly_chart(fig, theme=None, key="home_hist")
     with right:
         st.subheader("Where to go")
         st.page_link(PAGES["learn"][0], label="Learn: the method, with toys", icon=PAGES["learn"][2])
         st.page_link(PAGES["train"][0], label="Train a network with the regularizer", icon=PAGES["train"][2])
         st.page_link(PAGES["compress"][0], label="Compress a trained run", icon=PAGES["compress"][2])
-        st.page_link(PAGES["frontier"][0], label="Frontier: accuracy against size, and sweeps",
-                     icon=PAGES["frontier"][2])
+        st.page_link(
+            PAGES["frontier"][0], label="Frontier: accuracy against size, and sweeps", icon=PAGES["frontier"][2]
+        )
         st.page_link(PAGES["compare"][0], label="Compare runs side by side", icon=PAGES["compare"][2])
 
 

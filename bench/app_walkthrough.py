@@ -12,6 +12,7 @@ presses. Screenshots of every page go to --out.
     python bench/app_walkthrough.py                      # ~3 min; writes bench/results/walkthrough.{json,md}
     python bench/app_walkthrough.py --out /tmp/walk      # elsewhere
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright
 
-from core.config import TrainConfig  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from tests.browser_support import (CHROMIUM, CHROMIUM_ARGS, LONG, metric_value, no_exception,  # noqa: E402
-                                   press_and_time_metric, settle, shot, streamlit_app)
+from core.config import TrainConfig
+from core.store import RunStore
+from tests.browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LONG,
+    metric_value,
+    no_exception,
+    press_and_time_metric,
+    settle,
+    shot,
+    streamlit_app,
+)
 
 LAMS = (0.0, 0.05)
 COMPRESSIONS = ("method=binarize", "method=kmeans&k=2", "method=pq&d=8&k=16&layout=shared")
@@ -74,13 +84,15 @@ def walk(url: str, shots: Path, presses: int) -> dict:
             seen = [metric_value(page, "FC ratio")]
             for _ in range(presses):
                 timings["new_setting_s"].append(
-                    press_and_time_metric(page, K_SLIDER, "ArrowRight", "FC ratio", before=seen[-1]))
+                    press_and_time_metric(page, K_SLIDER, "ArrowRight", "FC ratio", before=seen[-1])
+                )
                 seen.append(metric_value(page, "FC ratio"))
                 settle(page)
             for _ in range(presses):
                 seen.pop()
                 timings["cached_s"].append(
-                    press_and_time_metric(page, K_SLIDER, "ArrowLeft", "FC ratio", expected=seen[-1]))
+                    press_and_time_metric(page, K_SLIDER, "ArrowLeft", "FC ratio", expected=seen[-1])
+                )
                 settle(page)
             no_exception(page, "compress slider")
 
@@ -112,8 +124,15 @@ def frontier_rows(store: RunStore) -> list[dict]:
             cfg = result.compress_config
             if cfg.method == "pq" and cfg.n_centroids != 16:
                 continue  # the slider's extra points
-            rows.append({"lam": lam, "float_accuracy": run.test_accuracy, "compression": cfg.label(),
-                         "fc_ratio": round(result.size.fc_ratio, 2), "accuracy": result.accuracy})
+            rows.append(
+                {
+                    "lam": lam,
+                    "float_accuracy": run.test_accuracy,
+                    "compression": cfg.label(),
+                    "fc_ratio": round(result.size.fc_ratio, 2),
+                    "accuracy": result.accuracy,
+                }
+            )
     return sorted(rows, key=lambda r: (r["fc_ratio"], r["lam"]))
 
 
@@ -132,18 +151,31 @@ def main(argv: list[str] | None = None) -> int:
         with streamlit_app(store_root, Path(tmp) / "streamlit.log") as url:
             timings = walk(url, shots, args.presses)
         rows = frontier_rows(RunStore(store_root))
-    env = {"device": f"cpu ({os.cpu_count()} cores)", "python": platform.python_version(),
-           "browser": CHROMIUM, "dataset": "mnist-5k", "model": "mlp 300-100", "epochs": TrainConfig().epochs}
+    env = {
+        "device": f"cpu ({os.cpu_count()} cores)",
+        "python": platform.python_version(),
+        "browser": CHROMIUM,
+        "dataset": "mnist-5k",
+        "model": "mlp 300-100",
+        "epochs": TrainConfig().epochs,
+    }
     summary = {name: {"median_s": statistics.median(values), "all_s": values} for name, values in timings.items()}
     (out / "walkthrough.json").write_text(json.dumps({"env": env, "slider": summary, "frontier": rows}, indent=1))
     lines = ["| run | compression | FC ratio | accuracy | float accuracy of the run |", "|---|---|---|---|---|"]
-    lines += [f"| {'binary lam=' + str(r['lam']) if r['lam'] else 'no regularizer'} | {r['compression']} | "
-              f"{r['fc_ratio']}x | {r['accuracy']:.2%} | {r['float_accuracy']:.2%} |" for r in rows]
+    lines += [
+        f"| {'binary lam=' + str(r['lam']) if r['lam'] else 'no regularizer'} | {r['compression']} | "
+        f"{r['fc_ratio']}x | {r['accuracy']:.2%} | {r['float_accuracy']:.2%} |"
+        for r in rows
+    ]
     lines += ["", "| k-slider key press to the new FC ratio on screen (Chromium) | median | all |", "|---|---|---|"]
-    names = {"new_setting_s": f"new setting (k = 32, 64, ... {16 * 2 ** args.presses}: computed, then stored)",
-             "cached_s": "setting seen before (k back down: from the cache)"}
-    lines += [f"| {names[name]} | {s['median_s']:.2f} s | {', '.join(f'{v:.2f}' for v in s['all_s'])} |"
-              for name, s in summary.items()]
+    names = {
+        "new_setting_s": f"new setting (k = 32, 64, ... {16 * 2**args.presses}: computed, then stored)",
+        "cached_s": "setting seen before (k back down: from the cache)",
+    }
+    lines += [
+        f"| {names[name]} | {s['median_s']:.2f} s | {', '.join(f'{v:.2f}' for v in s['all_s'])} |"
+        for name, s in summary.items()
+    ]
     text = f"{json.dumps(env)}\n\n" + "\n".join(lines) + "\n"
     (out / "walkthrough.md").write_text(text)
     print(text + f"\nscreenshots: {shots}")

@@ -21,6 +21,7 @@ second invocation only computes what is missing.
     python bench/paper.py                 # the full run (~30 min on 2 shared CPU cores)
     python bench/paper.py --smoke --out /tmp/paper-smoke   # tiny, seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,19 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
+import pandas as pd
 
-from core.config import CompressConfig, TrainConfig  # noqa: E402
-from core.data import DatasetUnavailable, load_dataset  # noqa: E402
-from core.models import build_model, fc_layers  # noqa: E402
-from core.pq import check_fits  # noqa: E402
-from core.store import RunStore  # noqa: E402
+from core.config import CompressConfig, TrainConfig
+from core.data import DatasetUnavailable, load_dataset
+from core.models import build_model, fc_layers
+from core.pq import check_fits
+from core.store import RunStore
 
 BUDGETS = (0.5, 1.0, 2.0)  # accuracy-drop budgets, in points below the float unregularized baseline
 HEADLINE_SEEDS = (0, 1, 2)
 
 
 # ------------------------------------------------------------------------------------- settings
+
 
 @dataclass
 class Setting:
@@ -66,8 +68,16 @@ class Setting:
     long_ft_grid: list[CompressConfig] = field(default_factory=list)  # get 3 * finetune_epochs too
 
     def train_config(self, seed: int = 0, **reg) -> TrainConfig:
-        return TrainConfig(dataset=self.dataset, model=self.model, hidden=self.hidden, epochs=self.epochs,
-                           batch_size=self.batch_size, lr=self.lr, seed=seed, **reg)
+        return TrainConfig(
+            dataset=self.dataset,
+            model=self.model,
+            hidden=self.hidden,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            seed=seed,
+            **reg,
+        )
 
 
 def pq(d: int, k: int, layout: str = "shared") -> CompressConfig:
@@ -82,8 +92,10 @@ def pq(d: int, k: int, layout: str = "shared") -> CompressConfig:
 FULL_GRID = [
     CompressConfig(method="binarize"),
     *[CompressConfig(method="kmeans", subvector_size=1, n_centroids=k) for k in (2, 4, 16)],
-    *[pq(d, k) for d, k in ((4, 16), (4, 8), (8, 256), (8, 64), (8, 32), (8, 16), (8, 8),
-                            (16, 256), (16, 64), (16, 16))],
+    *[
+        pq(d, k)
+        for d, k in ((4, 16), (4, 8), (8, 256), (8, 64), (8, 32), (8, 16), (8, 8), (16, 256), (16, 64), (16, 16))
+    ],
     *[pq(d, k, "per-chunk") for d, k in ((4, 8), (8, 8), (8, 4), (16, 4))],
 ]
 # Fine-tuning costs epochs over the training set per point, so only this subset gets "+ft" points.
@@ -95,42 +107,95 @@ FT_GRID = [
 ]
 # Longer fine-tuning (3x the setting's epochs) on the grid points around 40x.
 LONG_FT_GRID = [pq(4, 8), pq(8, 32), pq(8, 16), CompressConfig(method="kmeans", subvector_size=1, n_centroids=4)]
-SMOKE_GRID = [CompressConfig(method="binarize"), CompressConfig(method="kmeans", subvector_size=1, n_centroids=2),
-              pq(4, 8), pq(4, 4, "per-chunk")]
+SMOKE_GRID = [
+    CompressConfig(method="binarize"),
+    CompressConfig(method="kmeans", subvector_size=1, n_centroids=2),
+    pq(4, 8),
+    pq(4, 4, "per-chunk"),
+]
 
 
 def full_settings() -> list[Setting]:
     binary = lambda lam: dict(reg="binary", lam=lam, warmup_epochs=2)  # noqa: E731
     levels = lambda lam, n: dict(reg="levels", lam=lam, warmup_epochs=2, reg_levels=n)  # noqa: E731
-    pqreg = lambda lam, d, k: dict(reg="pq", lam=lam, warmup_epochs=2, reg_subvector_size=d,  # noqa: E731
-                                   reg_centroids=k)
+    pqreg = lambda lam, d, k: dict(
+        reg="pq",
+        lam=lam,
+        warmup_epochs=2,
+        reg_subvector_size=d,
+        reg_centroids=k,
+    )
     return [
-        Setting("mnist-5k", "mlp", epochs=15, finetune_epochs=3,
-                regs=[binary(0.02), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
-                grid=FULL_GRID, ft_grid=FT_GRID, long_ft_grid=LONG_FT_GRID),
-        Setting("fashion-mnist", "mlp", epochs=8, finetune_epochs=1,
-                regs=[binary(0.02), binary(0.05), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
-                grid=FULL_GRID, ft_grid=FT_GRID, long_ft_grid=LONG_FT_GRID,
-                note="fine-tuning 1 (and 3) epochs: 60k images an epoch"),
-        Setting("mnist-5k", "lenet5", epochs=8, finetune_epochs=3,
-                regs=[binary(0.05)], grid=FULL_GRID, ft_grid=FT_GRID,
-                note="lenet5: one lam value (convs are slow on CPU); fashion-mnist/lenet5 not run"),
+        Setting(
+            "mnist-5k",
+            "mlp",
+            epochs=15,
+            finetune_epochs=3,
+            regs=[binary(0.02), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
+            grid=FULL_GRID,
+            ft_grid=FT_GRID,
+            long_ft_grid=LONG_FT_GRID,
+        ),
+        Setting(
+            "fashion-mnist",
+            "mlp",
+            epochs=8,
+            finetune_epochs=1,
+            regs=[binary(0.02), binary(0.05), binary(0.1), levels(0.5, 2), pqreg(1.0, 8, 16), pqreg(1.0, 4, 8)],
+            grid=FULL_GRID,
+            ft_grid=FT_GRID,
+            long_ft_grid=LONG_FT_GRID,
+            note="fine-tuning 1 (and 3) epochs: 60k images an epoch",
+        ),
+        Setting(
+            "mnist-5k",
+            "lenet5",
+            epochs=8,
+            finetune_epochs=3,
+            regs=[binary(0.05)],
+            grid=FULL_GRID,
+            ft_grid=FT_GRID,
+            note="lenet5: one lam value (convs are slow on CPU); fashion-mnist/lenet5 not run",
+        ),
         # The paper's datasets: only when their files are present (no download here).
-        Setting("mnist", "mlp", epochs=8, finetune_epochs=1, regs=[binary(0.02), binary(0.05)],
-                grid=FULL_GRID, ft_grid=FT_GRID),
-        Setting("cifar10", "cifar-cnn", epochs=8, finetune_epochs=1, regs=[binary(0.02)],
-                grid=FULL_GRID, ft_grid=FT_GRID),
+        Setting(
+            "mnist",
+            "mlp",
+            epochs=8,
+            finetune_epochs=1,
+            regs=[binary(0.02), binary(0.05)],
+            grid=FULL_GRID,
+            ft_grid=FT_GRID,
+        ),
+        Setting(
+            "cifar10", "cifar-cnn", epochs=8, finetune_epochs=1, regs=[binary(0.02)], grid=FULL_GRID, ft_grid=FT_GRID
+        ),
     ]
 
 
 def smoke_settings() -> list[Setting]:
-    return [Setting("digits", "mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64, finetune_epochs=1,
-                    regs=[dict(reg="binary", lam=0.05), dict(reg="levels", lam=0.5),
-                          dict(reg="pq", lam=0.5, reg_subvector_size=4, reg_centroids=8)],
-                    grid=SMOKE_GRID, ft_grid=SMOKE_GRID[:3])]
+    return [
+        Setting(
+            "digits",
+            "mlp",
+            hidden=(32, 16),
+            epochs=2,
+            lr=3e-3,
+            batch_size=64,
+            finetune_epochs=1,
+            regs=[
+                dict(reg="binary", lam=0.05),
+                dict(reg="levels", lam=0.5),
+                dict(reg="pq", lam=0.5, reg_subvector_size=4, reg_centroids=8),
+            ],
+            grid=SMOKE_GRID,
+            ft_grid=SMOKE_GRID[:3],
+        )
+    ]
 
 
 # --------------------------------------------------------------------------------------- families
+
 
 def family(reg: str, method: str, finetune_epochs: int) -> str:
     """The method family a point belongs to (the budget table's rows)."""
@@ -162,6 +227,7 @@ def family_order(name: str) -> tuple[int, str]:
 
 # ------------------------------------------------------------------------------------------ run
 
+
 def fitting(grid: list[CompressConfig], fc_shapes: list[tuple[str, tuple[int, int]]]) -> list[CompressConfig]:
     keep = []
     for cfg in grid:
@@ -176,8 +242,11 @@ def fitting(grid: list[CompressConfig], fc_shapes: list[tuple[str, tuple[int, in
 def compress_points(store: RunStore, run, grid, ft_grid, ft_epochs: int, data, long_ft_grid=()) -> list[dict]:
     rows = []
     _TRAIN_CONFIGS[run.run_id] = run.config
-    for cfg in [*grid, *[replace(c, finetune_epochs=ft_epochs) for c in ft_grid],
-                *[replace(c, finetune_epochs=3 * ft_epochs) for c in long_ft_grid]]:
+    for cfg in [
+        *grid,
+        *[replace(c, finetune_epochs=ft_epochs) for c in ft_grid],
+        *[replace(c, finetune_epochs=3 * ft_epochs) for c in long_ft_grid],
+    ]:
         result, _, _ = store.get_or_compress(run, cfg, device="cpu", data=data)
         row = result.row()
         row["family"] = family(row["reg"], row["method"], row["finetune_epochs"])
@@ -206,18 +275,36 @@ def budget_table(points: pd.DataFrame, float_acc: float) -> pd.DataFrame:
         for fam in sorted(points["family"].unique()):
             part = ok[ok["family"] == fam]
             if part.empty:
-                rows.append({"budget_pts": budget, "family": fam, "fc_ratio": float("nan"),
-                             "model_ratio": float("nan"), "accuracy": float("nan"), "run": "", "compression": ""})
+                rows.append(
+                    {
+                        "budget_pts": budget,
+                        "family": fam,
+                        "fc_ratio": float("nan"),
+                        "model_ratio": float("nan"),
+                        "accuracy": float("nan"),
+                        "run": "",
+                        "compression": "",
+                    }
+                )
                 continue
             best = part.sort_values(["fc_ratio", "accuracy"], ascending=False).iloc[0]
-            rows.append({"budget_pts": budget, "family": fam, "fc_ratio": best["fc_ratio"],
-                         "model_ratio": best["model_ratio"], "accuracy": best["accuracy"],
-                         "run": best["run_label"], "compression": best["label"]})
+            rows.append(
+                {
+                    "budget_pts": budget,
+                    "family": fam,
+                    "fc_ratio": best["fc_ratio"],
+                    "model_ratio": best["model_ratio"],
+                    "accuracy": best["accuracy"],
+                    "run": best["run_label"],
+                    "compression": best["label"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def frontier_png(points: pd.DataFrame, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -238,10 +325,24 @@ def frontier_png(points: pd.DataFrame, path: Path) -> None:
             if g.empty:
                 continue
             ft = g["finetune_epochs"] > 0
-            ax.scatter(g.loc[~ft, "fc_ratio"], 100 * g.loc[~ft, "accuracy"], s=18, c=color, marker=marker,
-                       alpha=0.45, label=f"{name}")
-            ax.scatter(g.loc[ft, "fc_ratio"], 100 * g.loc[ft, "accuracy"], s=26, facecolors="none",
-                       edgecolors=color, marker=marker, label=f"{name} + ft")
+            ax.scatter(
+                g.loc[~ft, "fc_ratio"],
+                100 * g.loc[~ft, "accuracy"],
+                s=18,
+                c=color,
+                marker=marker,
+                alpha=0.45,
+                label=f"{name}",
+            )
+            ax.scatter(
+                g.loc[ft, "fc_ratio"],
+                100 * g.loc[ft, "accuracy"],
+                s=26,
+                facecolors="none",
+                edgecolors=color,
+                marker=marker,
+                label=f"{name} + ft",
+            )
             front = pareto(g)
             ax.plot(front["fc_ratio"], 100 * front["accuracy"], color=color, lw=1.2)
         if float_acc is not None:
@@ -291,8 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for CSV / MD / PNG")
     parser.add_argument("--cache-dir", help="run store (default bench/cache; with --smoke <out>/cache)")
     parser.add_argument("--only", nargs="*", help="dataset/model blocks to run, e.g. fashion-mnist/mlp")
-    parser.add_argument("--max-minutes", type=float, default=40.0,
-                        help="start no new block after this many minutes (what is done is written)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=40.0,
+        help="start no new block after this many minutes (what is done is written)",
+    )
     args = parser.parse_args(argv)
 
     out = Path(args.out)
@@ -331,11 +436,14 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             run, cached = store.get_or_train(setting.train_config(0, **reg), device="cpu", data=data)
             t1 = time.perf_counter()
-            rows = compress_points(store, run, grid, ft_grid, setting.finetune_epochs, data,
-                                   fitting(setting.long_ft_grid, shapes))
+            rows = compress_points(
+                store, run, grid, ft_grid, setting.finetune_epochs, data, fitting(setting.long_ft_grid, shapes)
+            )
             points += rows
-            log(f"  {run_label(run.config):28s} float {run.test_accuracy:.4f} "
-                f"(train {'cached' if cached else f'{t1 - t0:.0f}s'}, compress {time.perf_counter() - t1:.0f}s)")
+            log(
+                f"  {run_label(run.config):28s} float {run.test_accuracy:.4f} "
+                f"(train {'cached' if cached else f'{t1 - t0:.0f}s'}, compress {time.perf_counter() - t1:.0f}s)"
+            )
         frame = pd.DataFrame(points)
         float_acc = frame.loc[frame["reg"] == "none", "float_accuracy"].iloc[0]
         table = budget_table(frame, float_acc)
@@ -370,11 +478,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def float_row(run, setting: Setting) -> dict:
-    return {"run_id": run.run_id, "dataset": setting.dataset, "model": setting.model, "reg": run.config.reg,
-            "lam": run.config.lam, "epochs": run.config.epochs, "seed": run.config.seed, "method": "float",
-            "label": "float", "finetune_epochs": 0, "float_accuracy": run.test_accuracy,
-            "accuracy": run.test_accuracy, "fc_ratio": 1.0, "model_ratio": 1.0,
-            "family": "float", "run_label": run_label(run.config)}
+    return {
+        "run_id": run.run_id,
+        "dataset": setting.dataset,
+        "model": setting.model,
+        "reg": run.config.reg,
+        "lam": run.config.lam,
+        "epochs": run.config.epochs,
+        "seed": run.config.seed,
+        "method": "float",
+        "label": "float",
+        "finetune_epochs": 0,
+        "float_accuracy": run.test_accuracy,
+        "accuracy": run.test_accuracy,
+        "fc_ratio": 1.0,
+        "model_ratio": 1.0,
+        "family": "float",
+        "run_label": run_label(run.config),
+    }
 
 
 def headline_picks(frame: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
@@ -382,21 +503,35 @@ def headline_picks(frame: pd.DataFrame, table: pd.DataFrame) -> list[dict]:
     budget of 1 point (else 2) the best baseline family's point and the best regularized point."""
     picks = []
     base_run = frame[frame["reg"] == "none"].iloc[0]
-    picks.append({"what": "float, no reg", "family": "float", "train_config": config_of(base_run),
-                  "compress_config": None})
-    for what, fams in (("best baseline", list(BASELINE_FAMILIES)),
-                       ("best no-reg + ft (ablation)", [f for f in frame["family"].unique() if "ablation" in f]),
-                       ("best regularized", [f for f in frame["family"].unique() if frame.loc[frame["family"] == f, "reg"].iloc[0] != "none"])):
+    picks.append(
+        {"what": "float, no reg", "family": "float", "train_config": config_of(base_run), "compress_config": None}
+    )
+    for what, fams in (
+        ("best baseline", list(BASELINE_FAMILIES)),
+        ("best no-reg + ft (ablation)", [f for f in frame["family"].unique() if "ablation" in f]),
+        (
+            "best regularized",
+            [f for f in frame["family"].unique() if frame.loc[frame["family"] == f, "reg"].iloc[0] != "none"],
+        ),
+    ):
         for budget in (1.0, 2.0):
             cand = table[(table["budget_pts"] == budget) & table["family"].isin(fams) & table["fc_ratio"].notna()]
             if cand.empty:
                 continue
             best = cand.sort_values("fc_ratio", ascending=False).iloc[0]
-            match = frame[(frame["family"] == best["family"]) & (frame["run_label"] == best["run"])
-                          & (frame["label"] == best["compression"])].iloc[0]
-            picks.append({"what": f"{what} (<= {budget:g} pt on seed 0)", "family": best["family"],
-                          "train_config": config_of(match),
-                          "compress_config": compress_config_of(match)})
+            match = frame[
+                (frame["family"] == best["family"])
+                & (frame["run_label"] == best["run"])
+                & (frame["label"] == best["compression"])
+            ].iloc[0]
+            picks.append(
+                {
+                    "what": f"{what} (<= {budget:g} pt on seed 0)",
+                    "family": best["family"],
+                    "train_config": config_of(match),
+                    "compress_config": compress_config_of(match),
+                }
+            )
             break
     return picks
 
@@ -406,9 +541,14 @@ def config_of(row) -> TrainConfig:
 
 
 def compress_config_of(row) -> CompressConfig:
-    return CompressConfig(method=row["method"], subvector_size=int(row["subvector_size"]),
-                          n_centroids=int(row["n_centroids"]), layout=row["layout"],
-                          centroid_bits=int(row["centroid_bits"]), finetune_epochs=int(row["finetune_epochs"]))
+    return CompressConfig(
+        method=row["method"],
+        subvector_size=int(row["subvector_size"]),
+        n_centroids=int(row["n_centroids"]),
+        layout=row["layout"],
+        centroid_bits=int(row["centroid_bits"]),
+        finetune_epochs=int(row["finetune_epochs"]),
+    )
 
 
 _TRAIN_CONFIGS: dict[str, TrainConfig] = {}
@@ -426,11 +566,22 @@ def headline_table(frame: pd.DataFrame, picks: list[dict], block: str) -> pd.Dat
             label = p["compress_config"].label()
             part = frame[frame["run_id"].isin(ids) & (frame["label"] == label)].drop_duplicates("run_id")
         acc = 100 * part["accuracy"]
-        rows.append({"block": block, "row": p["what"], "family": p["family"], "run": run_label(seedless),
-                     "compression": label, "seeds": len(part), "acc_mean": acc.mean(),
-                     "acc_std": acc.std(ddof=0) if len(part) > 1 else 0.0,
-                     "acc_min": acc.min(), "acc_max": acc.max(),
-                     "fc_ratio": part["fc_ratio"].iloc[0], "model_ratio": part["model_ratio"].iloc[0]})
+        rows.append(
+            {
+                "block": block,
+                "row": p["what"],
+                "family": p["family"],
+                "run": run_label(seedless),
+                "compression": label,
+                "seeds": len(part),
+                "acc_mean": acc.mean(),
+                "acc_std": acc.std(ddof=0) if len(part) > 1 else 0.0,
+                "acc_min": acc.min(),
+                "acc_max": acc.max(),
+                "fc_ratio": part["fc_ratio"].iloc[0],
+                "model_ratio": part["model_ratio"].iloc[0],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -454,14 +605,17 @@ def write_outputs(out: Path, all_points, budgets, headlines, skipped) -> None:
                 wide[f"{what.replace('_', ' ')} @ -{budget:g} pt"] = [sel.get(f, float("nan")) for f in wide["family"]]
         one = part[part["budget_pts"] == 1.0].set_index("family")
         wide["point @ -1 pt (run / compression)"] = [
-            f"{one.at[f, 'run']} / {one.at[f, 'compression']}" if one.at[f, "run"] else "—" for f in wide["family"]]
+            f"{one.at[f, 'run']} / {one.at[f, 'compression']}" if one.at[f, "run"] else "—" for f in wide["family"]
+        ]
         md.append(to_markdown(wide))
     (out / "budget.md").write_text("\n".join(md))
     head_md = head.copy()
-    head_md["accuracy (%)"] = [f"{m:.2f} ± {s:.2f} (n={n})" for m, s, n in
-                               zip(head_md["acc_mean"], head_md["acc_std"], head_md["seeds"])]
-    (out / "headline.md").write_text(to_markdown(
-        head_md[["block", "row", "run", "compression", "accuracy (%)", "fc_ratio", "model_ratio"]]))
+    head_md["accuracy (%)"] = [
+        f"{m:.2f} ± {s:.2f} (n={n})" for m, s, n in zip(head_md["acc_mean"], head_md["acc_std"], head_md["seeds"])
+    ]
+    (out / "headline.md").write_text(
+        to_markdown(head_md[["block", "row", "run", "compression", "accuracy (%)", "fc_ratio", "model_ratio"]])
+    )
     (out / "skipped.txt").write_text("\n".join(skipped) + "\n")
     frontier_png(points, out / "frontier.png")
 

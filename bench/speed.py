@@ -15,6 +15,7 @@ faiss is a bench dependency only; core never imports it.
     python bench/speed.py            # ~5 min on 2 shared CPU cores
     python bench/speed.py --smoke    # tiny sizes, seconds
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,18 +34,18 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
+import numpy as np
+import pandas as pd
+import torch
+from torch.nn import functional as F
 
-from core import pq as core_pq  # noqa: E402
-from core.config import CompressConfig, TrainConfig  # noqa: E402
-from core.data import DatasetUnavailable, load_dataset  # noqa: E402
-from core.models import build_model  # noqa: E402
-from core.regularizers import Regularizer  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.train import train_epoch  # noqa: E402
+from core import pq as core_pq
+from core.config import CompressConfig, TrainConfig
+from core.data import DatasetUnavailable, load_dataset
+from core.models import build_model
+from core.regularizers import Regularizer
+from core.store import RunStore
+from core.train import train_epoch
 
 DEVICE = f"cpu ({os.cpu_count()} cores)"
 
@@ -61,6 +62,7 @@ def median_time(fn, repeats: int) -> tuple[float, object]:
 
 # ------------------------------------------------------------------------------------------ 1. PQ
 
+
 def pad_columns(weight: np.ndarray, d: int) -> np.ndarray:
     """(out, in) -> (out, ceil(in / d) * d), zero-padded like core.pq.to_subvectors."""
     pad = math.ceil(weight.shape[1] / d) * d - weight.shape[1]
@@ -68,14 +70,14 @@ def pad_columns(weight: np.ndarray, d: int) -> np.ndarray:
 
 
 def ours_pq(weight: torch.Tensor, d: int, k: int, iters: int, layout: str, init: str) -> float:
-    cfg = CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout, kmeans_iters=iters,
-                         init=init)
+    cfg = CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout, kmeans_iters=iters, init=init)
     layer = core_pq.quantize_weight("w", weight, cfg)
     return core_pq.reconstruction_mse(weight, layer)
 
 
 def faiss_pq(weight: np.ndarray, d: int, k: int, iters: int) -> float:
     import faiss
+
     x = np.ascontiguousarray(pad_columns(weight, d), dtype=np.float32)  # (out, in_padded)
     n_sub = x.shape[1] // d
     quantizer = faiss.ProductQuantizer(x.shape[1], n_sub, int(math.log2(k)))
@@ -86,34 +88,38 @@ def faiss_pq(weight: np.ndarray, d: int, k: int, iters: int) -> float:
     quantizer.cp.min_points_per_centroid = 1  # silences the "please provide at least" warning
     quantizer.train(x)
     codes = quantizer.compute_codes(x)
-    recon = quantizer.decode(codes)[:, :weight.shape[1]]
+    recon = quantizer.decode(codes)[:, : weight.shape[1]]
     return float(((weight - recon) ** 2).mean())
 
 
 def faiss_shared(weight: np.ndarray, d: int, k: int, iters: int) -> float:
     import faiss
+
     x = np.ascontiguousarray(pad_columns(weight, d).reshape(-1, d), dtype=np.float32)  # (n_sub, d)
     km = faiss.Kmeans(d, k, niter=iters, seed=0, max_points_per_centroid=1 << 30, min_points_per_centroid=1)
     km.train(x)
     _, codes = km.index.search(x, 1)
-    recon = km.centroids[codes[:, 0]].reshape(weight.shape[0], -1)[:, :weight.shape[1]]
+    recon = km.centroids[codes[:, 0]].reshape(weight.shape[0], -1)[:, : weight.shape[1]]
     return float(((weight - recon) ** 2).mean())
 
 
 def sklearn_pq(weight: np.ndarray, d: int, k: int, iters: int) -> float:
     from sklearn.cluster import KMeans
+
     x = pad_columns(weight, d).astype(np.float32)
     recon = np.empty_like(x)
     for j in range(x.shape[1] // d):
-        chunk = x[:, j * d:(j + 1) * d]  # (out, d): the subvectors at chunk position j
-        km = KMeans(n_clusters=k, n_init=1, max_iter=iters, tol=0.0, init="random", random_state=j,
-                    algorithm="lloyd").fit(chunk)
-        recon[:, j * d:(j + 1) * d] = km.cluster_centers_[km.predict(chunk)]
-    return float(((weight - recon[:, :weight.shape[1]]) ** 2).mean())
+        chunk = x[:, j * d : (j + 1) * d]  # (out, d): the subvectors at chunk position j
+        km = KMeans(
+            n_clusters=k, n_init=1, max_iter=iters, tol=0.0, init="random", random_state=j, algorithm="lloyd"
+        ).fit(chunk)
+        recon[:, j * d : (j + 1) * d] = km.cluster_centers_[km.predict(chunk)]
+    return float(((weight - recon[:, : weight.shape[1]]) ** 2).mean())
 
 
-def bench_pq(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repeats: int,
-             sklearn_repeats: int) -> list[dict]:
+def bench_pq(
+    cases: list[tuple[str, np.ndarray, int, int]], iters: int, repeats: int, sklearn_repeats: int
+) -> list[dict]:
     rows = []
     for name, weight, d, k in cases:
         tensor = torch.from_numpy(weight)
@@ -122,17 +128,16 @@ def bench_pq(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repeats:
         big = weight.size > 4_000_000
         reps = 1 if big else repeats
         ref_t, ref_mse = median_time(lambda: faiss_pq(weight, d, k, iters), reps)
-        results = {"ours (random init)": median_time(
-            lambda: ours_pq(tensor, d, k, iters, "per-chunk", "random"), reps)}
+        results = {"ours (random init)": median_time(lambda: ours_pq(tensor, d, k, iters, "per-chunk", "random"), reps)}
         if not big:
             results["ours (kmeans++ init, the default)"] = median_time(
-                lambda: ours_pq(tensor, d, k, iters, "per-chunk", "kmeans++"), reps)
-        results["scikit-learn KMeans per chunk"] = median_time(lambda: sklearn_pq(weight, d, k, iters),
-                                                               sklearn_repeats)
+                lambda: ours_pq(tensor, d, k, iters, "per-chunk", "kmeans++"), reps
+            )
+        results["scikit-learn KMeans per chunk"] = median_time(lambda: sklearn_pq(weight, d, k, iters), sklearn_repeats)
         rows.append(pq_row("per-chunk", name, weight, d, k, "faiss ProductQuantizer", ref_t, ref_mse, ref_t, ref_mse))
         for method, (t, mse) in results.items():
             rows.append(pq_row("per-chunk", name, weight, d, k, method, t, mse, ref_t, ref_mse))
-        print_rows(rows[-1 - len(results):])
+        print_rows(rows[-1 - len(results) :])
     return rows
 
 
@@ -150,20 +155,30 @@ def bench_shared(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repe
 
 
 def pq_row(layout, name, weight, d, k, method, t, mse, ref_t, ref_mse) -> dict:
-    return {"section": "pq", "case": f"{name} {weight.shape[0]}x{weight.shape[1]} d={d} k={k} {layout}",
-            "method": method, "seconds": t, "mse": mse, "time_ratio_vs_faiss": t / ref_t,
-            "mse_rel_vs_faiss": (mse / ref_mse - 1) if ref_mse > 0 else (0.0 if mse == 0 else math.inf),
-            "device": DEVICE}
+    return {
+        "section": "pq",
+        "case": f"{name} {weight.shape[0]}x{weight.shape[1]} d={d} k={k} {layout}",
+        "method": method,
+        "seconds": t,
+        "mse": mse,
+        "time_ratio_vs_faiss": t / ref_t,
+        "mse_rel_vs_faiss": (mse / ref_mse - 1) if ref_mse > 0 else (0.0 if mse == 0 else math.inf),
+        "device": DEVICE,
+    }
 
 
 def print_rows(rows: list[dict]) -> None:
     for r in rows:
-        extra = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in r.items() if k not in ("section", "device"))
+        extra = "  ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in r.items()
+            if k not in ("section", "device")
+        )
         print(f"  {extra}", flush=True)
 
 
 # ----------------------------------------------------------------------------- 2.-3. training
+
 
 def timed_epochs(cfg: TrainConfig, data, repeats: int) -> dict[str, float]:
     """Median epoch seconds of: core train_epoch with reg none / binary / pq (refresh included, as in
@@ -172,16 +187,19 @@ def timed_epochs(cfg: TrainConfig, data, repeats: int) -> dict[str, float]:
         "plain PyTorch loop": None,
         "core train_epoch, reg none": replace(cfg, reg="none", lam=0.0),
         "core train_epoch, reg binary": replace(cfg, reg="binary", lam=0.02),
-        "core train_epoch, reg pq (d=8 k=16)": replace(cfg, reg="pq", lam=1.0, reg_subvector_size=8,
-                                                       reg_centroids=16),
+        "core train_epoch, reg pq (d=8 k=16)": replace(cfg, reg="pq", lam=1.0, reg_subvector_size=8, reg_centroids=16),
     }
     device = torch.device("cpu")
     state = {}
     for name, vcfg in variants.items():
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden)
-        state[name] = (model, torch.optim.Adam(model.parameters(), lr=cfg.lr),
-                       Regularizer(vcfg) if vcfg else None, torch.Generator().manual_seed(cfg.seed))
+        state[name] = (
+            model,
+            torch.optim.Adam(model.parameters(), lr=cfg.lr),
+            Regularizer(vcfg) if vcfg else None,
+            torch.Generator().manual_seed(cfg.seed),
+        )
     times = {name: [] for name in variants}
     for epoch in range(repeats + 1):  # the first pass warms up allocators and is dropped
         for name in variants:
@@ -203,7 +221,7 @@ def plain_epoch(model, x_train, y_train, optimizer, batch_size, generator) -> No
     model.train()
     order = torch.randperm(len(x_train), generator=generator)
     for start in range(0, len(x_train), batch_size):
-        index = order[start:start + batch_size]
+        index = order[start : start + batch_size]
         loss = F.cross_entropy(model(x_train[index]), y_train[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,6 +229,7 @@ def plain_epoch(model, x_train, y_train, optimizer, batch_size, generator) -> No
 
 
 # ---------------------------------------------------------------------------------- 4. the app
+
 
 def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStore) -> list[dict]:
     rows = []
@@ -220,7 +239,7 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
         store = RunStore(tmp)
         store.save_run(run)
         cold, warm = [], []
-        ks = [16, 32, 64, 128, 256, 8, 4, 512][:max(repeats, 3)]
+        ks = [16, 32, 64, 128, 256, 8, 4, 512][: max(repeats, 3)]
         for k in ks:  # a slider move to a k never computed: cold
             cfg = CompressConfig(method="pq", subvector_size=8, n_centroids=k)
             start = time.perf_counter()
@@ -254,8 +273,13 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
             return frame, mask
 
         t_data, (frame, _) = median_time(frontier_data, repeats)
-        rows.append(app_row(f"frontier data from a store of {len(frame)} points "
-                            "(list_compressions + DataFrame + Pareto)", [t_data], run_cfg))
+        rows.append(
+            app_row(
+                f"frontier data from a store of {len(frame)} points (list_compressions + DataFrame + Pareto)",
+                [t_data],
+                run_cfg,
+            )
+        )
         if charts is not None and hasattr(charts, "frontier_figure"):
             t_fig, _ = median_time(lambda: charts.frontier_figure(frame), repeats)
             rows.append(app_row(f"core.charts.frontier_figure of {len(frame)} points", [t_fig], run_cfg))
@@ -277,36 +301,53 @@ def pareto_mask(size: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
 
 
 def app_row(what: str, times: list[float], cfg: TrainConfig) -> dict:
-    row = {"section": "app", "case": f"{what}; {cfg.dataset} {cfg.model}", "method": "core",
-           "seconds": statistics.median(times), "max_seconds": max(times), "n": len(times),
-           "target": "< 1 s", "met": statistics.median(times) < 1.0, "device": DEVICE}
+    row = {
+        "section": "app",
+        "case": f"{what}; {cfg.dataset} {cfg.model}",
+        "method": "core",
+        "seconds": statistics.median(times),
+        "max_seconds": max(times),
+        "n": len(times),
+        "target": "< 1 s",
+        "met": statistics.median(times) < 1.0,
+        "device": DEVICE,
+    }
     print_rows([row])
     return row
 
 
 def speed_markdown(frame: pd.DataFrame, env: dict) -> str:
     """The speed table for RESULTS.md: one line a measurement, the ratio its target is about."""
-    lines = [f"device: {env['device']}, torch {env['torch']} ({env['torch_threads']} threads), "
-             f"faiss {env.get('faiss', '-')} ({env.get('faiss_threads', '-')} threads), "
-             f"k-means iterations {env['kmeans_iters']}, median of {env['repeats']} repeats\n",
-             "| section | case | method | seconds | ratio | MSE vs faiss | target | met |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {env['device']}, torch {env['torch']} ({env['torch_threads']} threads), "
+        f"faiss {env.get('faiss', '-')} ({env.get('faiss_threads', '-')} threads), "
+        f"k-means iterations {env['kmeans_iters']}, median of {env['repeats']} repeats\n",
+        "| section | case | method | seconds | ratio | MSE vs faiss | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in frame.to_dict("records"):
         if r["section"] == "pq":
             ratio, mse = f"{r['time_ratio_vs_faiss']:.2f}x faiss", f"{100 * r['mse_rel_vs_faiss']:+.2f}%"
             target = "time <= 1.5x faiss, MSE <= faiss + 1%"
-            met = "reference" if r["method"].startswith("faiss") else (
-                "yes" if r["time_ratio_vs_faiss"] <= 1.5 and r["mse_rel_vs_faiss"] <= 0.01 else "no")
+            met = (
+                "reference"
+                if r["method"].startswith("faiss")
+                else ("yes" if r["time_ratio_vs_faiss"] <= 1.5 and r["mse_rel_vs_faiss"] <= 0.01 else "no")
+            )
         elif r["section"] == "train":
             ratio, mse, target = f"{r['ratio']:.2f}x", "", r["target"]
             met = "reference" if target == "reference" else ("yes" if r["met"] else "no")
         else:
             ratio, mse, target, met = "", "", r["target"], "yes" if r["met"] else "no"
-        lines.append(f"| {r['section']} | {r['case']} | {r['method']} | {r['seconds']:.4f} | {ratio} | {mse} | "
-                     f"{target} | {met} |")
+        lines.append(
+            f"| {r['section']} | {r['case']} | {r['method']} | {r['seconds']:.4f} | {ratio} | {mse} | "
+            f"{target} | {met} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -326,10 +367,17 @@ def main(argv: list[str] | None = None) -> int:
         run_cfg = TrainConfig(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64)
     else:
         run_cfg = TrainConfig(dataset="mnist-5k", model="mlp", epochs=15, batch_size=128)
-    env = {"device": DEVICE, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "python": platform.python_version(), "kmeans_iters": iters, "repeats": repeats}
+    env = {
+        "device": DEVICE,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "kmeans_iters": iters,
+        "repeats": repeats,
+    }
     try:
         import faiss
+
         env["faiss"] = faiss.__version__
         env["faiss_threads"] = faiss.omp_get_max_threads()
     except ImportError:
@@ -343,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         run, _ = source.get_or_train(run_cfg, device="cpu", data=data)
         fc = [(name, run.state_dict[name].numpy()) for name in sorted(run.state_dict) if name.endswith("weight")]
         cases = []
-        for name, weight in (fc[:1] if args.smoke else fc):
+        for name, weight in fc[:1] if args.smoke else fc:
             # per-chunk learns each codebook from the `out` rows: k <= out (the 10-row layer: k = 8)
             k = min(256, 2 ** int(math.log2(weight.shape[0])))
             if args.smoke:
@@ -378,10 +426,19 @@ def main(argv: list[str] | None = None) -> int:
                 is_reg = "binary" in name or "pq" in name
                 ref, target = (none, "<= 1.10 (vs reg none)") if is_reg else (plain, "<= 1.10 (vs plain)")
                 ratio = t / ref
-                rows.append({"section": "train", "case": f"{cfg.dataset} {cfg.model}, batch {cfg.batch_size}, "
-                             f"{len(data.x_train)} images an epoch", "method": name, "seconds": t,
-                             "ratio": ratio, "target": target if name != "plain PyTorch loop" else "reference",
-                             "met": ratio <= 1.10, "device": DEVICE})
+                rows.append(
+                    {
+                        "section": "train",
+                        "case": f"{cfg.dataset} {cfg.model}, batch {cfg.batch_size}, "
+                        f"{len(data.x_train)} images an epoch",
+                        "method": name,
+                        "seconds": t,
+                        "ratio": ratio,
+                        "target": target if name != "plain PyTorch loop" else "reference",
+                        "met": ratio <= 1.10,
+                        "device": DEVICE,
+                    }
+                )
                 print_rows(rows[-1:])
 
     if "app" not in args.skip:

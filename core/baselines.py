@@ -6,6 +6,7 @@
 Applied to an unregularized run these are the paper's baselines; applied to a regularized run,
 they are the paper's method.
 """
+
 from __future__ import annotations
 
 import torch

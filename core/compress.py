@@ -4,6 +4,7 @@ exported file, and measure it: accuracy of the model rebuilt from the file, and 
 The accuracy is measured on the model rebuilt from the file's own tensors, so loading the
 exported file gives back exactly the accuracy reported here.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,39 +41,69 @@ class CompressResult:
         """One flat row: the frontier's and the sweep CSV's unit."""
         t, c = self.train_config, self.compress_config
         return {
-            "run_id": self.run_id, "dataset": t.dataset, "model": t.model, "reg": t.reg, "lam": t.lam,
-            "epochs": t.epochs, "seed": t.seed, "method": c.method, "subvector_size": c.subvector_size,
-            "n_centroids": c.n_centroids, "layout": c.layout, "centroid_bits": c.centroid_bits,
-            "finetune_epochs": c.finetune_epochs, "label": c.label(),
-            "float_accuracy": self.float_accuracy, "accuracy": self.accuracy,
+            "run_id": self.run_id,
+            "dataset": t.dataset,
+            "model": t.model,
+            "reg": t.reg,
+            "lam": t.lam,
+            "epochs": t.epochs,
+            "seed": t.seed,
+            "method": c.method,
+            "subvector_size": c.subvector_size,
+            "n_centroids": c.n_centroids,
+            "layout": c.layout,
+            "centroid_bits": c.centroid_bits,
+            "finetune_epochs": c.finetune_epochs,
+            "label": c.label(),
+            "float_accuracy": self.float_accuracy,
+            "accuracy": self.accuracy,
             "accuracy_drop": self.float_accuracy - self.accuracy,
-            "fc_bits": self.size.fc_bits, "fc_ratio": self.size.fc_ratio,
-            "model_bits": self.size.model_bits, "model_ratio": self.size.model_ratio,
-            "code_bits": self.size.code_bits, "codebook_bits": self.size.codebook_bits,
-            "scale_bits": self.size.scale_bits, "rest_bits": self.size.rest_bits,
-            "file_bytes": self.file_bytes, "seconds": self.seconds,
+            "fc_bits": self.size.fc_bits,
+            "fc_ratio": self.size.fc_ratio,
+            "model_bits": self.size.model_bits,
+            "model_ratio": self.size.model_ratio,
+            "code_bits": self.size.code_bits,
+            "codebook_bits": self.size.codebook_bits,
+            "scale_bits": self.size.scale_bits,
+            "rest_bits": self.size.rest_bits,
+            "file_bytes": self.file_bytes,
+            "seconds": self.seconds,
         }
 
     def to_json(self) -> dict:
-        return {"run_id": self.run_id, "train_config": asdict(self.train_config),
-                "compress_config": asdict(self.compress_config), "accuracy": self.accuracy,
-                "float_accuracy": self.float_accuracy, "size": self.size.as_dict(),
-                "file_bytes": self.file_bytes, "layer_mse": self.layer_mse, "seconds": self.seconds}
+        return {
+            "run_id": self.run_id,
+            "train_config": asdict(self.train_config),
+            "compress_config": asdict(self.compress_config),
+            "accuracy": self.accuracy,
+            "float_accuracy": self.float_accuracy,
+            "size": self.size.as_dict(),
+            "file_bytes": self.file_bytes,
+            "layer_mse": self.layer_mse,
+            "seconds": self.seconds,
+        }
 
     @classmethod
-    def from_json(cls, data: dict) -> "CompressResult":
-        return cls(run_id=data["run_id"], train_config=TrainConfig.from_dict(data["train_config"]),
-                   compress_config=CompressConfig.from_dict(data["compress_config"]),
-                   accuracy=data["accuracy"], float_accuracy=data["float_accuracy"],
-                   size=SizeReport(**data["size"]), file_bytes=data["file_bytes"],
-                   layer_mse=data.get("layer_mse", {}), seconds=data.get("seconds", 0.0))
+    def from_json(cls, data: dict) -> CompressResult:
+        return cls(
+            run_id=data["run_id"],
+            train_config=TrainConfig.from_dict(data["train_config"]),
+            compress_config=CompressConfig.from_dict(data["compress_config"]),
+            accuracy=data["accuracy"],
+            float_accuracy=data["float_accuracy"],
+            size=SizeReport(**data["size"]),
+            file_bytes=data["file_bytes"],
+            layer_mse=data.get("layer_mse", {}),
+            seconds=data.get("seconds", 0.0),
+        )
 
 
 def _trainable_codebooks(layers: list[QuantizedLayer]) -> list[torch.Tensor]:
     """One leaf tensor per layer: the codebooks, or for binarization the single alpha."""
     return [
-        (layer.codebooks[0, 1].detach().clone() if layer.layout == "sign" else layer.codebooks.detach().clone())
-        .requires_grad_(True)
+        (
+            layer.codebooks[0, 1].detach().clone() if layer.layout == "sign" else layer.codebooks.detach().clone()
+        ).requires_grad_(True)
         for layer in layers
     ]
 
@@ -83,15 +114,24 @@ def _codebooks_of(layer: QuantizedLayer, param: torch.Tensor) -> torch.Tensor:
     return param
 
 
-def finetune_centroids(model: nn.Module, layers: list[QuantizedLayer], data: Dataset, cfg: CompressConfig,
-                       batch_size: int, device: torch.device, on_step: OnStep | None = None) -> list[QuantizedLayer]:
+def finetune_centroids(
+    model: nn.Module,
+    layers: list[QuantizedLayer],
+    data: Dataset,
+    cfg: CompressConfig,
+    batch_size: int,
+    device: torch.device,
+    on_step: OnStep | None = None,
+) -> list[QuantizedLayer]:
     """Deep Compression's trained quantization: codes fixed, centroids trained on the task loss.
 
     Each FC weight is decoded from trainable codebooks at every step, so a centroid's gradient is
     the sum of the gradients of the weights it stands for. Everything else stays frozen.
     """
-    layers = [QuantizedLayer(l.name, l.shape, l.subvector_size, l.layout, l.codebooks.to(device),
-                             l.codes.to(device)) for l in layers]
+    layers = [
+        QuantizedLayer(l.name, l.shape, l.subvector_size, l.layout, l.codebooks.to(device), l.codes.to(device))
+        for l in layers
+    ]
     params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(layers)]
     frozen = {k: v.detach().to(device) for k, v in model.state_dict().items()}
     model = model.to(device).train()
@@ -102,7 +142,7 @@ def finetune_centroids(model: nn.Module, layers: list[QuantizedLayer], data: Dat
     for epoch in range(cfg.finetune_epochs):
         order = torch.randperm(n_train, generator=generator)
         for step in range(n_steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size]
             weights = {layer.name: layer.decode(_codebooks_of(layer, p)) for layer, p in zip(layers, params)}
             logits = torch.func.functional_call(model, frozen | weights, (data.x_train[index].to(device),))
             loss = F.cross_entropy(logits, data.y_train[index].to(device))
@@ -116,14 +156,19 @@ def finetune_centroids(model: nn.Module, layers: list[QuantizedLayer], data: Dat
         books = _codebooks_of(layer, param.detach()).cpu()
         if cfg.centroid_bits == 16:
             books = books.half().float()
-        tuned.append(QuantizedLayer(layer.name, layer.shape, layer.subvector_size, layer.layout, books,
-                                    layer.codes.cpu()))
+        tuned.append(
+            QuantizedLayer(layer.name, layer.shape, layer.subvector_size, layer.layout, books, layer.codes.cpu())
+        )
     return tuned
 
 
-def compress_run(run: TrainResult, cfg: CompressConfig, data: Dataset | None = None,
-                 device: str | torch.device | None = None,
-                 on_step: OnStep | None = None) -> tuple[CompressResult, bytes]:
+def compress_run(
+    run: TrainResult,
+    cfg: CompressConfig,
+    data: Dataset | None = None,
+    device: str | torch.device | None = None,
+    on_step: OnStep | None = None,
+) -> tuple[CompressResult, bytes]:
     """Compress `run` as `cfg` says: (result, bytes of the exported file)."""
     started = time.perf_counter()
     cfg = cfg.canonical()
@@ -138,13 +183,23 @@ def compress_run(run: TrainResult, cfg: CompressConfig, data: Dataset | None = N
         layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
     state = run.state_dict
     layer_mse = {layer.name: float(((state[layer.name] - layer.decode()) ** 2).mean()) for layer in layers}
-    tensors, meta = build_payload(state, layers, run.config, cfg, run.input_shape, run.n_classes,
-                                  extra={"run_id": run.run_id})
+    tensors, meta = build_payload(
+        state, layers, run.config, cfg, run.input_shape, run.n_classes, extra={"run_id": run.run_id}
+    )
     rebuilt = model_from_payload(tensors, meta).to(device)
     accuracy = evaluate(rebuilt, data.x_test, data.y_test, device)
     meta["accuracy"] = accuracy
     meta["dataset"] = run.config.dataset
     blob = to_bytes(tensors, meta)
-    result = CompressResult(run.run_id, run.config, cfg, accuracy, run.test_accuracy, size, len(blob),
-                            layer_mse, time.perf_counter() - started)
+    result = CompressResult(
+        run.run_id,
+        run.config,
+        cfg,
+        accuracy,
+        run.test_accuracy,
+        size,
+        len(blob),
+        layer_mse,
+        time.perf_counter() - started,
+    )
     return result, blob

@@ -4,6 +4,7 @@
 that changes a result lives here and nothing else does (the device, for instance, does not).
 Validation raises `ValueError` with a sentence a user can act on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,7 +92,7 @@ class TrainConfig:
         check_subvector_size(self.reg_subvector_size)
         check_centroids(self.reg_centroids)
 
-    def canonical(self) -> "TrainConfig":
+    def canonical(self) -> TrainConfig:
         """The same run with fields that cannot matter reset, so equal runs share one cache key."""
         cfg = self
         if cfg.reg == "none" or cfg.lam == 0:
@@ -110,7 +111,7 @@ class TrainConfig:
         return config_hash(payload)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -146,14 +147,17 @@ class CompressConfig:
         if not math.isfinite(self.finetune_lr) or self.finetune_lr <= 0:
             raise ValueError(f"finetune_lr={self.finetune_lr} must be a positive number, e.g. 0.0001")
 
-    def canonical(self) -> "CompressConfig":
+    def canonical(self) -> CompressConfig:
         """Reset the fields a method ignores, so equal compressions share one cache key."""
         defaults = CompressConfig()
         if self.method == "float":
             return CompressConfig(method="float")
         if self.method == "binarize":
             return replace(
-                defaults, method="binarize", subvector_size=1, n_centroids=2,
+                defaults,
+                method="binarize",
+                subvector_size=1,
+                n_centroids=2,
                 finetune_epochs=self.finetune_epochs,
                 finetune_lr=self.finetune_lr if self.finetune_epochs else defaults.finetune_lr,
             )
@@ -192,6 +196,6 @@ class CompressConfig:
         return text
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CompressConfig":
+    def from_dict(cls, data: dict) -> CompressConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})

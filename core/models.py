@@ -1,5 +1,6 @@
 """The networks. Each one's FC layers (its `nn.Linear` modules) are the compression targets;
 everything else (conv weights, every bias) stays float32 and is counted as such."""
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,10 @@ class LeNet5(nn.Module):
         channels, height, width = input_shape
         pad = 0 if min(height, width) >= 16 else 2
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 20, 5, padding=pad), nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, 5, padding=pad), nn.MaxPool2d(2),
+            nn.Conv2d(channels, 20, 5, padding=pad),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5, padding=pad),
+            nn.MaxPool2d(2),
         )
         with torch.no_grad():
             n_flat = self.features(torch.zeros(1, *input_shape)).numel()
@@ -59,8 +62,11 @@ class CifarCNN(nn.Module):
 
         def block(c_in: int, c_out: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(c_in, c_out, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
             )
 
         self.features = nn.Sequential(block(channels, 32), block(32, 64))
@@ -74,8 +80,9 @@ class CifarCNN(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], n_classes: int,
-                hidden: tuple[int, ...] = (300, 100)) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, int, int], n_classes: int, hidden: tuple[int, ...] = (300, 100)
+) -> nn.Module:
     if name == "mlp":
         return MLP(input_shape, n_classes, hidden)
     if name == "lenet5":

@@ -4,6 +4,7 @@ Everything is batched over *groups*: a group is one codebook and the subvectors 
 The `shared` layout has one group per layer; `per-chunk` has one group per chunk position
 (Jegou 2011 / Gong 2014). One k-means implementation serves both, and scalar k-means is d = 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -55,6 +56,7 @@ def from_groups(grouped: torch.Tensor, layout: str, out_features: int) -> torch.
 
 
 # ----------------------------------------------------------------------------------------- k-means
+
 
 def assign(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest centroid of every subvector: (G, N, d), (G, k, d) -> codes (G, N), sq. errors (G, N).
@@ -133,8 +135,7 @@ def _init_kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
     return centroids
 
 
-def _reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor,
-                  errors: torch.Tensor) -> None:
+def _reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, errors: torch.Tensor) -> None:
     """Move each empty centroid onto one of the worst-coded subvectors of its group (in place).
 
     Only subvectors with a positive error are used: when none is left, the group is coded
@@ -144,11 +145,12 @@ def _reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor
         empty = torch.nonzero(counts[group] == 0).flatten()
         worst_err, worst = errors[group].topk(min(len(empty), errors.shape[1]))
         worst = worst[worst_err > 0]
-        centroids[group, empty[:len(worst)]] = x[group, worst]
+        centroids[group, empty[: len(worst)]] = x[group, worst]
 
 
-def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
-           init: str = "kmeans++") -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0, init: str = "kmeans++"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on each group: (G, N, d) -> centroids (G, k, d), codes (G, N).
 
     With N <= k every subvector is its own centroid (lossless), padded with copies of the
@@ -168,7 +170,7 @@ def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
         sample = x
         if n_points > KMEANS_PP_SAMPLE_PER_CENTROID * k:
             picks = torch.randperm(n_points, generator=generator, device=x.device)
-            sample = x[:, picks[:KMEANS_PP_SAMPLE_PER_CENTROID * k]]
+            sample = x[:, picks[: KMEANS_PP_SAMPLE_PER_CENTROID * k]]
         centroids = _init_kmeans_pp(sample, k, generator)
     else:
         centroids = _init_random(x, k, generator)
@@ -196,6 +198,7 @@ def kmeans(x: torch.Tensor, n_centroids: int, n_iter: int = 20, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------- quantized layers
+
 
 @dataclass
 class QuantizedLayer:

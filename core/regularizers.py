@@ -16,6 +16,7 @@ second: it is the same gradient (tested against autograd) at a third of the cost
   epoch), R = sum_l mean over subvectors ||v - c(v)||^2 / (d * var(W_l)). Padding is not a weight,
   so the mean runs over the real weights of the decoded target.
 """
+
 from __future__ import annotations
 
 import torch
@@ -114,8 +115,13 @@ def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0) -> torch.Tens
 
 def pq_targets(weight: torch.Tensor, subvector_size: int, n_centroids: int, seed: int = 0) -> torch.Tensor:
     """The PQ reconstruction of a layer with a shared codebook: (out, in) -> (out, in)."""
-    cfg = CompressConfig(method="pq", subvector_size=min(subvector_size, weight.shape[1]),
-                         n_centroids=n_centroids, kmeans_iters=10, seed=seed)
+    cfg = CompressConfig(
+        method="pq",
+        subvector_size=min(subvector_size, weight.shape[1]),
+        n_centroids=n_centroids,
+        kmeans_iters=10,
+        seed=seed,
+    )
     return quantize_weight("w", weight, cfg).decode().to(weight.dtype)
 
 
@@ -146,8 +152,7 @@ class Regularizer:
         if self.cfg.reg == "levels":
             self._targets = [fit_levels(w, self.cfg.reg_levels, seed) for w in weights]
         elif self.cfg.reg == "pq":
-            self._targets = [pq_targets(w, self.cfg.reg_subvector_size, self.cfg.reg_centroids, seed)
-                             for w in weights]
+            self._targets = [pq_targets(w, self.cfg.reg_subvector_size, self.cfg.reg_centroids, seed) for w in weights]
 
     def add_gradient_(self, model: nn.Module, lam: float) -> torch.Tensor:
         """After backward of the task loss: adds lam * dR/dW to the FC weights' gradients in place

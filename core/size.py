@@ -3,6 +3,7 @@
 FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
 model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -54,8 +55,14 @@ def size_report(fc_shapes: list[tuple[int, int]], n_rest: int, cfg: CompressConf
     model_bits = fc_bits + rest_bits
     model_float_bits = FLOAT_BITS * (n_fc + n_rest)
     return SizeReport(
-        code_bits=code_bits, codebook_bits=codebook_bits, scale_bits=scale_bits, fc_bits=fc_bits,
-        fc_float_bits=FLOAT_BITS * n_fc, rest_bits=rest_bits, model_bits=model_bits,
+        code_bits=code_bits,
+        codebook_bits=codebook_bits,
+        scale_bits=scale_bits,
+        fc_bits=fc_bits,
+        fc_float_bits=FLOAT_BITS * n_fc,
+        rest_bits=rest_bits,
+        model_bits=model_bits,
         model_float_bits=model_float_bits,
-        fc_ratio=FLOAT_BITS * n_fc / fc_bits, model_ratio=model_float_bits / model_bits,
+        fc_ratio=FLOAT_BITS * n_fc / fc_bits,
+        model_ratio=model_float_bits / model_bits,
     )

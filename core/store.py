@@ -11,6 +11,7 @@ to a temporary name and renamed), so a reader never sees half an entry and two w
 key leave one valid entry. An entry whose checksum does not match is treated as missing and
 recomputed. Nothing is loaded with pickle: weights are safetensors, metadata JSON.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,10 +70,15 @@ class RunStore:
             if meta.get("model_sha256") != _sha256(blob):
                 return None
             return TrainResult(
-                config=TrainConfig.from_dict(meta["config"]).canonical(), run_id=meta["run_id"],
-                state_dict=st_load(blob), input_shape=tuple(meta["input_shape"]),
-                n_classes=meta["n_classes"], history=meta["history"], histograms=meta["histograms"],
-                device=meta.get("device", "cpu"), seconds=meta.get("seconds", 0.0),
+                config=TrainConfig.from_dict(meta["config"]).canonical(),
+                run_id=meta["run_id"],
+                state_dict=st_load(blob),
+                input_shape=tuple(meta["input_shape"]),
+                n_classes=meta["n_classes"],
+                history=meta["history"],
+                histograms=meta["histograms"],
+                device=meta.get("device", "cpu"),
+                seconds=meta.get("seconds", 0.0),
             )
         except (OSError, KeyError, TypeError, ValueError):
             return None
@@ -84,9 +90,15 @@ class RunStore:
         """Publish a run atomically; a valid entry already there wins, a corrupt one is replaced."""
         blob = st_save(result.state_dict)
         meta = {
-            "run_id": result.run_id, "config": asdict(result.config), "input_shape": list(result.input_shape),
-            "n_classes": result.n_classes, "history": result.history, "histograms": result.histograms,
-            "device": result.device, "seconds": result.seconds, "model_sha256": _sha256(blob),
+            "run_id": result.run_id,
+            "config": asdict(result.config),
+            "input_shape": list(result.input_shape),
+            "n_classes": result.n_classes,
+            "history": result.history,
+            "histograms": result.histograms,
+            "device": result.device,
+            "seconds": result.seconds,
+            "model_sha256": _sha256(blob),
         }
         final = self._run_dir(result.run_id)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +137,14 @@ class RunStore:
         runs = [self.load_run(p.name) for p in folders]
         return [run for run in runs if run is not None]
 
-    def get_or_train(self, cfg: TrainConfig, device=None, on_epoch: OnEpoch | None = None,
-                     on_step: OnStep | None = None, data: Dataset | None = None) -> tuple[TrainResult, bool]:
+    def get_or_train(
+        self,
+        cfg: TrainConfig,
+        device=None,
+        on_epoch: OnEpoch | None = None,
+        on_step: OnStep | None = None,
+        data: Dataset | None = None,
+    ) -> tuple[TrainResult, bool]:
         """(run, was_cached). Trains and stores only on a miss; a failed or interrupted training
         stores nothing."""
         cached = self.load_run(cfg.run_id())
@@ -162,8 +180,14 @@ class RunStore:
         _write_atomic(json_path, json.dumps({"result": result.to_json(), "file_sha256": _sha256(blob)}).encode())
         return file_path
 
-    def get_or_compress(self, run: TrainResult, cfg: CompressConfig, device=None, data: Dataset | None = None,
-                        on_step: OnStep | None = None) -> tuple[CompressResult, Path, bool]:
+    def get_or_compress(
+        self,
+        run: TrainResult,
+        cfg: CompressConfig,
+        device=None,
+        data: Dataset | None = None,
+        on_step: OnStep | None = None,
+    ) -> tuple[CompressResult, Path, bool]:
         """(result, exported file, was_cached)."""
         cached = self.load_compression(run.run_id, cfg)
         if cached is not None:

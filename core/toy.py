@@ -3,6 +3,7 @@
 - the double well: a cloud of weights pulled by `core.regularizers.binary_penalty`;
 - product quantization of 2-D points with `core.pq.kmeans`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,7 @@ from .regularizers import binary_penalty
 from .train import histogram
 
 
-def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01,
-                        seed: int = 0) -> dict:
+def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01, seed: int = 0) -> dict:
     """Gradient descent on  mean (w - w0)^2 / var(w0) + lam * R_binary(w)  from a Gaussian cloud w0.
 
     The first term stands in for the task loss (it keeps each weight near where training put
@@ -31,8 +31,10 @@ def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr:
         optimizer.step()
     final = weights.detach()
     return {
-        "initial": initial.flatten().tolist(), "final": final.flatten().tolist(),
-        "alpha": float(final.abs().mean()), "penalty": float(binary_penalty([final])),
+        "initial": initial.flatten().tolist(),
+        "final": final.flatten().tolist(),
+        "alpha": float(final.abs().mean()),
+        "penalty": float(binary_penalty([final])),
         "initial_penalty": float(binary_penalty([initial])),
     }
 
@@ -51,5 +53,10 @@ def pq_toy(n_centroids: int, n_points: int = 600, n_iter: int = 20, seed: int = 
     centroids, codes = kmeans(points.unsqueeze(0), n_centroids, n_iter=n_iter, seed=seed)  # (1, k, 2), (1, N)
     decoded = centroids[0][codes[0]]  # (N, 2)
     mse = float(((points - decoded) ** 2).mean())
-    return {"points": points.tolist(), "centroids": centroids[0].tolist(), "codes": codes[0].tolist(),
-            "mse": mse, "variance": float(points.var(0).mean())}
+    return {
+        "points": points.tolist(),
+        "centroids": centroids[0].tolist(),
+        "codes": codes[0].tolist(),
+        "mse": mse,
+        "variance": float(points.var(0).mean()),
+    }

@@ -3,12 +3,13 @@
 `train(cfg)` is pure: it returns a `TrainResult` and writes nothing; the run store decides what
 to keep. Long work reports through `on_epoch(epoch, metrics)` and `on_step(step, n_steps)`.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -49,8 +50,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
     model.eval()
     correct = 0
     for start in range(0, len(x), EVAL_BATCH):
-        logits = model(x[start:start + EVAL_BATCH].to(device))
-        correct += int((logits.argmax(1).cpu() == y[start:start + EVAL_BATCH]).sum())
+        logits = model(x[start : start + EVAL_BATCH].to(device))
+        correct += int((logits.argmax(1).cpu() == y[start : start + EVAL_BATCH]).sum())
     return correct / len(x)
 
 
@@ -99,9 +100,14 @@ class TrainResult:
         return model.eval()
 
     def summary(self) -> dict:
-        return {"run_id": self.run_id, "test_accuracy": self.test_accuracy, "epochs": self.history,
-                "config": self.config.__dict__ | {"hidden": list(self.config.hidden)},
-                "device": self.device, "seconds": self.seconds}
+        return {
+            "run_id": self.run_id,
+            "test_accuracy": self.test_accuracy,
+            "epochs": self.history,
+            "config": self.config.__dict__ | {"hidden": list(self.config.hidden)},
+            "device": self.device,
+            "seconds": self.seconds,
+        }
 
 
 def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig, limit: float = math.inf) -> None:
@@ -112,9 +118,17 @@ def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig, limit: 
         )
 
 
-def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, optimizer: torch.optim.Optimizer,
-                reg: Regularizer, epoch: int, generator: torch.Generator, device: torch.device,
-                on_step: OnStep | None = None) -> dict:
+def train_epoch(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    reg: Regularizer,
+    epoch: int,
+    generator: torch.Generator,
+    device: torch.device,
+    on_step: OnStep | None = None,
+) -> dict:
     """One pass over (x_train, y_train), already on `device`; returns the mean loss, cross-entropy
     and regularizer value."""
     cfg = reg.cfg
@@ -128,7 +142,7 @@ def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     sum_loss = torch.zeros((), device=device)
     report_every = max(1, n_steps // 20)
     for step in range(n_steps):
-        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = x_train[index], y_train[index]
         ce = F.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -146,15 +160,19 @@ def train_epoch(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
         if on_step is not None and (step + 1) % report_every == 0:
             _check_finite(float(sum_loss), epoch, "loss", cfg)
             on_step(step + 1, n_steps)
-    metrics = {"loss": float(sum_loss) / n_steps, "ce": float(sum_ce) / n_steps,
-               "reg": float(sum_reg) / n_steps}
+    metrics = {"loss": float(sum_loss) / n_steps, "ce": float(sum_ce) / n_steps, "reg": float(sum_reg) / n_steps}
     _check_finite(metrics["loss"], epoch, "loss", cfg)
     _check_finite(metrics["ce"], epoch, "cross-entropy", cfg, limit=CE_BLOWUP)
     return metrics
 
 
-def train(cfg: TrainConfig, device: str | torch.device | None = None, on_epoch: OnEpoch | None = None,
-          on_step: OnStep | None = None, data: Dataset | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    device: str | torch.device | None = None,
+    on_epoch: OnEpoch | None = None,
+    on_step: OnStep | None = None,
+    data: Dataset | None = None,
+) -> TrainResult:
     """Train `cfg` from scratch; raises TrainingDiverged on a NaN / inf loss.
 
     The result carries the canonical config: (reg=binary, lam=0) is recorded as the run it is,

@@ -1,6 +1,7 @@
 """Helpers to drive the app in a real browser: a headless `streamlit run app.py` on a free port and
 Chromium (Debian's binary) through Playwright. Used by tests/test_browser.py and
 bench/app_walkthrough.py; nothing here is a test."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LONG = 90_000  # ms: a page's first run imports torch and may load a dataset on 2 shared cores
 
 
@@ -47,10 +55,27 @@ def streamlit_app(store_root: Path, log_path: Path):
     env = os.environ | {"COMPRESSION_LAB_CACHE": str(store_root), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
-             "--server.fileWatcherType", "none"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+                "--server.fileWatcherType",
+                "none",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -83,7 +108,8 @@ def shot(page, path: Path) -> None:
     """The whole page: Streamlit scrolls inside its main container, so grow the viewport to fit it."""
     height = page.evaluate(
         "() => Math.max(document.body.scrollHeight, ...[...document.querySelectorAll("
-        "'[data-testid=\"stMain\"], [data-testid=\"stAppViewContainer\"]')].map(e => e.scrollHeight))")
+        '\'[data-testid="stMain"], [data-testid="stAppViewContainer"]\')].map(e => e.scrollHeight))'
+    )
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": min(int(height) + 60, 8000)})
     page.wait_for_timeout(800)  # let Plotly re-lay out to the new size
@@ -96,8 +122,9 @@ def metric_value(page, label: str) -> str:
     return box.locator('[data-testid="stMetricValue"]').inner_text().strip()
 
 
-def press_and_time_metric(page, selector: str, key: str, label: str, expected: str | None = None,
-                          before: str | None = None) -> float:
+def press_and_time_metric(
+    page, selector: str, key: str, label: str, expected: str | None = None, before: str | None = None
+) -> float:
     """Focus `selector`, press `key` and return the seconds until the metric `label` shows `expected`
     (or anything other than `before`)."""
     page.locator(selector).focus()
@@ -111,5 +138,8 @@ def press_and_time_metric(page, selector: str, key: str, label: str, expected: s
             if (!value) return false;
             const text = value.innerText.trim();
             return expected !== null ? text === expected : text !== before;
-        }""", arg=[label, expected, before], timeout=LONG)
+        }""",
+        arg=[label, expected, before],
+        timeout=LONG,
+    )
     return time.perf_counter() - started

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny, fast run on the 8x8 digits (1,437 training images)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Every page under streamlit's AppTest: empty store, a store with tiny runs, and widgets that
 change what is shown. The app is driven through app.py (st.navigation) with switch_page."""
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,11 @@ def lab_root(tmp_path_factory) -> Path:
     store = RunStore(root)
     for cfg in (PLAIN, BINARY):
         run, _ = store.get_or_train(cfg)
-        for ccfg in (CompressConfig(method="binarize"), CompressConfig(method="kmeans", n_centroids=4),
-                     CompressConfig(method="pq", subvector_size=2, n_centroids=8)):
+        for ccfg in (
+            CompressConfig(method="binarize"),
+            CompressConfig(method="kmeans", n_centroids=4),
+            CompressConfig(method="pq", subvector_size=2, n_centroids=8),
+        ):
             store.get_or_compress(run, ccfg)
     return root
 
@@ -74,6 +78,7 @@ def texts(elements) -> str:
 
 # ------------------------------------------------------------------------------------ empty store
 
+
 def test_home_on_empty_store_shows_labelled_illustration(empty_store):
     at = open_page(None)
     assert_clean(at)
@@ -91,6 +96,7 @@ def test_every_page_runs_on_an_empty_store(empty_store, page):
 
 
 # --------------------------------------------------------------------------------- store with runs
+
 
 @pytest.mark.parametrize("page", (None, *PAGES))
 def test_every_page_runs_on_a_store_with_runs(lab_store, page):
@@ -151,10 +157,13 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
     assert "diverged" in texts(at.error)
 
 
-@pytest.mark.parametrize("query, message", [
-    ({"dataset": "digits", "hidden": "30,abc"}, "Hidden widths"),
-    ({"dataset": "mnist-5k", "model": "cifar-cnn"}, "cifar10"),
-])
+@pytest.mark.parametrize(
+    "query, message",
+    [
+        ({"dataset": "digits", "hidden": "30,abc"}, "Hidden widths"),
+        ({"dataset": "mnist-5k", "model": "cifar-cnn"}, "cifar10"),
+    ],
+)
 def test_train_rejects_an_invalid_configuration_in_the_page(empty_store, query, message):
     at = open_page("train", query)
     assert_clean(at)
@@ -225,8 +234,10 @@ def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(e
     assert at.get("plotly_chart"), "the frontier is drawn right after the sweep"
 
 
-@pytest.mark.parametrize("page,query", [("compress", {"run": "0123456789abcdef"}),
-                                        ("compare", {"runs": f"0123456789abcdef,{PLAIN.run_id()}"})])
+@pytest.mark.parametrize(
+    "page,query",
+    [("compress", {"run": "0123456789abcdef"}), ("compare", {"runs": f"0123456789abcdef,{PLAIN.run_id()}"})],
+)
 def test_a_link_to_a_run_not_in_the_store_says_so(lab_store, page, query):
     at = open_page(page, query)
     assert_clean(at)
@@ -246,7 +257,9 @@ def test_compare_two_runs_shows_differences_and_budgets(lab_store):
     assert_clean(at)
     own = at.dataframe[-1].value
     # from its own float accuracy no run's drop can be larger than from the best float accuracy
-    ratios = [frame["FC ratio"].fillna(0).tolist() if "FC ratio" in frame else [0] * len(frame) for frame in (own, best)]
+    ratios = [
+        frame["FC ratio"].fillna(0).tolist() if "FC ratio" in frame else [0] * len(frame) for frame in (own, best)
+    ]
     assert all(a >= b for a, b in zip(*ratios))
     at.slider(key="cmp_epoch").set_value(1).run()
     assert_clean(at)

@@ -2,6 +2,7 @@
 
 Tiny and seeded: the 8x8 digits, hidden (32, 16), a few epochs; files only under tmp_path.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,17 +46,21 @@ def train_ce(run, layers, data) -> float:
         return float(F.cross_entropy(logits, data.y_train))
 
 
-@pytest.mark.parametrize("cfg", [
-    CompressConfig(method="pq", subvector_size=4, n_centroids=8, finetune_epochs=3, finetune_lr=1e-3),
-    CompressConfig(method="pq", subvector_size=4, n_centroids=4, layout="per-chunk", finetune_epochs=3,
-                   finetune_lr=1e-3),
-    CompressConfig(method="kmeans", subvector_size=1, n_centroids=4, finetune_epochs=3, finetune_lr=1e-3),
-    CompressConfig(method="binarize", finetune_epochs=3, finetune_lr=1e-3),
-], ids=["pq-shared", "pq-per-chunk", "kmeans", "binarize"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CompressConfig(method="pq", subvector_size=4, n_centroids=8, finetune_epochs=3, finetune_lr=1e-3),
+        CompressConfig(
+            method="pq", subvector_size=4, n_centroids=4, layout="per-chunk", finetune_epochs=3, finetune_lr=1e-3
+        ),
+        CompressConfig(method="kmeans", subvector_size=1, n_centroids=4, finetune_epochs=3, finetune_lr=1e-3),
+        CompressConfig(method="binarize", finetune_epochs=3, finetune_lr=1e-3),
+    ],
+    ids=["pq-shared", "pq-per-chunk", "kmeans", "binarize"],
+)
 def test_finetune_lowers_task_loss_with_codes_fixed(tiny_run, digits, cfg):
     layers = quantize_model(tiny_run.model(), cfg)
-    tuned = finetune_centroids(tiny_run.model(), layers, digits, cfg, tiny_run.config.batch_size,
-                               torch.device("cpu"))
+    tuned = finetune_centroids(tiny_run.model(), layers, digits, cfg, tiny_run.config.batch_size, torch.device("cpu"))
     assert train_ce(tiny_run, tuned, digits) < train_ce(tiny_run, layers, digits)
     for before, after in zip(layers, tuned):
         assert torch.equal(before.codes, after.codes)  # codes never move
@@ -81,8 +86,9 @@ def test_pq_regularizer_lowers_pq_reconstruction_error(digits):
     d, k = 4, 8
     base = TrainConfig(**(TINY | {"epochs": 4}))
     plain = train(base, device="cpu", data=digits)
-    regularized = train(replace(base, reg="pq", lam=1.0, reg_subvector_size=d, reg_centroids=k),
-                        device="cpu", data=digits)
+    regularized = train(
+        replace(base, reg="pq", lam=1.0, reg_subvector_size=d, reg_centroids=k), device="cpu", data=digits
+    )
     cfg = CompressConfig(method="pq", subvector_size=d, n_centroids=k)
     for name, _ in fc_layers(plain.model()):
         key = f"{name}.weight"
@@ -98,8 +104,7 @@ def test_pq_regularizer_lowers_pq_reconstruction_error(digits):
 
 def _run_script(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     env = os.environ | {"COMPRESSION_LAB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return proc
 
@@ -110,6 +115,7 @@ def test_paper_smoke(tmp_path):
     for name in ("points.csv", "budget.csv", "budget.md", "headline.csv", "headline.md", "frontier.png"):
         assert (out / name).stat().st_size > 0, name
     import pandas as pd
+
     points = pd.read_csv(out / "points.csv")
     assert {"Gong binarize", "Gong PQ", "Deep Compression (kmeans+ft)"} <= set(points["family"])
     assert (points["finetune_epochs"] > 0).any() and (points["reg"] != "none").any()
@@ -119,6 +125,7 @@ def test_speed_smoke(tmp_path):
     out = tmp_path / "results"
     proc = _run_script([str(ROOT / "bench" / "speed.py"), "--smoke", "--out", str(out)], tmp_path)
     import pandas as pd
+
     rows = pd.read_csv(out / "speed_smoke.csv")
     assert {"pq", "train", "app"} <= set(rows["section"]), proc.stdout[-2000:]
     assert (rows["device"] == rows["device"].iloc[0]).all()

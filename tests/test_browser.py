@@ -5,6 +5,7 @@ Trains a tiny run from a URL (?dataset=digits&epochs=1...), compresses it and mo
 Frontier (a Plotly chart must be drawn), and checks that no page shows an exception.
 Screenshots of every page go to test-artifacts/screenshots/ (gitignored).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,17 @@ from pathlib import Path
 import pytest
 
 from core.config import TrainConfig
-from tests.browser_support import (CHROMIUM, CHROMIUM_ARGS, LONG, REPO, metric_value, no_exception,
-                                   press_and_time_metric, settle, streamlit_app)
+from tests.browser_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    LONG,
+    REPO,
+    metric_value,
+    no_exception,
+    press_and_time_metric,
+    settle,
+    streamlit_app,
+)
 from tests.browser_support import shot as _shot
 
 SHOTS = REPO / "test-artifacts" / "screenshots"
@@ -97,9 +107,11 @@ def test_train_compress_frontier_in_a_browser(server):
                 # k back and forth between settings seen before: from the cache
                 cached_s.append(press_and_time_metric(page, k_slider, key, "FC ratio", expected=expected))
                 settle(page)
-            print(f"\nCompress k slider in Chromium: FC ratio {before} -> {after}; key press to new number "
-                  f"{new_setting_s:.2f} s (new setting, computed), "
-                  f"{', '.join(f'{s:.2f}' for s in cached_s)} s (settings seen before, cached)")
+            print(
+                f"\nCompress k slider in Chromium: FC ratio {before} -> {after}; key press to new number "
+                f"{new_setting_s:.2f} s (new setting, computed), "
+                f"{', '.join(f'{s:.2f}' for s in cached_s)} s (settings seen before, cached)"
+            )
             page.locator(".js-plotly-plot").first.wait_for()
             no_exception(page, "compress")
             shot(page, "compress")

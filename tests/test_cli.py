@@ -1,4 +1,5 @@
 """The command line: the happy path with --json, and one-line errors that write nothing."""
+
 from __future__ import annotations
 
 import csv
@@ -36,9 +37,24 @@ def test_train_compress_evaluate_runs(capsys, tmp_path):
     assert json.loads(out)["cached"] is True
 
     model_file = tmp_path / "model.safetensors"
-    code, out, _ = run_cli(capsys, "compress", trained["run_id"][:6], "--method", "pq", "--subvector-size", "4",
-                           "--centroids", "16", "--layout", "shared", "--out", str(model_file),
-                           "--cache-dir", cache, "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "compress",
+        trained["run_id"][:6],
+        "--method",
+        "pq",
+        "--subvector-size",
+        "4",
+        "--centroids",
+        "16",
+        "--layout",
+        "shared",
+        "--out",
+        str(model_file),
+        "--cache-dir",
+        cache,
+        "--json",
+    )
     assert code == 0
     compressed = json.loads(out)
     for key in ("accuracy", "fc_bits", "fc_ratio", "model_bits", "model_ratio", "file_bytes"):
@@ -57,10 +73,41 @@ def test_train_compress_evaluate_runs(capsys, tmp_path):
 def test_sweep_writes_one_row_per_point(capsys, tmp_path):
     table = tmp_path / "sweep.csv"
     code, out, err = run_cli(
-        capsys, "sweep", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3",
-        "--reg", "binary", "--lam", "0", "0.05", "--method", "binarize", "kmeans", "pq",
-        "-d", "2", "4", "-k", "4", "32", "--layout", "shared", "per-chunk",
-        "--cache-dir", str(tmp_path / "cache"), "--csv", str(table), "--json")
+        capsys,
+        "sweep",
+        "--dataset",
+        "digits",
+        "--hidden",
+        "32",
+        "16",
+        "--epochs",
+        "2",
+        "--lr",
+        "3e-3",
+        "--reg",
+        "binary",
+        "--lam",
+        "0",
+        "0.05",
+        "--method",
+        "binarize",
+        "kmeans",
+        "pq",
+        "-d",
+        "2",
+        "4",
+        "-k",
+        "4",
+        "32",
+        "--layout",
+        "shared",
+        "per-chunk",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--csv",
+        str(table),
+        "--json",
+    )
     assert code == 0
     rows = list(csv.DictReader(table.open()))
     # per run: binarize 1 + kmeans 2 (k) + pq 2 d x 2 k x 2 layouts - per-chunk k=32 (> the 10 rows of the last layer), for both d
@@ -116,8 +163,23 @@ def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path):
 
 
 def test_no_traceback_from_the_real_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "core", "train", "--dataset", "digits", "--epochs", "0",
-                           "--cache-dir", str(tmp_path / "c")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "core",
+            "train",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert not (tmp_path / "c").exists()

@@ -3,6 +3,7 @@
 No network: mnist and cifar10 are loaded from tiny files in their real on-disk formats, written here
 into tmp_path and read through torchvision's own classes; downloads are always off or faked.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -21,14 +22,22 @@ from torchvision.datasets import CIFAR10, FashionMNIST
 
 from core import data as data_module
 from core.config import DATASETS
-from core.data import (DATASET_INFO, FASHION_MNIST_SYSTEM_DIR, IDX_FILES, Dataset, DatasetUnavailable,
-                       default_data_dir, load_dataset)
+from core.data import (
+    DATASET_INFO,
+    FASHION_MNIST_SYSTEM_DIR,
+    IDX_FILES,
+    Dataset,
+    DatasetUnavailable,
+    default_data_dir,
+    load_dataset,
+)
 
 CIFAR_LABEL_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Writers for the real on-disk formats.
+
 
 def write_idx_gz(path: Path, array: np.ndarray) -> None:
     """The MNIST IDX format: big-endian magic 0x000008<ndim> (uint8 data), one int32 per dim, raw bytes."""
@@ -78,11 +87,14 @@ def md5(path: Path) -> str:
 @pytest.fixture
 def trust_cifar_files(monkeypatch: pytest.MonkeyPatch):
     """Point the real CIFAR10 class's checksums at our tiny files, so its own integrity checks pass."""
+
     def trust(folder: Path) -> None:
-        monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")]
-                                                    for i in range(1, 6)])
+        monkeypatch.setattr(
+            CIFAR10, "train_list", [[f"data_batch_{i}", md5(folder / f"data_batch_{i}")] for i in range(1, 6)]
+        )
         monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5(folder / "test_batch")]])
         monkeypatch.setattr(CIFAR10, "meta", dict(CIFAR10.meta, md5=md5(folder / "batches.meta")))
+
     return trust
 
 
@@ -98,6 +110,7 @@ def expected_images(raw: np.ndarray, train_raw: np.ndarray) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # Bundled datasets.
 
+
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     return load_dataset("digits")
@@ -108,10 +121,13 @@ def mnist_5k() -> Dataset:
     return load_dataset("mnist-5k")
 
 
-@pytest.mark.parametrize("fixture, n_train, n_test, shape", [
-    ("digits", 1437, 360, (1, 8, 8)),
-    ("mnist_5k", 4000, 1000, (1, 28, 28)),
-])
+@pytest.mark.parametrize(
+    "fixture, n_train, n_test, shape",
+    [
+        ("digits", 1437, 360, (1, 8, 8)),
+        ("mnist_5k", 4000, 1000, (1, 28, 28)),
+    ],
+)
 def test_bundled_shapes_and_split(request, fixture, n_train, n_test, shape):
     data = request.getfixturevalue(fixture)
     assert data.x_train.shape == (n_train, *shape) and data.x_test.shape == (n_test, *shape)
@@ -151,9 +167,11 @@ def test_digits_values_match_sklearn(digits):
     # the same seeded split, /16, then standardized with the train pixels' mean and std
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     bunch = load_digits()
-    x_train, x_test, _, y_test = train_test_split(bunch.data / 16, bunch.target, test_size=360,
-                                                  stratify=bunch.target, random_state=0)
+    x_train, x_test, _, y_test = train_test_split(
+        bunch.data / 16, bunch.target, test_size=360, stratify=bunch.target, random_state=0
+    )
     mean, std = x_train.mean(), x_train.std()
     assert np.allclose(digits.x_test.reshape(360, 64).numpy(), (x_test - mean) / std, atol=1e-5)
     assert digits.y_test.tolist() == y_test.tolist()
@@ -182,8 +200,11 @@ def test_split_is_deterministic(digits, mnist_5k):
 # ---------------------------------------------------------------------------------------------------
 # Fashion-MNIST: the Debian package's files, or files shaped like them.
 
-@pytest.mark.skipif(not all((FASHION_MNIST_SYSTEM_DIR / name).is_file() for name in IDX_FILES),
-                    reason="the dataset-fashion-mnist package is not installed")
+
+@pytest.mark.skipif(
+    not all((FASHION_MNIST_SYSTEM_DIR / name).is_file() for name in IDX_FILES),
+    reason="the dataset-fashion-mnist package is not installed",
+)
 def test_fashion_mnist_from_system_package(tmp_path):
     data = load_dataset("fashion-mnist", tmp_path, download=False)
     assert data.x_train.shape == (60_000, 1, 28, 28) and data.x_test.shape == (10_000, 1, 28, 28)
@@ -240,6 +261,7 @@ def test_fashion_mnist_unavailable(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 # MNIST from tiny IDX files through torchvision's class.
 
+
 def test_mnist_from_idx_files(tmp_path):
     arrays = write_idx_set(tmp_path / "MNIST" / "raw")
     data = load_dataset("mnist", tmp_path, download=False)
@@ -258,6 +280,7 @@ def test_mnist_from_idx_files(tmp_path):
 
 def test_mnist_download_failure_is_one_clear_error(tmp_path, monkeypatch):
     import torchvision.datasets.mnist as tv_mnist
+
     timeouts = []
 
     def no_network(url, *args, **kwargs):
@@ -319,6 +342,7 @@ def test_corrupted_unpacked_file_is_reported(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # CIFAR-10 from a tiny cifar-10-batches-py through torchvision's class.
 
+
 def test_cifar10_from_batches(tmp_path, trust_cifar_files):
     folder = tmp_path / "cifar-10-batches-py"
     written = write_cifar_folder(folder)
@@ -372,9 +396,11 @@ def test_cifar10_truncated_archive_is_reported(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # The registry.
 
+
 def test_unknown_name_lists_the_choices():
-    with pytest.raises(ValueError, match="unknown dataset 'x'; choose one of: digits, mnist-5k, fashion-mnist, "
-                                         "mnist, cifar10"):
+    with pytest.raises(
+        ValueError, match="unknown dataset 'x'; choose one of: digits, mnist-5k, fashion-mnist, mnist, cifar10"
+    ):
         load_dataset("x")
 
 

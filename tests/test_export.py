@@ -1,4 +1,5 @@
 """The exported file: its bytes match the accounting, and loading it gives the reported accuracy."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,17 @@ import torch
 from core.compress import compress_run
 from core.config import CompressConfig
 from core.data import load_dataset
-from core.export import (HEADER_BOUND, NotACompressedModel, from_bytes, header_bytes, layers_from_payload,
-                         load_file, pack_codes, save_file, unpack_codes)
+from core.export import (
+    HEADER_BOUND,
+    NotACompressedModel,
+    from_bytes,
+    header_bytes,
+    layers_from_payload,
+    load_file,
+    pack_codes,
+    save_file,
+    unpack_codes,
+)
 from core.train import evaluate
 
 CONFIGS = [
@@ -65,6 +75,7 @@ def test_not_a_compressed_model(tmp_path):
     with pytest.raises(NotACompressedModel, match="no file"):
         load_file(tmp_path / "missing.safetensors")
     from safetensors.torch import save_file as st_save_file
+
     st_save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(NotACompressedModel):
         load_file(tmp_path / "plain.safetensors")

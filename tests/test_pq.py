@@ -1,4 +1,5 @@
 """PQ and k-means: exact decoding of encodable input, monotone error in k, agreement with sklearn."""
+
 from __future__ import annotations
 
 import pytest
@@ -8,8 +9,17 @@ from sklearn.cluster import KMeans
 from core.baselines import binarize_weight, quantize_model
 from core.config import CompressConfig
 from core.models import build_model
-from core.pq import (assign, check_fits, from_groups, from_subvectors, kmeans, quantize_weight,
-                     reconstruction_mse, to_groups, to_subvectors)
+from core.pq import (
+    assign,
+    check_fits,
+    from_groups,
+    from_subvectors,
+    kmeans,
+    quantize_weight,
+    reconstruction_mse,
+    to_groups,
+    to_subvectors,
+)
 
 
 def encodable_weight(out_features: int, in_features: int, d: int, k: int, layout: str, seed: int = 0):
@@ -30,8 +40,9 @@ def encodable_weight(out_features: int, in_features: int, d: int, k: int, layout
 @pytest.mark.parametrize("d,k", [(1, 4), (2, 8), (4, 16), (8, 4)])
 def test_known_centroids_decode_exactly(layout, d, k):
     weight = encodable_weight(24, 16, d, k, layout)  # 16 % d == 0: no padding
-    layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=d, n_centroids=k,
-                                                        layout=layout, seed=1))
+    layer = quantize_weight(
+        "w", weight, CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout, seed=1)
+    )
     assert torch.allclose(layer.decode(), weight, atol=1e-4)
     assert layer.codebooks.shape == (16 // d if layout == "per-chunk" else 1, k, d)
 
@@ -59,9 +70,12 @@ def test_fewer_distinct_subvectors_than_k_is_lossless():
 @pytest.mark.parametrize("method,d", [("kmeans", 1), ("pq", 4)])
 def test_error_never_grows_with_k(method, d):
     weight = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
-    errors = [reconstruction_mse(weight, quantize_weight(
-        "w", weight, CompressConfig(method=method, subvector_size=d, n_centroids=k, seed=0)))
-        for k in (2, 4, 8, 16, 32, 64, 128)]
+    errors = [
+        reconstruction_mse(
+            weight, quantize_weight("w", weight, CompressConfig(method=method, subvector_size=d, n_centroids=k, seed=0))
+        )
+        for k in (2, 4, 8, 16, 32, 64, 128)
+    ]
     assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:])), errors
 
 
@@ -89,6 +103,7 @@ def test_assign_agrees_with_brute_force():
 @pytest.mark.parametrize("block", [64, 1000, 1 << 20])  # row blocks, group blocks, one block
 def test_assign_in_blocks_agrees_with_brute_force(monkeypatch, block):
     import core.pq
+
     monkeypatch.setattr(core.pq, "_DIST_BLOCK", block)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(5, 70, 4, generator=g)
@@ -150,8 +165,9 @@ def test_quantize_model_does_not_touch_the_model():
 
 def test_float16_codebooks_hold_float16_values():
     weight = torch.randn(32, 32, generator=torch.Generator().manual_seed(0))
-    layer = quantize_weight("w", weight, CompressConfig(method="pq", subvector_size=4, n_centroids=16,
-                                                        centroid_bits=16))
+    layer = quantize_weight(
+        "w", weight, CompressConfig(method="pq", subvector_size=4, n_centroids=16, centroid_bits=16)
+    )
     assert torch.equal(layer.codebooks, layer.codebooks.half().float())
 
 

@@ -1,4 +1,5 @@
 """The regularizers: zero where METHOD.md says, gradients that match finite differences."""
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,9 @@ def test_binary_gradient_matches_finite_differences():
         step = torch.zeros(w.numel(), dtype=torch.float64)
         step[i] = eps
         step = step.reshape(w.shape)
-        numeric.view(-1)[i] = (penalty_fixed_alpha(w.detach() + step) - penalty_fixed_alpha(w.detach() - step)) / (2 * eps)
+        numeric.view(-1)[i] = (penalty_fixed_alpha(w.detach() + step) - penalty_fixed_alpha(w.detach() - step)) / (
+            2 * eps
+        )
     assert torch.allclose(w.grad, numeric, atol=1e-6)
 
 
@@ -55,8 +58,9 @@ def test_levels_and_target_penalties():
 def test_regularizer_refresh_and_warmup():
     model = build_model("mlp", (1, 8, 8), 10, (16,))
     for reg in ("levels", "pq"):
-        cfg = TrainConfig(dataset="digits", hidden=(16,), reg=reg, lam=0.1, reg_subvector_size=4,
-                          reg_centroids=8, warmup_epochs=2)
+        cfg = TrainConfig(
+            dataset="digits", hidden=(16,), reg=reg, lam=0.1, reg_subvector_size=4, reg_centroids=8, warmup_epochs=2
+        )
         term = Regularizer(cfg)
         term.refresh(model, 0)
         value = term.penalty(model)
@@ -70,8 +74,9 @@ def test_in_place_gradients_equal_autograd_of_the_penalty():
     torch.manual_seed(0)
     x, y = torch.randn(32, 64), torch.randint(10, (32,))
     for reg in ("binary", "levels", "pq"):
-        cfg = TrainConfig(dataset="digits", hidden=(16, 12), reg=reg, lam=0.3, reg_levels=3,
-                          reg_subvector_size=4, reg_centroids=8)
+        cfg = TrainConfig(
+            dataset="digits", hidden=(16, 12), reg=reg, lam=0.3, reg_levels=3, reg_subvector_size=4, reg_centroids=8
+        )
         grads = []
         for fused in (False, True):
             torch.manual_seed(1)  # the same weights for both

@@ -1,4 +1,5 @@
 """The size accounting against METHOD.md's worked example and by hand."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ def test_worked_example_of_method_md():
 
 
 def test_per_chunk_counts_one_codebook_per_chunk_position():
-    report = size_report([(300, 784), (100, 300)], 0,
-                         CompressConfig(method="pq", subvector_size=8, n_centroids=16, layout="per-chunk"))
+    report = size_report(
+        [(300, 784), (100, 300)], 0, CompressConfig(method="pq", subvector_size=8, n_centroids=16, layout="per-chunk")
+    )
     assert report.code_bits == (300 * 98 + 100 * 38) * 4
     assert report.codebook_bits == (98 + 38) * 16 * 8 * 32
 

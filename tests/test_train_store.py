@@ -1,4 +1,5 @@
 """Training and the run store: determinism, cache hits, corruption, concurrency, divergence."""
+
 from __future__ import annotations
 
 import json
@@ -74,6 +75,7 @@ def test_corrupt_entry_is_recomputed_not_loaded(store):
 
 def test_compression_cache_and_corruption(tiny_store):
     from core.config import CompressConfig
+
     run = tiny_store.list_runs()[0]
     cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=8)
     result, path, cached = tiny_store.get_or_compress(run, cfg)

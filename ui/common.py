@@ -5,6 +5,7 @@ every key carries the store root and a modification time, so a new run or compre
 at once and a test's tmp store never sees another's entries. `st.cache_resource` holds only the
 loaded runs, read-only (compression builds its own model copy from them).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,7 @@ from core.train import TrainingDiverged, TrainResult
 # lam control: log-spaced, 0 allowed (0 turns the regularizer off).
 LAM_OPTIONS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 D_OPTIONS = (1, 2, 4, 8, 16, 32)
-K_OPTIONS = tuple(2 ** i for i in range(1, 17))  # 2 .. 65,536
+K_OPTIONS = tuple(2**i for i in range(1, 17))  # 2 .. 65,536
 MAX_SCATTER_POINTS = 4000
 MAX_HIST_WEIGHTS = 50_000
 
@@ -50,6 +51,7 @@ def fmt_k(value: int) -> str:
 
 # ------------------------------------------------------------------------------------------ runs
 
+
 def _mtime(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
@@ -61,15 +63,21 @@ def run_label(view: dict) -> str:
     cfg = view["config"]
     hidden = "-".join(str(h) for h in cfg["hidden"]) if cfg["model"] == "mlp" else ""
     model = f"{cfg['model']} {hidden}".strip()
-    return (f"{cfg['dataset']} · {model} · {reg_label(cfg['reg'], cfg['lam'])} · {cfg['epochs']} ep · "
-            f"seed {cfg['seed']} · acc {view['test_accuracy']:.1%} · {view['run_id'][:6]}")
+    return (
+        f"{cfg['dataset']} · {model} · {reg_label(cfg['reg'], cfg['lam'])} · {cfg['epochs']} ep · "
+        f"seed {cfg['seed']} · acc {view['test_accuracy']:.1%} · {view['run_id'][:6]}"
+    )
 
 
 def _view(result: TrainResult) -> dict:
     """A run as plain data: everything the pages draw, no tensors."""
     view = {
-        "run_id": result.run_id, "config": asdict(result.config), "history": result.history,
-        "histograms": result.histograms, "test_accuracy": result.test_accuracy, "seconds": result.seconds,
+        "run_id": result.run_id,
+        "config": asdict(result.config),
+        "history": result.history,
+        "histograms": result.histograms,
+        "test_accuracy": result.test_accuracy,
+        "seconds": result.seconds,
         "device": result.device,
         "fc_shapes": [(layer["layer"], tuple(layer["shape"])) for layer in result.histograms[0]],
     }
@@ -115,6 +123,7 @@ def loaded_run(run_id: str) -> TrainResult | None:
 
 # ---------------------------------------------------------------------------------- compressions
 
+
 class _NotStored(LookupError):
     """Raised inside a cached loader so that a miss is never cached."""
 
@@ -125,8 +134,13 @@ def _compression(root: str, run_id: str, ccfg: dict) -> dict:
     if found is None:
         raise _NotStored(run_id)
     result, path = found
-    return {"row": result.row(), "size": result.size.as_dict(), "layer_mse": result.layer_mse,
-            "file_path": str(path), "label": result.compress_config.label()}
+    return {
+        "row": result.row(),
+        "size": result.size.as_dict(),
+        "layer_mse": result.layer_mse,
+        "file_path": str(path),
+        "label": result.compress_config.label(),
+    }
 
 
 def compression(run_id: str, ccfg: CompressConfig, on_step=None) -> dict:
@@ -166,8 +180,13 @@ def compression_plot_data(file_path: str, run_id: str, root: str, layer_index: i
     run = RunStore(root).load_run(run_id)
     weight = run.state_dict[layer.name].float()  # (out, in), the trained float weights
     generator = torch.Generator().manual_seed(0)
-    data = {"layer": layer.name, "shape": list(layer.shape), "layout": layer.layout,
-            "subvector_size": layer.subvector_size, "n_centroids": layer.n_centroids}
+    data = {
+        "layer": layer.name,
+        "shape": list(layer.shape),
+        "layout": layer.layout,
+        "subvector_size": layer.subvector_size,
+        "n_centroids": layer.n_centroids,
+    }
     if layer.subvector_size == 1:
         values = weight.flatten()
         if len(values) > MAX_HIST_WEIGHTS:
@@ -178,8 +197,12 @@ def compression_plot_data(file_path: str, run_id: str, root: str, layer_index: i
         points = grouped[0]  # (N, 2): all subvectors (shared) or those of chunk position 0 (per-chunk)
         if len(points) > MAX_SCATTER_POINTS:
             points = points[torch.randperm(len(points), generator=generator)[:MAX_SCATTER_POINTS]]
-        data.update(kind="scatter", points=points.tolist(), centroids=layer.codebooks[0].tolist(),
-                    group_note="chunk position 0 of the layer" if layer.layout == "per-chunk" else "the whole layer")
+        data.update(
+            kind="scatter",
+            points=points.tolist(),
+            centroids=layer.codebooks[0].tolist(),
+            group_note="chunk position 0 of the layer" if layer.layout == "per-chunk" else "the whole layer",
+        )
     else:
         data.update(kind="other")
     return data
@@ -205,6 +228,7 @@ def file_bytes(path: str) -> bytes:
 
 # -------------------------------------------------------------------------------------- widgets
 
+
 def run_select_ui(views: list[dict], label: str = "Trained run", key: str = "run") -> dict:
     """Pick one stored run; its id lives in the URL (?run=...) so a link reproduces the view."""
     ids = [v["run_id"] for v in views]
@@ -213,8 +237,10 @@ def run_select_ui(views: list[dict], label: str = "Trained run", key: str = "run
     if key not in st.session_state and wanted in ids:
         st.session_state[key] = wanted
     elif key not in st.session_state and wanted:
-        st.warning(f"The link asks for run {wanted!r}, which is not in this run store ({store_root()}); "
-                   f"showing the newest run instead. Pick another below, or train it on the Train page.")
+        st.warning(
+            f"The link asks for run {wanted!r}, which is not in this run store ({store_root()}); "
+            f"showing the newest run instead. Pick another below, or train it on the Train page."
+        )
     if st.session_state.get(key) not in ids:
         st.session_state.pop(key, None)
     run_id = st.selectbox(label, ids, format_func=labels.get, key=key)
@@ -222,8 +248,9 @@ def run_select_ui(views: list[dict], label: str = "Trained run", key: str = "run
     return next(v for v in views if v["run_id"] == run_id)
 
 
-def runs_multiselect_ui(views: list[dict], label: str, default_count: int = 2, max_selections: int = 4,
-                        key: str = "runs") -> list[dict]:
+def runs_multiselect_ui(
+    views: list[dict], label: str, default_count: int = 2, max_selections: int = 4, key: str = "runs"
+) -> list[dict]:
     """Pick several stored runs; their ids live in the URL (?runs=id1,id2)."""
     ids = [v["run_id"] for v in views]
     labels = {v["run_id"]: v["label"] for v in views}
@@ -232,8 +259,10 @@ def runs_multiselect_ui(views: list[dict], label: str, default_count: int = 2, m
         wanted = [r for r in asked if r in ids]
         if len(wanted) < len(asked):
             missing = ", ".join(r for r in asked if r not in ids)
-            st.warning(f"The link asks for runs that are not in this run store: {missing}. Showing the others"
-                       f"{'' if wanted else ' (the newest runs)'}.")
+            st.warning(
+                f"The link asks for runs that are not in this run store: {missing}. Showing the others"
+                f"{'' if wanted else ' (the newest runs)'}."
+            )
         st.session_state[key] = wanted[:max_selections] or ids[:default_count]
     st.session_state[key] = [r for r in st.session_state[key] if r in ids]
     chosen = st.multiselect(label, ids, format_func=labels.get, max_selections=max_selections, key=key)
@@ -244,8 +273,10 @@ def runs_multiselect_ui(views: list[dict], label: str, default_count: int = 2, m
 def show_error(error: Exception) -> None:
     """One clear message inside the page for the errors a user can cause."""
     if isinstance(error, DatasetUnavailable):
-        st.error(f"**Dataset unavailable.** {error}\n\nPick another dataset (digits and mnist-5k are "
-                 f"always available offline).")
+        st.error(
+            f"**Dataset unavailable.** {error}\n\nPick another dataset (digits and mnist-5k are "
+            f"always available offline)."
+        )
     elif isinstance(error, TrainingDiverged):
         st.error(f"**Training diverged.** {error}")
     else:

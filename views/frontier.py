@@ -3,6 +3,7 @@
 Baselines need no special case: they are the binarize / kmeans / pq points of the lam = 0 run,
 drawn in the same chart as the regularized runs' points.
 """
+
 from __future__ import annotations
 
 import streamlit as st
@@ -17,8 +18,10 @@ from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions_table, fmt
 QP = "query-params"
 
 st.title("Frontier")
-st.caption("Accuracy against size for every compression in the store. The baselines (Gong et al. 2014: "
-           "binarize, k-means, PQ) are the points of the unregularized (λ = 0) runs.")
+st.caption(
+    "Accuracy against size for every compression in the store. The baselines (Gong et al. 2014: "
+    "binarize, k-means, PQ) are the points of the unregularized (λ = 0) runs."
+)
 
 
 def sweep_grid(methods, dims, ks, layout) -> list[CompressConfig]:
@@ -30,7 +33,9 @@ def sweep_grid(methods, dims, ks, layout) -> list[CompressConfig]:
         elif method == "kmeans":
             grid = [CompressConfig(method="kmeans", subvector_size=1, n_centroids=k) for k in ks]
         else:
-            grid = [CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout) for d in dims for k in ks]
+            grid = [
+                CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout) for d in dims for k in ks
+            ]
         for cfg in grid:
             configs.setdefault(cfg.key(), cfg)
     return list(configs.values())
@@ -47,24 +52,43 @@ with st.expander("Run a sweep: train the missing runs, compress each with every 
             sw_epochs = st.number_input("Epochs", 1, 100, 5, key="sw_epochs")
         with col2:
             sw_reg = st.selectbox("Regularizer for λ > 0", [r for r in REGULARIZERS if r != "none"], key="sw_reg")
-            sw_lams = st.multiselect("λ values (0 = the unregularized baseline run)", LAM_OPTIONS, default=[0.0, 0.01],
-                                     format_func=fmt_lam, key="sw_lams")
+            sw_lams = st.multiselect(
+                "λ values (0 = the unregularized baseline run)",
+                LAM_OPTIONS,
+                default=[0.0, 0.01],
+                format_func=fmt_lam,
+                key="sw_lams",
+            )
             sw_seed = st.number_input("Seed", 0, 10_000, 0, key="sw_seed")
         with col3:
-            sw_methods = st.multiselect("Methods", ["float", "binarize", "kmeans", "pq"],
-                                        default=["float", "binarize", "kmeans", "pq"], key="sw_methods")
+            sw_methods = st.multiselect(
+                "Methods",
+                ["float", "binarize", "kmeans", "pq"],
+                default=["float", "binarize", "kmeans", "pq"],
+                key="sw_methods",
+            )
             sw_dims = st.multiselect("Subvector sizes d (pq)", D_OPTIONS, default=[4, 8], key="sw_dims")
-            sw_ks = st.multiselect("Centroids k (pq, kmeans)", K_OPTIONS, default=[16, 256], format_func=fmt_k,
-                                   key="sw_ks")
+            sw_ks = st.multiselect(
+                "Centroids k (pq, kmeans)", K_OPTIONS, default=[16, 256], format_func=fmt_k, key="sw_ks"
+            )
             sw_layout = st.selectbox("Layout (pq)", LAYOUTS, key="sw_layout")
         submitted = st.form_submit_button("Run the sweep", type="primary")
 
     if submitted:
         try:
             hidden = tuple(int(p) for p in sw_hidden.replace(" ", "").split(",") if p) or (300, 100)
-            train_configs = [TrainConfig(dataset=sw_dataset, model=sw_model, hidden=hidden,
-                                         reg=sw_reg if lam > 0 else "none", lam=float(lam), epochs=int(sw_epochs),
-                                         seed=int(sw_seed)) for lam in sorted(set(sw_lams))]
+            train_configs = [
+                TrainConfig(
+                    dataset=sw_dataset,
+                    model=sw_model,
+                    hidden=hidden,
+                    reg=sw_reg if lam > 0 else "none",
+                    lam=float(lam),
+                    epochs=int(sw_epochs),
+                    seed=int(sw_seed),
+                )
+                for lam in sorted(set(sw_lams))
+            ]
             compress_configs = sweep_grid(sw_methods, sw_dims, sw_ks, sw_layout)
         except ValueError as error:
             show_error(error)
@@ -78,8 +102,12 @@ with st.expander("Run a sweep: train the missing runs, compress each with every 
             for cfg in train_configs:
                 progress.progress(done / n_total, text=f"Training λ={cfg.lam:g} ({cfg.reg})…")
                 try:
-                    run, _ = store().get_or_train(cfg, on_step=lambda step, n_steps, cfg=cfg, done=done: progress.progress(
-                        done / n_total, text=f"Training λ={cfg.lam:g} ({cfg.reg}): step {step}/{n_steps}…"))
+                    run, _ = store().get_or_train(
+                        cfg,
+                        on_step=lambda step, n_steps, cfg=cfg, done=done: progress.progress(
+                            done / n_total, text=f"Training λ={cfg.lam:g} ({cfg.reg}): step {step}/{n_steps}…"
+                        ),
+                    )
                 except (DatasetUnavailable, TrainingDiverged, ValueError) as error:
                     show_error(error)
                     failed += 1
@@ -103,8 +131,10 @@ with st.expander("Run a sweep: train the missing runs, compress each with every 
                         failed += 1
                     done += 1
             progress.progress(1.0, text="Sweep done.")
-            st.success(f"Sweep done: {len(train_configs)} runs × {len(compress_configs)} settings; "
-                       f"{skipped} skipped (did not fit), {failed} failed.")
+            st.success(
+                f"Sweep done: {len(train_configs)} runs × {len(compress_configs)} settings; "
+                f"{skipped} skipped (did not fit), {failed} failed."
+            )
 
 # ---------------------------------------------------------------------------------------- frontier
 table = compressions_table()
@@ -119,29 +149,52 @@ with col1:
     models = sorted(table[table["dataset"] == dataset]["model"].unique())
     model = st.selectbox("Model", models, key="model", bind=QP)
 with col2:
-    x_axis = st.radio("Size axis (log scale)", list(SIZE_AXES), format_func=lambda k: SIZE_AXES[k][0],
-                      key="x", bind=QP)
+    x_axis = st.radio("Size axis (log scale)", list(SIZE_AXES), format_func=lambda k: SIZE_AXES[k][0], key="x", bind=QP)
 with col3:
     show_dominated = st.toggle("Show dominated points", value=True, key="dominated", bind=QP)
 
 rows = table[(table["dataset"] == dataset) & (table["model"] == model)].reset_index(drop=True)
-st.plotly_chart(frontier_figure(rows, x=x_axis, show_dominated=show_dominated,
-                                title=f"{dataset} · {model}: accuracy against size ({len(rows)} points)"),
-                theme=None, key="chart_frontier")
-st.caption("Colour: method (same on every page). Symbol: regularizer and λ. Black outline and dotted line: "
-           "the Pareto-optimal set (no other point is both smaller and more accurate). Hover for the full config.")
+st.plotly_chart(
+    frontier_figure(
+        rows,
+        x=x_axis,
+        show_dominated=show_dominated,
+        title=f"{dataset} · {model}: accuracy against size ({len(rows)} points)",
+    ),
+    theme=None,
+    key="chart_frontier",
+)
+st.caption(
+    "Colour: method (same on every page). Symbol: regularizer and λ. Black outline and dotted line: "
+    "the Pareto-optimal set (no other point is both smaller and more accurate). Hover for the full config."
+)
 
 rows["pareto"] = pareto_mask(rows[x_axis].tolist(), rows["accuracy"].tolist(), SIZE_AXES[x_axis][1])
 rows["regularizer"] = [reg_label(reg, lam) for reg, lam in zip(rows["reg"], rows["lam"])]
 front = rows[rows["pareto"]].sort_values(x_axis)
 st.subheader(f"Pareto-optimal points ({len(front)})")
 st.dataframe(
-    front[["label", "regularizer", "accuracy", "float_accuracy", "accuracy_drop", "fc_ratio", "model_ratio", "fc_bits",
-           "file_bytes", "run_id"]],
-    hide_index=True, key="pareto_table",
-    column_config={"accuracy": st.column_config.NumberColumn(format="percent"),
-                   "float_accuracy": st.column_config.NumberColumn(format="percent"),
-                   "accuracy_drop": st.column_config.NumberColumn(format="percent"),
-                   "fc_ratio": st.column_config.NumberColumn(format="%.2fx"),
-                   "model_ratio": st.column_config.NumberColumn(format="%.2fx")},
+    front[
+        [
+            "label",
+            "regularizer",
+            "accuracy",
+            "float_accuracy",
+            "accuracy_drop",
+            "fc_ratio",
+            "model_ratio",
+            "fc_bits",
+            "file_bytes",
+            "run_id",
+        ]
+    ],
+    hide_index=True,
+    key="pareto_table",
+    column_config={
+        "accuracy": st.column_config.NumberColumn(format="percent"),
+        "float_accuracy": st.column_config.NumberColumn(format="percent"),
+        "accuracy_drop": st.column_config.NumberColumn(format="percent"),
+        "fc_ratio": st.column_config.NumberColumn(format="%.2fx"),
+        "model_ratio": st.column_config.NumberColumn(format="%.2fx"),
+    },
 )
