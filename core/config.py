@@ -168,11 +168,6 @@ class CompressConfig:
             cfg = replace(cfg, finetune_lr=defaults.finetune_lr)
         return cfg
 
-    @property
-    def code_bits(self) -> int:
-        """Bits of one code: ceil(log2 k)."""
-        return max(1, math.ceil(math.log2(self.n_centroids)))
-
     def key(self) -> str:
         payload = asdict(self.canonical())
         payload["code_version"] = CODE_VERSION

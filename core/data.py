@@ -31,7 +31,6 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,8 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+
+from .fileio import write_atomic
 
 # The Debian package dataset-fashion-mnist installs the four .gz files here.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -341,7 +342,7 @@ def _place_system_files(system_dir: Path, raw: Path) -> None:
         except FileExistsError:  # another process placed it first
             continue
         except OSError:  # e.g. a filesystem without symlinks
-            _atomic_write(target, lambda out, source=system_dir / gz_name: _copy_from(source, out))
+            write_atomic(target, lambda out, source=system_dir / gz_name: _copy_from(source, out))
 
 
 def _gunzip(gz_path: Path, destination: Path) -> None:
@@ -349,26 +350,12 @@ def _gunzip(gz_path: Path, destination: Path) -> None:
         with gzip.open(gz_path, "rb") as source:
             shutil.copyfileobj(source, out, length=1 << 20)
 
-    _atomic_write(destination, unpack)
+    write_atomic(destination, unpack)
 
 
 def _copy_from(source: Path, out: BinaryIO) -> None:
     with open(source, "rb") as handle:
         shutil.copyfileobj(handle, out, length=1 << 20)
-
-
-def _atomic_write(destination: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through a temporary file and rename, so a failed or concurrent write never leaves a
-    truncated file that a later call would take for a good one."""
-    # a unique name per writer; not mkstemp, whose 0600 mode would hide a shared data dir from other users
-    tmp_path = destination.with_name(f".{destination.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp_path, "xb") as out:
-            write(out)
-        os.replace(tmp_path, destination)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
 
 
 def _extract_tar(archive: Path, data_dir: Path) -> None:

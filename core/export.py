@@ -27,8 +27,10 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from .config import CompressConfig, TrainConfig
+from .fileio import write_atomic
 from .models import build_model
 from .pq import QuantizedLayer
+from .size import code_width
 
 FORMAT = "compression-lab/1"
 HEADER_BOUND = 8 * 1024  # bytes: safetensors header of every model here, metadata included
@@ -54,7 +56,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
 
 
 def _code_bits(layer: QuantizedLayer) -> int:
-    return 1 if layer.layout == "sign" else max(1, (layer.n_centroids - 1).bit_length())
+    return 1 if layer.layout == "sign" else code_width(layer.n_centroids)
 
 
 def build_payload(
@@ -161,10 +163,7 @@ def header_bytes(blob: bytes) -> int:
 
 
 def save_file(path: str | Path, blob: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(path)
+    write_atomic(path, blob)
 
 
 def load_file(path: str | Path) -> tuple[nn.Module, dict]:

@@ -14,6 +14,11 @@ from .pq import check_fits, n_chunks
 FLOAT_BITS = 32
 
 
+def code_width(n_centroids: int) -> int:
+    """Bits of one code into a codebook of k centroids: ceil(log2 k), and at least 1."""
+    return max(1, (n_centroids - 1).bit_length())
+
+
 @dataclass(frozen=True)
 class SizeReport:
     code_bits: int  # packed codes of every FC layer
@@ -47,7 +52,7 @@ def size_report(fc_shapes: list[tuple[int, int]], n_rest: int, cfg: CompressConf
         dim, k = cfg.subvector_size, cfg.n_centroids
         for out, inp in fc_shapes:
             chunks = n_chunks(inp, dim)
-            code_bits += out * chunks * cfg.code_bits
+            code_bits += out * chunks * code_width(k)
             n_codebooks = chunks if cfg.layout == "per-chunk" else 1
             codebook_bits += n_codebooks * k * dim * cfg.centroid_bits
     fc_bits = code_bits + codebook_bits + scale_bits

@@ -28,6 +28,7 @@ from safetensors.torch import save as st_save
 from .compress import CompressResult, compress_run
 from .config import CompressConfig, TrainConfig
 from .data import Dataset
+from .fileio import write_atomic
 from .train import OnEpoch, OnStep, TrainResult, train
 
 ENV_VAR = "COMPRESSION_LAB_CACHE"
@@ -40,15 +41,6 @@ def default_root() -> Path:
 
 def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
-
-
-def _write_atomic(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(blob)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class RunStore:
@@ -176,8 +168,8 @@ class RunStore:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         # The file first, then the JSON that vouches for it: a reader that finds the JSON finds
         # the file it describes (or a newer identical one from a concurrent writer).
-        _write_atomic(file_path, blob)
-        _write_atomic(json_path, json.dumps({"result": result.to_json(), "file_sha256": _sha256(blob)}).encode())
+        write_atomic(file_path, blob)
+        write_atomic(json_path, json.dumps({"result": result.to_json(), "file_sha256": _sha256(blob)}).encode())
         return file_path
 
     def get_or_compress(

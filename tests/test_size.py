@@ -6,7 +6,7 @@ import pytest
 
 from core.config import CompressConfig
 from core.models import build_model, fc_layers, param_counts
-from core.size import size_report
+from core.size import code_width, size_report
 
 LENET_300_100 = [(300, 784), (100, 300), (10, 100)]
 
@@ -47,6 +47,6 @@ def test_binarize_float_and_kmeans():
 
 def test_code_width_and_float16_centroids():
     for k, bits in [(2, 1), (3, 2), (256, 8), (257, 9), (65_536, 16)]:
-        assert CompressConfig(n_centroids=k).code_bits == bits
+        assert code_width(k) == bits
     half = size_report(LENET_300_100, 0, CompressConfig(method="pq", n_centroids=256, centroid_bits=16))
     assert half.codebook_bits == 196_608 // 2

@@ -8,7 +8,7 @@ import streamlit as st
 from core.charts import nice_ratio, toy_pq_figure, toy_weights_figure
 from core.config import CompressConfig
 from core.pq import n_chunks
-from core.size import size_report
+from core.size import code_width, size_report
 from core.toy import double_well_descent, pq_toy
 from ui.common import D_OPTIONS, K_OPTIONS, fmt_k
 
@@ -67,7 +67,7 @@ st.markdown(
 toy_k = st.select_slider("k (centroids) for 600 points in 2-D", (2, 3, 4, 6, 8, 16, 32, 64), value=6, key="toy_k")
 pq = _pq_toy(int(toy_k))
 cols = st.columns(3)
-cols[0].metric("Bits per point", f"{max(1, (int(toy_k) - 1).bit_length())} (vs 64 in float32)")
+cols[0].metric("Bits per point", f"{code_width(int(toy_k))} (vs 64 in float32)")
 cols[1].metric("Mean squared error", f"{pq['mse']:.4f}")
 cols[2].metric("Error / variance", f"{pq['mse'] / pq['variance']:.1%}")
 st.plotly_chart(toy_pq_figure(pq["points"], pq["centroids"], pq["codes"]), theme=None, key="chart_toy_pq")
@@ -96,7 +96,7 @@ st.markdown(
     f"Shared layout, d = {ex_d}, k = {fmt_k(int(ex_k))}, float32 centroids (computed by `core.size.size_report`):\n"
     f"- chunks per row: {', '.join(str(c) for c in chunks)}; subvectors: "
     f"{' + '.join(f'{out}·{c}' for (out, _), c in zip(LENET_300_100, chunks))} = {n_sub:,}\n"
-    f"- codes: {n_sub:,} × {example.code_bits} bits = **{report.code_bits:,} bits**\n"
+    f"- codes: {n_sub:,} × {code_width(example.n_centroids)} bits = **{report.code_bits:,} bits**\n"
     f"- codebooks: 3 × {fmt_k(int(ex_k))} × {ex_d} × 32 = **{report.codebook_bits:,} bits**\n"
     f"- total FC: **{report.fc_bits:,} bits** against {report.fc_float_bits:,} float bits: "
     f"**FC ratio {report.fc_ratio:.2f}** (model ratio {nice_ratio(report.model_ratio)})"
