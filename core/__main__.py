@@ -1,22 +1,30 @@
-"""The command line: python -m core {train, compress, evaluate, sweep, runs}.
+"""The command line: python -m core {train, compress, evaluate, sweep, runs, rm, gc}.
 
 Every command takes --json for machine-readable output on stdout; otherwise it shows tqdm bars
-on stderr. Bad input exits non-zero with one line on stderr that says what is wrong and what is
-allowed, and writes nothing.
+on stderr. Bad input exits with status 2 and one line on stderr that says what is wrong and what
+is allowed, is caught before any expensive work (configs, device, store, output paths are all
+checked first), and writes nothing.
+
+The training and compression flags, their defaults, choices and help come from the config
+dataclasses (core/config.py): one place for each.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import itertools
+import io
 import json
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
-from .config import DATASETS, INITS, LAYOUTS, METHODS, MODELS, REGULARIZERS, CompressConfig, TrainConfig
+from .config import CompressConfig, TrainConfig, parse_hidden
+
+PROG = "python -m core"
 
 
 class CliError(Exception):
@@ -25,76 +33,61 @@ class CliError(Exception):
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default prints the whole usage first
-        self.exit(
-            2,
-            f"error: {message} (see `python -m core {self.prog.split()[-1]} --help`)\n"
-            if " " in self.prog
-            else f"error: {message} (see `python -m core --help`)\n",
-        )
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 # ------------------------------------------------------------------------------------- arguments
 
-
-def _train_args(parser: argparse.ArgumentParser, many: bool) -> None:
-    nargs = "+" if many else None
-    parser.add_argument("--dataset", default="mnist-5k", choices=DATASETS, help="default: mnist-5k (offline)")
-    parser.add_argument("--model", default="mlp", choices=MODELS, help="default: mlp (LeNet-300-100)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100], help="hidden widths of mlp")
-    parser.add_argument(
-        "--reg",
-        nargs=nargs,
-        default=["binary"] if many else "none",
-        choices=REGULARIZERS,
-        help="regularizer on the FC weights",
-    )
-    parser.add_argument(
-        "--lam", type=float, nargs=nargs, default=[0.0, 0.02] if many else 0.0, help="regularizer weight (0 = none)"
-    )
-    parser.add_argument("--warmup-epochs", type=int, default=0, help="epochs over which lam ramps up from 0")
-    parser.add_argument("--reg-levels", type=int, default=2, help="levels regularizer: number of levels")
-    parser.add_argument("--reg-subvector-size", type=int, default=8, help="pq regularizer: subvector size d")
-    parser.add_argument("--reg-centroids", type=int, default=256, help="pq regularizer: centroids k")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--seed", type=int, nargs=nargs, default=[0] if many else 0)
+# Flag names that differ from the field name (kept from earlier releases), and a compression's
+# seed, which would collide with the run's.
+TRAIN_FLAGS: dict[str, tuple[str, ...]] = {}
+COMPRESS_FLAGS: dict[str, tuple[str, ...]] = {
+    "subvector_size": ("--subvector-size", "-d"),
+    "n_centroids": ("--centroids", "-k"),
+    "seed": ("--kmeans-seed",),
+}
+# The fields a sweep takes several values of, and their sweep defaults.
+TRAIN_SWEEP: dict[str, list[Any]] = {"reg": ["binary"], "lam": [0.0, 0.02], "seed": [0]}
+COMPRESS_SWEEP: dict[str, list[Any]] = {
+    "method": ["float", "binarize", "kmeans", "pq"],
+    "subvector_size": [1, 4, 8],
+    "n_centroids": [2, 16, 256],
+    "layout": ["shared"],
+    "finetune_epochs": [0],
+}
 
 
-def _compress_args(parser: argparse.ArgumentParser, many: bool) -> None:
-    nargs = "+" if many else None
-    parser.add_argument(
-        "--method", nargs=nargs, choices=METHODS, default=list(METHODS) if many else "pq", help="compression method"
-    )
-    parser.add_argument(
-        "--subvector-size",
-        "-d",
-        type=int,
-        nargs=nargs,
-        default=[1, 4, 8] if many else 8,
-        help="PQ subvector size d (kmeans uses 1)",
-    )
-    parser.add_argument(
-        "--centroids",
-        "-k",
-        type=int,
-        nargs=nargs,
-        default=[2, 16, 256] if many else 256,
-        help="number of centroids k, 2..65536",
-    )
-    parser.add_argument("--layout", nargs=nargs, choices=LAYOUTS, default=["shared"] if many else "shared")
-    parser.add_argument("--centroid-bits", type=int, choices=(16, 32), default=32)
-    parser.add_argument("--kmeans-iters", type=int, default=20)
-    parser.add_argument("--init", choices=INITS, default="kmeans++")
-    parser.add_argument("--kmeans-seed", type=int, default=0)
-    parser.add_argument(
-        "--finetune-epochs",
-        type=int,
-        nargs=nargs,
-        default=[0] if many else 0,
-        help="epochs of centroid fine-tuning (codes fixed)",
-    )
-    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+def _dest(prefix: str, name: str) -> str:
+    return f"{prefix}_{name}"
+
+
+def _add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    prefix: str,
+    renames: dict[str, tuple[str, ...]],
+    many: dict[str, list[Any]] | None,
+) -> None:
+    """One flag per field of `cls`, with the field's default, choices and help."""
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else None
+        flags = renames.get(f.name, (f"--{f.name.replace('_', '-')}",))
+        kind = type(default)
+        kwargs: dict[str, Any] = {"dest": _dest(prefix, f.name), "help": f.metadata.get("help")}
+        if f.name == "hidden":
+            # '300 100', '300,100' and '300, 100' all work: the same format as the app's text box
+            kwargs.update(nargs="+", default=list(default), type=str, metavar="WIDTH")
+        else:
+            kwargs["type"] = {bool: int, tuple: str}.get(kind, kind)
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+            if many is not None and f.name in many:
+                kwargs.update(nargs="+", default=many[f.name])
+            else:
+                kwargs["default"] = default
+        if kwargs.get("help") and "default" in kwargs:
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(*flags, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,85 +96,95 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
-    parser = OneLineParser(prog="python -m core", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     p = sub.add_parser("train", parents=[common], help="train a run (cached)")
-    _train_args(p, many=False)
+    _add_config_args(p, TrainConfig, "train", TRAIN_FLAGS, None)
 
     p = sub.add_parser("compress", parents=[common], help="compress a stored run")
     p.add_argument("run_id", help="a run id (or a unique prefix) from `python -m core runs`")
-    _compress_args(p, many=False)
-    p.add_argument("--out", help="write the compressed model file here")
+    _add_config_args(p, CompressConfig, "compress", COMPRESS_FLAGS, None)
+    p.add_argument("--out", help="also write the compressed model file here")
 
     p = sub.add_parser("evaluate", parents=[common], help="evaluate an exported compressed model file")
     p.add_argument("file")
-    p.add_argument("--dataset", choices=DATASETS, help="default: the dataset the model was trained on")
+    p.add_argument("--dataset", help="default: the dataset the model was trained on")
 
     p = sub.add_parser("sweep", parents=[common], help="train a grid of runs and compress every combination")
-    _train_args(p, many=True)
-    _compress_args(p, many=True)
+    _add_config_args(p, TrainConfig, "train", TRAIN_FLAGS, TRAIN_SWEEP)
+    _add_config_args(p, CompressConfig, "compress", COMPRESS_FLAGS, COMPRESS_SWEEP)
     p.add_argument("--csv", help="write one row per (run, compression) point here")
 
     sub.add_parser("runs", parents=[common], help="list the stored runs")
+
+    p = sub.add_parser("rm", parents=[common], help="delete runs (with their compressions) or one compression")
+    p.add_argument("ids", nargs="+", help="run ids (or unique prefixes), or RUN_ID/COMPRESSION_KEY")
+
+    p = sub.add_parser("gc", parents=[common], help="remove stale temporaries and entries that fail verification")
+    p.add_argument("--older-than", type=float, default=3600.0, help="seconds; temporaries younger than this stay")
     return parser
+
+
+# ------------------------------------------------------------------------------------- configs
+
+
+def _values(args: argparse.Namespace, cls: type, prefix: str) -> dict[str, Any]:
+    return {f.name: getattr(args, _dest(prefix, f.name)) for f in fields(cls)}
+
+
+def _hidden(values: list[str]) -> tuple[int, ...]:
+    return parse_hidden(" ".join(values))
+
+
+def _train_configs(args: argparse.Namespace, many: bool) -> list[TrainConfig]:
+    values = _values(args, TrainConfig, "train")
+    values["hidden"] = _hidden(values["hidden"])
+    if not many:
+        return [TrainConfig(**values)]
+    from .experiments import train_grid
+
+    base = TrainConfig(**{k: v for k, v in values.items() if k not in TRAIN_SWEEP})
+    return train_grid(base, values["reg"], values["lam"], values["seed"])
+
+
+def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConfig]:
+    values = _values(args, CompressConfig, "compress")
+    if not many:
+        return [CompressConfig(**values)]
+    from .experiments import compression_grid
+
+    base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP})
+    return compression_grid(
+        values["method"],
+        values["subvector_size"],
+        values["n_centroids"],
+        values["layout"],
+        values["finetune_epochs"],
+        base=base,
+    )
 
 
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _train_config(args, reg: str, lam: float, seed: int) -> TrainConfig:
-    return TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        hidden=tuple(args.hidden),
-        reg=reg,
-        lam=lam,
-        warmup_epochs=args.warmup_epochs,
-        reg_levels=args.reg_levels,
-        reg_subvector_size=args.reg_subvector_size,
-        reg_centroids=args.reg_centroids,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=seed,
-    )
-
-
-def _compress_config(args, method: str, d: int, k: int, layout: str, finetune: int) -> CompressConfig:
-    return CompressConfig(
-        method=method,
-        subvector_size=d,
-        n_centroids=k,
-        layout=layout,
-        centroid_bits=args.centroid_bits,
-        kmeans_iters=args.kmeans_iters,
-        init=args.init,
-        seed=args.kmeans_seed,
-        finetune_epochs=finetune,
-        finetune_lr=args.finetune_lr,
-    ).canonical()
-
-
-def _store(args):
+def _store(args: argparse.Namespace, writable: bool = True) -> Any:
     from .store import RunStore
 
-    return RunStore(args.cache_dir)
+    store = RunStore(args.cache_dir)
+    if writable:
+        store.check_writable()
+    return store
 
 
-def _resolve_run(store, run_id: str):
-    run = store.load_run(run_id) if len(run_id) == 16 else None
-    if run is None:
-        matches = [r for r in store.list_runs() if r.run_id.startswith(run_id)] if run_id else []
-        if len(matches) != 1:
-            what = "matches several runs" if matches else "is not a stored run"
-            raise CliError(f"run id {run_id!r} {what} in {store.root}; list them with `python -m core runs`")
-        run = matches[0]
-    return run
+def _device(args: argparse.Namespace) -> Any:
+    from .train import pick_device
+
+    return pick_device(args.device)
 
 
 @contextmanager
-def _progress(enabled: bool, total: int, desc: str):
+def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[..., None]]:
     """A tqdm bar on stderr (or nothing with --json); yields an update(done, total) callback."""
     if not enabled:
         yield lambda done, total=None: None
@@ -202,17 +205,6 @@ def _progress(enabled: bool, total: int, desc: str):
         bar.close()
 
 
-def _train_run(store, cfg: TrainConfig, args, label: str = "train"):
-    cached = store.load_run(cfg.run_id())
-    if cached is not None:
-        return cached, True
-    from .data import load_dataset
-
-    data = load_dataset(cfg.dataset)  # before the bar, so an unavailable dataset is one clean line
-    with _progress(not args.json, cfg.epochs, f"{label} epochs") as update:
-        return store.get_or_train(cfg, device=args.device, on_epoch=lambda e, m: update(e), data=data)
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -220,46 +212,53 @@ def _pct(x: float) -> str:
 # ------------------------------------------------------------------------------------- commands
 
 
-def cmd_train(args) -> dict:
-    cfg = _train_config(args, args.reg, args.lam, args.seed)
+def cmd_train(args: argparse.Namespace) -> dict:
+    from .data import load_dataset
+    from .pipeline import get_or_train
+
+    (cfg,) = _train_configs(args, many=False)
+    device = _device(args)
     store = _store(args)
-    run, cached = _train_run(store, cfg, args)
-    out = run.summary() | {"cached": cached}
+    data = load_dataset(cfg.dataset)  # before the bar: an unavailable dataset is one clean line
+    with _progress(not args.json, cfg.epochs, "train epochs") as update:
+        run, cached = get_or_train(store, cfg, device=device, on_epoch=lambda m, h: update(m.epoch), data=data)
     if not args.json:
         print(f"run {run.run_id} ({'from the store' if cached else f'trained in {run.seconds:.1f} s'})")
         for m in run.history:
             print(
-                f"  epoch {m['epoch']:3d}  loss {m['loss']:.4f}  ce {m['ce']:.4f}  reg {m['reg']:.4f}  "
-                f"test acc {_pct(m['test_accuracy'])}"
+                f"  epoch {m.epoch:3d}  loss {m.loss:.4f}  ce {m.ce:.4f}  reg {m.reg:.4f}  "
+                f"test acc {_pct(m.test_accuracy)}"
             )
         print(f"test accuracy {_pct(run.test_accuracy)}")
-    return out
+    summary = run.to_json()
+    summary.pop("histograms")
+    return summary | {"test_accuracy": run.test_accuracy, "cached": cached}
 
 
-def cmd_compress(args) -> dict:
-    cfg = _compress_config(args, args.method, args.subvector_size, args.centroids, args.layout, args.finetune_epochs)
-    store = _store(args)
-    run = _resolve_run(store, args.run_id)
-    from .models import fc_layers
-    from .pq import check_fits
+def cmd_compress(args: argparse.Namespace) -> dict:
+    from .fileio import check_output_path
+    from .pipeline import get_or_compress
 
-    check_fits([(f"{n}.weight", tuple(l.weight.shape)) for n, l in fc_layers(run.model())], cfg)
-    with _progress(not args.json and cfg.finetune_epochs > 0, 1, "fine-tune steps") as update:
-        result, path, cached = store.get_or_compress(run, cfg, device=args.device, on_step=update)
-    out = result.row() | {"cached": cached}
+    (cfg,) = _compress_configs(args, many=False)
+    device = _device(args)
     if args.out:
-        from .export import save_file
+        check_output_path(args.out)
+    store = _store(args)
+    run = store.resolve_run(args.run_id)
+    with _progress(not args.json and cfg.finetune_epochs > 0, 1, "fine-tune steps") as update:
+        record, cached = get_or_compress(store, run, cfg, device=device, on_step=update)
+    out = record.row() | {"cached": cached}
+    if args.out:
+        from .fileio import write_atomic
 
-        save_file(args.out, path.read_bytes())
+        write_atomic(args.out, Path(record.file_path).read_bytes())
         out["file"] = str(args.out)
-    else:
-        out.pop("file_bytes")
     if not args.json:
-        s = result.size
+        s = record.size
         print(f"run {run.run_id}  {cfg.label()}")
         print(
-            f"accuracy {_pct(result.accuracy)} (float {_pct(result.float_accuracy)}, "
-            f"drop {100 * (result.float_accuracy - result.accuracy):.2f} points)"
+            f"accuracy {_pct(record.accuracy)} (float {_pct(record.float_accuracy)}, "
+            f"drop {100 * record.accuracy_drop:.2f} points)"
         )
         print(
             f"FC    {s.fc_bits:,} bits  ratio {s.fc_ratio:.2f}x  (codes {s.code_bits:,}, "
@@ -267,82 +266,87 @@ def cmd_compress(args) -> dict:
         )
         print(f"model {s.model_bits:,} bits  ratio {s.model_ratio:.2f}x  (float rest {s.rest_bits:,})")
         if args.out:
-            print(f"wrote {args.out}: {result.file_bytes:,} bytes")
+            print(f"wrote {args.out}: {record.file_bytes:,} bytes")
     return out
 
 
-def cmd_evaluate(args) -> dict:
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from .config import DATASETS
     from .data import load_dataset
     from .export import load_file
-    from .train import evaluate, pick_device
+    from .train import evaluate
 
+    if args.dataset is not None and args.dataset not in DATASETS:
+        raise CliError(f"unknown dataset {args.dataset!r}; choose one of: {', '.join(DATASETS)}")
+    device = _device(args)
     model, meta = load_file(args.file)
-    dataset = args.dataset or meta["train_config"]["dataset"]
+    trained_on = meta["train_config"]["dataset"]
+    dataset = args.dataset or trained_on
     data = load_dataset(dataset)
     if tuple(data.input_shape) != tuple(meta["input_shape"]):
         raise CliError(
             f"{args.file} expects inputs of shape {tuple(meta['input_shape'])}, but {dataset} has "
-            f"{data.input_shape}; use --dataset {meta['train_config']['dataset']}"
+            f"{data.input_shape}; use --dataset {trained_on}"
         )
-    device = pick_device(args.device)
+    warning = None
+    if dataset != trained_on:
+        warning = (
+            f"this model was trained on {trained_on}, not {dataset}: its accuracy on {dataset} says little "
+            f"about the compression"
+        )
+        print(f"warning: {warning}", file=sys.stderr)
     accuracy = evaluate(model.to(device), data.x_test, data.y_test, device)
     out = {
         "file": args.file,
         "dataset": dataset,
+        "trained_on": trained_on,
         "accuracy": accuracy,
         "reported_accuracy": meta.get("accuracy"),
         "compress_config": meta["compress_config"],
         "run_id": meta.get("run_id"),
+        "warning": warning,
     }
     if not args.json:
         print(f"{args.file}: accuracy {_pct(accuracy)} on {dataset} test set")
     return out
 
 
-def cmd_sweep(args) -> dict:
-    store = _store(args)
-    train_cfgs = list(
-        dict.fromkeys(
-            _train_config(args, reg, lam, seed).canonical()
-            for reg, lam, seed in itertools.product(args.reg, args.lam, args.seed)
-        )
-    )
-    compress_cfgs = list(
-        dict.fromkeys(
-            _compress_config(args, *combo)
-            for combo in itertools.product(
-                args.method, args.subvector_size, args.centroids, args.layout, args.finetune_epochs
-            )
-        )
-    )
-    rows, skipped = [], []
-    from .models import fc_layers
-    from .pq import check_fits
+def _check_csv_path(path: str | None) -> None:
+    if path:
+        from .fileio import check_output_path
 
-    for i, cfg in enumerate(train_cfgs):
-        run, _ = _train_run(store, cfg, args, label=f"run {i + 1}/{len(train_cfgs)}")
-        shapes = [(f"{n}.weight", tuple(l.weight.shape)) for n, l in fc_layers(run.model())]
-        with _progress(not args.json, len(compress_cfgs), f"compress run {i + 1}") as update:
-            for j, ccfg in enumerate(compress_cfgs):
-                try:
-                    check_fits(shapes, ccfg)
-                except ValueError as err:
-                    skipped.append({"run_id": run.run_id, "compression": ccfg.label(), "reason": str(err)})
-                    continue
-                result, _, _ = store.get_or_compress(run, ccfg, device=args.device)
-                rows.append(result.row())
-                update(j + 1)
+        check_output_path(path)
+
+
+def cmd_sweep(args: argparse.Namespace) -> dict:
+    from .experiments import run_sweep
+
+    train_cfgs = _train_configs(args, many=True)
+    compress_cfgs = _compress_configs(args, many=True)
+    device = _device(args)
+    _check_csv_path(args.csv)
+    store = _store(args)
+    from .data import load_dataset
+
+    load_dataset(train_cfgs[0].dataset)  # fail on an unavailable dataset before any work
+    total = len(train_cfgs) * (1 + len(compress_cfgs))
+    with _progress(not args.json, total, "sweep") as update:
+        result = run_sweep(store, train_cfgs, compress_cfgs, device=device, on_progress=lambda d, t, _: update(d, t))
+    rows = [point.row() for point in result.points]
+    skipped = [{"run_id": s.run_id, "compression": s.label, "reason": s.reason} for s in result.skipped]
     if args.csv and rows:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        from .fileio import write_atomic
+
+        write_atomic(args.csv, buffer.getvalue().encode())
     if not args.json:
-        print(f"{'run':16}  {'reg':7} {'lam':>7}  {'compression':28} {'acc':>7}  {'FC ratio':>9}  {'model':>7}")
+        print(f"{'run':16}  {'regularizer':16} {'compression':28} {'acc':>7}  {'FC ratio':>9}  {'model':>7}")
         for r in rows:
             print(
-                f"{r['run_id']:16}  {r['reg']:7} {r['lam']:7.3g}  {r['label']:28} {_pct(r['accuracy']):>7}  "
+                f"{r['run_id']:16}  {r['reg_label']:16} {r['label']:28} {_pct(r['accuracy']):>7}  "
                 f"{r['fc_ratio']:8.2f}x  {r['model_ratio']:6.2f}x"
             )
         for s in skipped:
@@ -352,27 +356,71 @@ def cmd_sweep(args) -> dict:
     return {"rows": rows, "skipped": skipped, "csv": args.csv}
 
 
-def cmd_runs(args) -> dict:
-    runs = _store(args).list_runs()
-    out = {"runs": [{"run_id": r.run_id, "test_accuracy": r.test_accuracy, "config": asdict(r.config)} for r in runs]}
+def cmd_runs(args: argparse.Namespace) -> dict:
+    store = _store(args, writable=False)
+    runs = store.list_runs()
     if not args.json:
         if not runs:
-            print(f"no runs stored in {_store(args).root}; train one with `python -m core train`")
+            print(f"no runs stored in {store.root}; train one with `python -m core train`")
         for r in runs:
             c = r.config
             print(
                 f"{r.run_id}  {c.dataset:13} {c.model:9} reg={c.reg:6} lam={c.lam:<8g} epochs={c.epochs:<3} "
                 f"seed={c.seed:<3} acc={_pct(r.test_accuracy)}"
             )
-    return out
+    return {
+        "runs": [
+            {"run_id": r.run_id, "test_accuracy": r.test_accuracy, "config": r.config.to_json(), "label": r.label()}
+            for r in runs
+        ]
+    }
 
 
-COMMANDS = {
+def cmd_rm(args: argparse.Namespace) -> dict:
+    store = _store(args)
+    # Resolve everything first: one bad id deletes nothing.
+    targets: list[tuple[str, str | None]] = []
+    for text in args.ids:
+        run_part, _, key = text.partition("/")
+        run = store.resolve_run(run_part)
+        if key:
+            matches = [c.key for c in store.list_compressions(run.run_id) if c.key.startswith(key)]
+            if len(matches) != 1:
+                what = "matches several compressions" if matches else "is not a stored compression"
+                raise CliError(f"compression key {key!r} {what} of run {run.run_id}")
+            targets.append((run.run_id, matches[0]))
+        else:
+            targets.append((run.run_id, None))
+    freed = 0
+    for run_id, key in targets:
+        freed += store.delete_run(run_id) if key is None else store.delete_compression(run_id, key)
+    if not args.json:
+        for run_id, key in targets:
+            print(f"deleted {run_id}{'/' + key if key else ' and its compressions'}")
+        print(f"freed {freed:,} bytes")
+    return {"deleted": [f"{r}/{k}" if k else r for r, k in targets], "bytes_freed": freed}
+
+
+def cmd_gc(args: argparse.Namespace) -> dict:
+    if not args.older_than >= 0:
+        raise CliError(f"--older-than {args.older_than} must be a number of seconds >= 0")
+    store = _store(args)
+    report = store.gc(older_than_s=args.older_than)
+    if not args.json:
+        for path in report.removed:
+            print(f"removed {path}")
+        print(f"freed {report.bytes_freed:,} bytes in {store.root}")
+    return {"removed": list(report.removed), "bytes_freed": report.bytes_freed}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "train": cmd_train,
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
     "sweep": cmd_sweep,
     "runs": cmd_runs,
+    "rm": cmd_rm,
+    "gc": cmd_gc,
 }
 
 
@@ -381,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = COMMANDS[args.command](args)
     except (CliError, ValueError) as err:  # config validation, unavailable data, bad files, divergence
-        print(f"error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the exception held
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; nothing was stored for the unfinished work", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Plotly figures from plain data (lists, dicts, DataFrames): no streamlit here.
+"""Plotly figures from the records (runs, epochs, histograms, compressions): no streamlit here.
 
 Every page draws through these functions, so one method has one colour everywhere
 (`METHOD_COLORS`) and every axis carries a title with its unit. Sizes are chosen to stay
@@ -8,11 +8,15 @@ readable on a projector (`FONT_SIZE`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .experiments import pareto_mask
+from .records import CompressionRecord, EpochMetrics, LayerHistogram
+from .size import SizeReport
 
 # One colour per compression method, on every page (Okabe-Ito, colour-blind safe).
 METHOD_COLORS: dict[str, str] = {
@@ -38,7 +42,7 @@ REG_SYMBOLS = (
 )
 FONT_SIZE = 16
 
-# Frontier x axes: column of CompressResult.row(), axis title, and whether larger is better.
+# Frontier x axes: column of CompressionRecord.row(), axis title, and whether larger is better.
 SIZE_AXES: dict[str, tuple[str, bool]] = {
     "fc_ratio": ("FC compression ratio (x, float32 FC bits / compressed FC bits)", True),
     "model_ratio": ("model compression ratio (x, whole model)", True),
@@ -63,25 +67,20 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, "#333333")
 
 
-def reg_label(reg: str, lam: float) -> str:
-    """'none' or e.g. 'binary λ=0.01' (the regularizer and its weight, for legends)."""
-    return "none (λ=0)" if reg == "none" or not lam else f"{reg} λ={lam:g}"
-
-
 # ------------------------------------------------------------------------------------ training
 
 
-def training_curves(histories: dict[str, list[dict]]) -> go.Figure:
+def training_curves(histories: Mapping[str, Sequence[EpochMetrics]]) -> go.Figure:
     """Loss, regularizer value and test accuracy per epoch; one line colour per run label."""
     fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "regularizer R(W)", "test accuracy"))
     for index, (label, history) in enumerate(histories.items()):
         color = RUN_COLORS[index % len(RUN_COLORS)]
-        epochs = [row["epoch"] for row in history]
+        epochs = [row.epoch for row in history]
         for col, (key, scale) in enumerate((("loss", 1.0), ("reg", 1.0), ("test_accuracy", 100.0)), start=1):
             fig.add_trace(
                 go.Scatter(
                     x=epochs,
-                    y=[row[key] * scale for row in history],
+                    y=[getattr(row, key) * scale for row in history],
                     mode="lines+markers",
                     name=label,
                     line=dict(color=color, width=3),
@@ -101,7 +100,7 @@ def training_curves(histories: dict[str, list[dict]]) -> go.Figure:
     return _style(fig, height=420)
 
 
-def _max_epochs(histories: dict[str, list[dict]]) -> int:
+def _max_epochs(histories: Mapping[str, Sequence[EpochMetrics]]) -> int:
     return max((len(h) for h in histories.values()), default=0)
 
 
@@ -111,16 +110,16 @@ def _bin_centers(limit: float, n_bins: int) -> list[float]:
 
 
 def weight_histogram(
-    layer: dict, title: str | None = None, color: str = "#0072B2", show_alpha: bool = True, height: int = 380
+    layer: LayerHistogram, title: str | None = None, color: str = "#0072B2", show_alpha: bool = True, height: int = 380
 ) -> go.Figure:
-    """One FC layer's weight histogram (a dict of TrainResult.histograms) with ±alpha drawn."""
+    """One FC layer's weight histogram with ±alpha drawn."""
     return weight_histograms_overlay(
         {"weights": layer}, title=title, colors=[color], show_alpha=show_alpha, height=height, legend=False
     )
 
 
 def weight_histograms_overlay(
-    layers: dict[str, dict],
+    layers: Mapping[str, LayerHistogram],
     title: str | None = None,
     colors: Sequence[str] | None = None,
     show_alpha: bool = True,
@@ -132,16 +131,16 @@ def weight_histograms_overlay(
     fig = go.Figure()
     for index, (label, layer) in enumerate(layers.items()):
         color = colors[index % len(colors)]
-        counts = layer["counts"]
+        counts = layer.counts
         total = sum(counts) or 1
         fig.add_trace(
             go.Bar(
-                x=_bin_centers(layer["limit"], len(counts)),
+                x=_bin_centers(layer.limit, len(counts)),
                 y=[100.0 * c / total for c in counts],
                 name=label,
                 marker_color=color,
                 opacity=0.65 if len(layers) > 1 else 0.9,
-                width=2 * layer["limit"] / len(counts),
+                width=2 * layer.limit / len(counts),
                 hovertemplate=f"{label}<br>w ≈ %{{x:.3g}}<br>%{{y:.2f}}% of weights<extra></extra>",
             )
         )
@@ -149,12 +148,12 @@ def weight_histograms_overlay(
             for sign in (-1, 1):
                 # one histogram: black lines stand out against the bars; several: each in its colour
                 line_color = "black" if len(layers) == 1 else color
-                fig.add_vline(x=sign * layer["alpha"], line=dict(color=line_color, dash="dash", width=2))
+                fig.add_vline(x=sign * layer.alpha, line=dict(color=line_color, dash="dash", width=2))
             fig.add_annotation(
-                x=layer["alpha"],
+                x=layer.alpha,
                 y=1 - 0.08 * index,
                 yref="paper",
-                text=f" +α={layer['alpha']:.3g}",
+                text=f" +α={layer.alpha:.3g}",
                 showarrow=False,
                 xanchor="left",
                 yanchor="top",
@@ -182,7 +181,7 @@ def centroid_histogram(
         )
     )
     color = method_color(method)
-    centroids = sorted(set(float(c) for c in centroids))
+    centroids = sorted({float(c) for c in centroids})
     if len(centroids) <= 64:
         for value in centroids:
             fig.add_vline(x=value, line=dict(color=color, width=2))
@@ -235,14 +234,14 @@ def subvector_scatter(
     return _style(fig, title, height)
 
 
-def bits_breakdown(size: dict, title: str | None = None, height: int = 300) -> go.Figure:
+def bits_breakdown(size: SizeReport, title: str | None = None, height: int = 300) -> go.Figure:
     """Where the bits go: codes, codebooks, scales and the float rest (a SizeReport as a dict),
     next to the uncompressed model, in kilobits."""
     parts = [
-        ("codes", size["code_bits"], "#0072B2"),
-        ("codebooks", size["codebook_bits"], "#E69F00"),
-        ("scales (α)", size["scale_bits"], "#D55E00"),
-        ("float rest (biases, convs)", size["rest_bits"], "#999999"),
+        ("codes", size.code_bits, "#0072B2"),
+        ("codebooks", size.codebook_bits, "#E69F00"),
+        ("scales (α)", size.scale_bits, "#D55E00"),
+        ("float rest (biases, convs)", size.rest_bits, "#999999"),
     ]
     fig = go.Figure()
     for name, bits, color in parts:
@@ -259,27 +258,27 @@ def bits_breakdown(size: dict, title: str | None = None, height: int = 300) -> g
     fig.add_trace(
         go.Bar(
             y=["float32"],
-            x=[size["fc_float_bits"] / 1000],
+            x=[size.fc_float_bits / 1000],
             name="FC weights (float32)",
             orientation="h",
             marker_color="#CCCCCC",
-            hovertemplate=f"FC weights: {size['fc_float_bits']:,} bits<extra></extra>",
+            hovertemplate=f"FC weights: {size.fc_float_bits:,} bits<extra></extra>",
         )
     )
     fig.add_trace(
         go.Bar(
             y=["float32"],
-            x=[size["rest_bits"] / 1000],
+            x=[size.rest_bits / 1000],
             name="float rest",
             orientation="h",
             marker_color="#999999",
             showlegend=False,
-            hovertemplate=f"float rest: {size['rest_bits']:,} bits<extra></extra>",
+            hovertemplate=f"float rest: {size.rest_bits:,} bits<extra></extra>",
         )
     )
     fig.update_layout(barmode="stack", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     fig.update_xaxes(
-        title_text="size (kilobits)", type="log" if size["model_float_bits"] > 50 * size["model_bits"] else None
+        title_text="size (kilobits)", type="log" if size.model_float_bits > 50 * size.model_bits else None
     )
     return _style(fig, title, height)
 
@@ -287,29 +286,18 @@ def bits_breakdown(size: dict, title: str | None = None, height: int = 300) -> g
 # ------------------------------------------------------------------------------------ frontier
 
 
-def pareto_mask(size: Sequence[float], accuracy: Sequence[float], larger_is_better: bool) -> list[bool]:
-    """True for the points no other point beats on both size and accuracy (ties kept)."""
-    sign = 1.0 if larger_is_better else -1.0
-    points = [(sign * s, a) for s, a in zip(size, accuracy)]
-    mask = []
-    for i, (s_i, a_i) in enumerate(points):
-        dominated = any(
-            s_j >= s_i and a_j >= a_i and (s_j > s_i or a_j > a_i) for j, (s_j, a_j) in enumerate(points) if j != i
-        )
-        mask.append(not dominated)
-    return mask
-
-
 def frontier_figure(
-    rows: pd.DataFrame | Iterable[dict],
+    points: Sequence[CompressionRecord],
+    pareto: Sequence[bool] | None = None,
     x: str = "fc_ratio",
     show_dominated: bool = True,
     title: str | None = None,
     height: int = 560,
 ) -> go.Figure:
-    """Accuracy against size for every (run, compression) row of CompressResult.row():
-    colour = method, symbol = regularizer and lam, the Pareto-optimal set joined by a line."""
-    df = pd.DataFrame(rows)
+    """Accuracy against size for every (run, compression) point: colour = method, symbol =
+    regularizer and lam, the Pareto-optimal set (`pareto`, one flag a point, as the caller
+    computed it with `core.experiments.pareto_mask`; computed here when not given) joined by a line."""
+    df = pd.DataFrame([p.row() for p in points])
     axis_title, larger_is_better = SIZE_AXES[x]
     fig = go.Figure()
     if df.empty:
@@ -317,8 +305,10 @@ def frontier_figure(
         return _style(fig, title, height)
     df = df.copy()
     df["acc_pct"] = 100.0 * df["accuracy"]
-    df["regularizer"] = [reg_label(r, l) for r, l in zip(df["reg"], df["lam"])]
-    df["pareto"] = pareto_mask(df[x].tolist(), df["accuracy"].tolist(), larger_is_better)
+    df["regularizer"] = df["reg_label"]
+    df["pareto"] = (
+        list(pareto) if pareto is not None else pareto_mask(df[x].tolist(), df["accuracy"].tolist(), larger_is_better)
+    )
     reg_order = sorted(df["regularizer"].unique(), key=lambda s: (s != "none (λ=0)", s))
     symbols = {label: REG_SYMBOLS[i % len(REG_SYMBOLS)] for i, label in enumerate(reg_order)}
     shown = df if show_dominated else df[df["pareto"]]

@@ -9,93 +9,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .baselines import quantize_model
-from .config import CompressConfig, TrainConfig
+from .config import CompressConfig
 from .data import Dataset, load_dataset
 from .export import build_payload, model_from_payload, to_bytes
-from .models import fc_layers, param_counts
-from .pq import QuantizedLayer
-from .size import SizeReport, size_report
-from .train import OnStep, TrainResult, evaluate, pick_device
-
-
-@dataclass
-class CompressResult:
-    run_id: str
-    train_config: TrainConfig
-    compress_config: CompressConfig
-    accuracy: float  # test accuracy of the model rebuilt from the exported file
-    float_accuracy: float  # test accuracy of the run before compression
-    size: SizeReport
-    file_bytes: int  # exact size of the exported file
-    layer_mse: dict[str, float] = field(default_factory=dict)  # reconstruction MSE per FC weight
-    seconds: float = 0.0
-
-    def row(self) -> dict:
-        """One flat row: the frontier's and the sweep CSV's unit."""
-        t, c = self.train_config, self.compress_config
-        return {
-            "run_id": self.run_id,
-            "dataset": t.dataset,
-            "model": t.model,
-            "reg": t.reg,
-            "lam": t.lam,
-            "epochs": t.epochs,
-            "seed": t.seed,
-            "method": c.method,
-            "subvector_size": c.subvector_size,
-            "n_centroids": c.n_centroids,
-            "layout": c.layout,
-            "centroid_bits": c.centroid_bits,
-            "finetune_epochs": c.finetune_epochs,
-            "label": c.label(),
-            "float_accuracy": self.float_accuracy,
-            "accuracy": self.accuracy,
-            "accuracy_drop": self.float_accuracy - self.accuracy,
-            "fc_bits": self.size.fc_bits,
-            "fc_ratio": self.size.fc_ratio,
-            "model_bits": self.size.model_bits,
-            "model_ratio": self.size.model_ratio,
-            "code_bits": self.size.code_bits,
-            "codebook_bits": self.size.codebook_bits,
-            "scale_bits": self.size.scale_bits,
-            "rest_bits": self.size.rest_bits,
-            "file_bytes": self.file_bytes,
-            "seconds": self.seconds,
-        }
-
-    def to_json(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "train_config": asdict(self.train_config),
-            "compress_config": asdict(self.compress_config),
-            "accuracy": self.accuracy,
-            "float_accuracy": self.float_accuracy,
-            "size": self.size.as_dict(),
-            "file_bytes": self.file_bytes,
-            "layer_mse": self.layer_mse,
-            "seconds": self.seconds,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> CompressResult:
-        return cls(
-            run_id=data["run_id"],
-            train_config=TrainConfig.from_dict(data["train_config"]),
-            compress_config=CompressConfig.from_dict(data["compress_config"]),
-            accuracy=data["accuracy"],
-            float_accuracy=data["float_accuracy"],
-            size=SizeReport(**data["size"]),
-            file_bytes=data["file_bytes"],
-            layer_mse=data.get("layer_mse", {}),
-            seconds=data.get("seconds", 0.0),
-        )
+from .methods import quantize_model
+from .models import param_counts
+from .pq import QuantizedLayer, check_fits
+from .records import CompressionRecord, RunRecord
+from .size import size_report
+from .train import OnStep, evaluate, pick_device
 
 
 def _trainable_codebooks(layers: list[QuantizedLayer]) -> list[torch.Tensor]:
@@ -129,8 +56,8 @@ def finetune_centroids(
     the sum of the gradients of the weights it stands for. Everything else stays frozen.
     """
     layers = [
-        QuantizedLayer(l.name, l.shape, l.subvector_size, l.layout, l.codebooks.to(device), l.codes.to(device))
-        for l in layers
+        QuantizedLayer(q.name, q.shape, q.subvector_size, q.layout, q.codebooks.to(device), q.codes.to(device))
+        for q in layers
     ]
     params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(layers)]
     frozen = {k: v.detach().to(device) for k, v in model.state_dict().items()}
@@ -163,26 +90,27 @@ def finetune_centroids(
 
 
 def compress_run(
-    run: TrainResult,
+    run: RunRecord,
     cfg: CompressConfig,
     data: Dataset | None = None,
     device: str | torch.device | None = None,
     on_step: OnStep | None = None,
-) -> tuple[CompressResult, bytes]:
-    """Compress `run` as `cfg` says: (result, bytes of the exported file)."""
+) -> tuple[CompressionRecord, bytes]:
+    """Compress `run` as `cfg` says: (record, bytes of the exported file). The record's accuracy is
+    measured on the model rebuilt from the file's own tensors."""
+    # The one check that the setting fits, before any work (no dataset loaded, no weights read).
+    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)
     started = time.perf_counter()
-    cfg = cfg.canonical()
     device = pick_device(device)
     data = data or load_dataset(run.config.dataset)
     model = run.model()
-    fc_shapes = [tuple(layer.weight.shape) for _, layer in fc_layers(model)]
     _, n_rest = param_counts(model)
-    size = size_report(fc_shapes, n_rest, cfg)  # validates that cfg fits before any work
+    size = size_report([(layer.shape[0], layer.shape[1]) for layer in run.layers], n_rest, cfg)
     layers = quantize_model(model, cfg)
     if cfg.finetune_epochs and layers:
         layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
-    state = run.state_dict
-    layer_mse = {layer.name: float(((state[layer.name] - layer.decode()) ** 2).mean()) for layer in layers}
+    state = run.state_dict()
+    layer_mse = tuple((layer.name, float(((state[layer.name] - layer.decode()) ** 2).mean())) for layer in layers)
     tensors, meta = build_payload(
         state, layers, run.config, cfg, run.input_shape, run.n_classes, extra={"run_id": run.run_id}
     )
@@ -191,15 +119,15 @@ def compress_run(
     meta["accuracy"] = accuracy
     meta["dataset"] = run.config.dataset
     blob = to_bytes(tensors, meta)
-    result = CompressResult(
-        run.run_id,
-        run.config,
-        cfg,
-        accuracy,
-        run.test_accuracy,
-        size,
-        len(blob),
-        layer_mse,
-        time.perf_counter() - started,
+    record = CompressionRecord(
+        run_id=run.run_id,
+        train_config=run.config,
+        compress_config=cfg,
+        accuracy=accuracy,
+        float_accuracy=run.test_accuracy,
+        size=size,
+        file_bytes=len(blob),
+        layer_mse=layer_mse,
+        seconds=time.perf_counter() - started,
     )
-    return result, blob
+    return record, blob

@@ -29,7 +29,7 @@ from .models import MODEL_BUILDERS, count_parameters
 DATASETS = tuple(DATASET_SOURCES)
 MODELS = tuple(MODEL_BUILDERS)
 REGULARIZERS = ("none", "binary", "levels", "pq")  # implemented in core/regularizers.py (TERMS)
-METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/baselines.py (quantize_model)
+METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/methods.py (METHOD_IMPLEMENTATIONS)
 LAYOUTS = ("shared", "per-chunk")
 INITS = ("kmeans++", "random")
 CENTROID_BITS = (32, 16)

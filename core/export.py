@@ -16,7 +16,6 @@ the models here).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,6 @@ def build_payload(
     extra: dict | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and metadata of the file. `state_dict` gives the float rest."""
-    compress_cfg = compress_cfg.canonical()
     store_dtype = torch.float16 if compress_cfg.centroid_bits == 16 else torch.float32
     coded = {layer.name for layer in layers}
     tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
@@ -96,8 +94,8 @@ def build_payload(
         )
     meta = {
         "format": FORMAT,
-        "train_config": asdict(train_cfg),
-        "compress_config": asdict(compress_cfg),
+        "train_config": train_cfg.to_json(),
+        "compress_config": compress_cfg.to_json(),
         "input_shape": list(input_shape),
         "n_classes": n_classes,
         "layers": layer_info,
@@ -173,3 +171,8 @@ def load_file(path: str | Path) -> tuple[nn.Module, dict]:
         raise NotACompressedModel(f"no file at {path}; give the path of a file written by `compress --out`")
     tensors, meta = from_bytes(path.read_bytes(), source=str(path))
     return model_from_payload(tensors, meta), meta
+
+
+def read_payload(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of a compressed model file, validated (the store reads through this)."""
+    return from_bytes(blob, source)

@@ -50,3 +50,24 @@ def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], None], fsy
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path: str | Path) -> None:
+    """Raise ValueError (one line) unless `path` can take a new regular file: BEFORE the work.
+
+    Refused: a folder, a missing or unwritable parent folder, and anything already there that is
+    not a regular file (a FIFO, a device, a symlink: writing would replace or follow it)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{path} is a symbolic link; give the path of a regular file")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file path inside it, e.g. {path / 'model.safetensors'}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} exists and is not a regular file; give another path")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"the folder {parent} does not exist; create it first or give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder {parent} is not writable; give another path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{path} is not writable; give another path")

@@ -8,11 +8,12 @@ The `shared` layout has one group per layer; `per-chunk` has one group per chunk
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .config import CompressConfig, check_centroids, check_subvector_size
+from .config import CompressConfig
 
 # k-means++ makes k sequential passes over the data; above this k it is slower than the whole
 # Lloyd loop, and random init (faiss's choice) is used instead.
@@ -233,30 +234,27 @@ class QuantizedLayer:
         return "shared" if self.layout == "sign" else self.layout
 
 
-def check_fits(fc_shapes: list[tuple[str, tuple[int, int]]], cfg: CompressConfig) -> None:
-    """Raise ValueError when the PQ settings do not fit a layer; says what would fit."""
-    cfg = cfg.canonical()
-    if cfg.method not in ("kmeans", "pq"):
+def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
+    """Raise ValueError when the PQ settings do not fit every layer; the message names the layer
+    whose limit it states, and says what would fit."""
+    if cfg.method not in ("kmeans", "pq") or not fc_shapes:
         return
-    check_subvector_size(cfg.subvector_size)
-    check_centroids(cfg.n_centroids)
-    for name, (out_features, in_features) in fc_shapes:
-        if cfg.subvector_size > in_features:
-            raise ValueError(
-                f"subvector size d={cfg.subvector_size} is wider than layer {name} ({in_features} inputs); "
-                f"use d <= {min(i for _, (_, i) in fc_shapes)}"
-            )
-        if cfg.layout == "per-chunk" and cfg.n_centroids > out_features:
-            raise ValueError(
-                f"per-chunk layout learns each codebook from the {out_features} rows of layer {name}, "
-                f"so k={cfg.n_centroids} is too many; use k <= {min(o for _, (o, _) in fc_shapes)} "
-                f"or the shared layout"
-            )
+    narrowest, (_, narrowest_in) = min(fc_shapes, key=lambda entry: entry[1][1])
+    if cfg.subvector_size > narrowest_in:
+        raise ValueError(
+            f"subvector size d={cfg.subvector_size} is wider than layer {narrowest}, which has {narrowest_in} "
+            f"inputs; use d <= {narrowest_in}"
+        )
+    fewest, (fewest_out, _) = min(fc_shapes, key=lambda entry: entry[1][0])
+    if cfg.layout == "per-chunk" and cfg.n_centroids > fewest_out:
+        raise ValueError(
+            f"the per-chunk layout learns each codebook from the rows of a layer, and layer {fewest} has "
+            f"{fewest_out} rows, so k={cfg.n_centroids} is too many; use k <= {fewest_out} or the shared layout"
+        )
 
 
 def quantize_weight(name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
     """k-means / PQ of one (out, in) weight matrix with the settings of `cfg` (method kmeans or pq)."""
-    cfg = cfg.canonical()
     out_features, in_features = weight.shape
     dim = cfg.subvector_size
     grouped = to_groups(to_subvectors(weight.detach().float(), dim), cfg.layout)  # (G, N, d)

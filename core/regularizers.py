@@ -19,12 +19,14 @@ second: it is the same gradient (tested against autograd) at a third of the cost
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .config import CompressConfig, TrainConfig
+from .config import REGULARIZERS, TrainConfig
 from .models import fc_layers
-from .pq import assign, kmeans, quantize_weight
+from .pq import QuantizedLayer, assign, kmeans, to_groups, to_subvectors
 
 _EPS = 1e-12
 
@@ -114,29 +116,90 @@ def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0) -> torch.Tens
 
 
 def pq_targets(weight: torch.Tensor, subvector_size: int, n_centroids: int, seed: int = 0) -> torch.Tensor:
-    """The PQ reconstruction of a layer with a shared codebook: (out, in) -> (out, in)."""
-    cfg = CompressConfig(
-        method="pq",
-        subvector_size=min(subvector_size, weight.shape[1]),
-        n_centroids=n_centroids,
-        kmeans_iters=10,
-        seed=seed,
-    )
-    return quantize_weight("w", weight, cfg).decode().to(weight.dtype)
+    """The PQ reconstruction of a layer with one shared codebook: (out, in) -> (out, in)."""
+    out_features, in_features = weight.shape
+    dim = min(subvector_size, in_features)
+    grouped = to_groups(to_subvectors(weight.detach().float(), dim), "shared")  # (1, out * chunks, d)
+    centroids, codes = kmeans(grouped, n_centroids, n_iter=10, seed=seed)
+    layer = QuantizedLayer("target", (out_features, in_features), dim, "shared", centroids, codes)
+    return layer.decode().to(weight.dtype)
+
+
+class Term:
+    """One regularizer: `refresh` once an epoch (fits targets), then at every step either
+    `add_gradient_` (closed form, in place) or `penalty` (autograd); both the same term."""
+
+    def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
+        pass
+
+    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+        raise NotImplementedError
+
+    def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BinaryTerm(Term):
+    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+        return binary_gradient_(weights, lam)
+
+    def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        return binary_penalty(weights)
+
+
+class LevelsTerm(Term):
+    def __init__(self, cfg: TrainConfig):
+        self.n_levels = cfg.reg_levels
+        self.levels: list[torch.Tensor] = []
+
+    def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
+        self.levels = [fit_levels(w, self.n_levels, seed) for w in weights]
+
+    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+        targets = [nearest_levels(w, levels) for w, levels in zip(weights, self.levels)]
+        return target_gradient_(weights, targets, lam)
+
+    def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        return levels_penalty(weights, self.levels)
+
+
+class PQTerm(Term):
+    def __init__(self, cfg: TrainConfig):
+        self.subvector_size, self.n_centroids = cfg.reg_subvector_size, cfg.reg_centroids
+        self.targets: list[torch.Tensor] = []
+
+    def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
+        self.targets = [pq_targets(w, self.subvector_size, self.n_centroids, seed) for w in weights]
+
+    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+        return target_gradient_(weights, self.targets, lam)
+
+    def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
+        return target_penalty(weights, self.targets)
+
+
+# The one registry of terms: config.REGULARIZERS names exactly these, plus "none" (no term).
+TERMS: dict[str, Callable[[TrainConfig], Term]] = {
+    "binary": lambda cfg: BinaryTerm(),
+    "levels": LevelsTerm,
+    "pq": PQTerm,
+}
+if set(TERMS) | {"none"} != set(REGULARIZERS):
+    raise ImportError("core.config.REGULARIZERS and core.regularizers.TERMS disagree")
 
 
 class Regularizer:
-    """The configured term for one training run: `refresh(model)` at the start of each epoch
-    (levels / pq fit their targets there), then `add_gradient_(model, lam)` at each step
+    """The configured term for one training run: `refresh(model, epoch)` at the start of each
+    epoch (levels / pq fit their targets there), then `add_gradient_(model, lam)` at each step
     (`penalty(model)` is the same term for autograd)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self._targets: list[torch.Tensor] = []
+        self.term: Term | None = TERMS[cfg.reg](cfg) if cfg.reg != "none" and cfg.lam > 0 else None
 
     @property
     def active(self) -> bool:
-        return self.cfg.reg != "none" and self.cfg.lam > 0
+        return self.term is not None
 
     def lam_at(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """lam, ramped linearly from 0 over `warmup_epochs` (epoch counts from 0)."""
@@ -145,34 +208,21 @@ class Regularizer:
         progress = (epoch + step / steps_per_epoch) / self.cfg.warmup_epochs
         return self.cfg.lam * min(1.0, progress)
 
+    @staticmethod
+    def _weights(model: nn.Module) -> list[torch.Tensor]:
+        return [layer.weight for _, layer in fc_layers(model)]
+
     @torch.no_grad()
     def refresh(self, model: nn.Module, epoch: int) -> None:
-        weights = [layer.weight for _, layer in fc_layers(model)]
-        seed = self.cfg.seed + epoch
-        if self.cfg.reg == "levels":
-            self._targets = [fit_levels(w, self.cfg.reg_levels, seed) for w in weights]
-        elif self.cfg.reg == "pq":
-            self._targets = [pq_targets(w, self.cfg.reg_subvector_size, self.cfg.reg_centroids, seed) for w in weights]
+        if self.term is not None:
+            self.term.refresh(self._weights(model), self.cfg.seed + epoch)
 
     def add_gradient_(self, model: nn.Module, lam: float) -> torch.Tensor:
         """After backward of the task loss: adds lam * dR/dW to the FC weights' gradients in place
         and returns R (detached). The same gradients as backpropagating lam * penalty(model)."""
-        weights = [layer.weight for _, layer in fc_layers(model)]
-        if self.cfg.reg == "binary":
-            return binary_gradient_(weights, lam)
-        if self.cfg.reg == "levels":
-            targets = [nearest_levels(w, levels) for w, levels in zip(weights, self._targets)]
-            return target_gradient_(weights, targets, lam)
-        if self.cfg.reg == "pq":
-            return target_gradient_(weights, self._targets, lam)
-        return weights[0].new_zeros(())
+        weights = self._weights(model)
+        return weights[0].new_zeros(()) if self.term is None else self.term.add_gradient_(weights, lam)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        weights = [layer.weight for _, layer in fc_layers(model)]
-        if self.cfg.reg == "binary":
-            return binary_penalty(weights)
-        if self.cfg.reg == "levels":
-            return levels_penalty(weights, self._targets)
-        if self.cfg.reg == "pq":
-            return target_penalty(weights, self._targets)
-        return weights[0].new_zeros(())
+        weights = self._weights(model)
+        return weights[0].new_zeros(()) if self.term is None else self.term.penalty(weights)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .config import CompressConfig
-from .pq import check_fits, n_chunks
+from .pq import n_chunks
 
 FLOAT_BITS = 32
 
@@ -32,15 +32,49 @@ class SizeReport:
     fc_ratio: float
     model_ratio: float
 
-    def as_dict(self) -> dict:
+    def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SizeReport:
+        """Parse and check: the parts must add up and the ratios must follow from them."""
+        ints = {
+            f: data[f]
+            for f in (
+                "code_bits",
+                "codebook_bits",
+                "scale_bits",
+                "fc_bits",
+                "fc_float_bits",
+                "rest_bits",
+                "model_bits",
+                "model_float_bits",
+            )
+        }
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints.values()):
+            raise ValueError("size fields must be whole numbers of bits")
+        report = cls(
+            **ints,
+            fc_ratio=ints["fc_float_bits"] / max(1, ints["fc_bits"]),
+            model_ratio=ints["model_float_bits"] / max(1, ints["model_bits"]),
+        )
+        consistent = (
+            report.fc_bits == report.code_bits + report.codebook_bits + report.scale_bits
+            and report.model_bits == report.fc_bits + report.rest_bits
+            and report.model_float_bits == report.fc_float_bits + report.rest_bits
+            and report.fc_bits > 0
+            and abs(report.fc_ratio - data["fc_ratio"]) <= 1e-9 * report.fc_ratio
+            and abs(report.model_ratio - data["model_ratio"]) <= 1e-9 * report.model_ratio
+        )
+        if not consistent:
+            raise ValueError("the size report does not add up")
+        return report
 
 
 def size_report(fc_shapes: list[tuple[int, int]], n_rest: int, cfg: CompressConfig) -> SizeReport:
     """Bits of a model whose FC weight matrices have `fc_shapes` (out, in), compressed by `cfg`,
-    with `n_rest` other parameters kept in float32."""
-    cfg = cfg.canonical()
-    check_fits([(f"fc{i + 1}", shape) for i, shape in enumerate(fc_shapes)], cfg)
+    with `n_rest` other parameters kept in float32. Pure accounting: whether the setting fits the
+    layers is `core.pq.check_fits`'s question, asked once by the caller."""
     n_fc = sum(out * inp for out, inp in fc_shapes)
     code_bits = codebook_bits = scale_bits = 0
     if cfg.method == "float":

@@ -1,37 +1,51 @@
-"""The run store: trained runs and compression results on disk, content-addressed.
+"""The run store: trained runs and compressions on disk, content-addressed, verified, atomic.
 
-    <root>/runs/<run_id>/model.safetensors   trained weights
-    <root>/runs/<run_id>/run.json            config, per-epoch metrics, histograms, sha256 of the weights
+    <root>/runs/<run_id>/model.safetensors      trained weights
+    <root>/runs/<run_id>/run.json               {"format", "record": RunRecord JSON, "weights_sha256", "checksum"}
     <root>/compress/<run_id>/<key>.safetensors  the exported compressed model
-    <root>/compress/<run_id>/<key>.json      its result, with the sha256 of the file
+    <root>/compress/<run_id>/<key>.json         {"format", "record": CompressionRecord JSON, "file_sha256", "checksum"}
+    <root>/jobs/                                job status and lock files (core/jobs.py)
 
-run_id hashes the canonical TrainConfig; key hashes the canonical CompressConfig.
-Writes are atomic (a run is built in a temporary folder and renamed into place; files are written
-to a temporary name and renamed), so a reader never sees half an entry and two writers of one
-key leave one valid entry. An entry whose checksum does not match is treated as missing and
-recomputed. Nothing is loaded with pickle: weights are safetensors, metadata JSON.
+run_id hashes the (canonical) TrainConfig; key hashes the CompressConfig. The store only persists:
+what to compute, and when, is `core/pipeline.py`'s and `core/jobs.py`'s business.
+
+Everything served is verified: the checksum covers each entry's JSON and its weights' or file's
+sha256 together; the folder name must be the hash of the config inside, and the key the hash of
+the compression config inside; a compressed file must pass the reader's own checks
+(`core.export.read_payload`). An entry that fails any check counts as missing: it is recomputed,
+never served, and never breaks a listing. The checksum detects corruption and edits; it is not a
+signature (someone who can write the store can also recompute it).
+
+Writes are atomic (a run is built in a temporary folder and renamed into place; files go through
+`core.fileio.write_atomic`), so a reader never sees half an entry and two writers of one key
+leave one valid entry. What a killed writer leaves (hidden temporaries) `gc` removes. Nothing is
+loaded with pickle: weights are safetensors, metadata JSON.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
-from dataclasses import asdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .compress import CompressResult, compress_run
-from .config import CompressConfig, TrainConfig
-from .data import Dataset
-from .fileio import write_atomic
-from .train import OnEpoch, OnStep, TrainResult, train
+from .config import CompressConfig
+from .export import NotACompressedModel, read_payload
+from .fileio import is_temporary, write_atomic
+from .records import CompressionRecord, MemoryWeights, RunRecord, StoredWeights, sha256
 
 ENV_VAR = "COMPRESSION_LAB_CACHE"
+STORE_FORMAT = "compression-lab-store/2"
+MAX_JSON_BYTES = 64 << 20  # a run.json is tens of kB; anything this large is not ours
+STALE_TEMPORARY_S = 3600.0  # a temporary older than this was left by a killed writer
 
 
 def default_root() -> Path:
@@ -39,168 +53,315 @@ def default_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "cache"
 
 
-def _sha256(blob: bytes) -> str:
-    return hashlib.sha256(blob).hexdigest()
+def _is_id(text: str) -> bool:
+    return len(text) == 16 and all(c in "0123456789abcdef" for c in text)
+
+
+def _checksum(record_json: dict, blob_sha256: str) -> str:
+    text = json.dumps({"record": record_json, "sha256": blob_sha256}, sort_keys=True, separators=(",", ":"))
+    return sha256(text.encode())
+
+
+def _envelope(record_json: dict, blob_sha256: str, blob_field: str) -> bytes:
+    return json.dumps(
+        {
+            "format": STORE_FORMAT,
+            "record": record_json,
+            blob_field: blob_sha256,
+            "checksum": _checksum(record_json, blob_sha256),
+        }
+    ).encode()
+
+
+def _open_envelope(path: Path, blob_field: str) -> tuple[dict, str]:
+    """(record JSON, sha256 of its blob) from a verified envelope; ValueError / OSError otherwise."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path.name} is too large to be a store entry")
+    envelope = json.loads(path.read_bytes())
+    if not isinstance(envelope, dict) or envelope.get("format") != STORE_FORMAT:
+        raise ValueError("not an entry of this store format")
+    record_json, blob_sha = envelope["record"], envelope[blob_field]
+    if not isinstance(record_json, dict) or not isinstance(blob_sha, str):
+        raise ValueError("malformed entry")
+    if envelope.get("checksum") != _checksum(record_json, blob_sha):
+        raise ValueError("the entry does not match its checksum")
+    return record_json, blob_sha
+
+
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError)
+
+
+@dataclass(frozen=True)
+class GcReport:
+    removed: tuple[str, ...]  # paths removed, relative to the store root
+    bytes_freed: int
 
 
 class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
 
+    # ---------------------------------------------------------------------------------- checks
+    def check_writable(self) -> None:
+        """Raise ValueError (one line) when the store cannot be written: BEFORE any expensive work."""
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"the run store {root} is a file, not a folder; choose another --cache-dir")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".write-probe.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(
+                f"the run store {root} is not writable ({error.strerror}); choose another --cache-dir"
+            ) from None
+
     # ------------------------------------------------------------------------------------ runs
-    def _run_dir(self, run_id: str) -> Path:
-        if not run_id or not all(c in "0123456789abcdef" for c in run_id):
+    def run_dir(self, run_id: str) -> Path:
+        if not _is_id(run_id):
             raise KeyError(run_id)
         return self.root / "runs" / run_id
 
-    def load_run(self, run_id: str) -> TrainResult | None:
-        """The stored run, or None when absent or corrupt (a corrupt entry is never loaded)."""
+    def load_run(self, run_id: str, verify_weights: bool = False) -> RunRecord | None:
+        """The stored run (weights read on demand, checked then), or None when absent or not valid.
+
+        `verify_weights=True` also reads and checks the weights now, and keeps them in memory."""
         try:
-            folder = self._run_dir(run_id)
-            meta = json.loads((folder / "run.json").read_text())
-            blob = (folder / "model.safetensors").read_bytes()
-            if meta.get("model_sha256") != _sha256(blob):
+            folder = self.run_dir(run_id)
+            record_json, weights_sha = _open_envelope(folder / "run.json", "weights_sha256")
+            weights_path = folder / "model.safetensors"
+            if not weights_path.is_file():
                 return None
-            return TrainResult(
-                config=TrainConfig.from_dict(meta["config"]).canonical(),
-                run_id=meta["run_id"],
-                state_dict=st_load(blob),
-                input_shape=tuple(meta["input_shape"]),
-                n_classes=meta["n_classes"],
-                history=meta["history"],
-                histograms=meta["histograms"],
-                device=meta.get("device", "cpu"),
-                seconds=meta.get("seconds", 0.0),
-            )
-        except (OSError, KeyError, TypeError, ValueError):
+            record = RunRecord.from_json(record_json, weights=StoredWeights(str(weights_path), weights_sha))
+            if record.run_id != run_id:
+                return None  # a folder copied under another id
+            if verify_weights:
+                blob = weights_path.read_bytes()
+                if sha256(blob) != weights_sha:
+                    return None
+                state = st_load(blob)
+                expected = {layer.name: layer.shape for layer in record.layers}
+                if any(tuple(state[name].shape) != shape for name, shape in expected.items()):
+                    return None
+                record = record.with_weights(MemoryWeights(state))
+            return record
+        except _READ_ERRORS:
             return None
 
-    def has_run(self, run_id: str) -> bool:
-        return self.load_run(run_id) is not None
-
-    def save_run(self, result: TrainResult) -> None:
-        """Publish a run atomically; a valid entry already there wins, a corrupt one is replaced."""
-        blob = st_save(result.state_dict)
-        meta = {
-            "run_id": result.run_id,
-            "config": asdict(result.config),
-            "input_shape": list(result.input_shape),
-            "n_classes": result.n_classes,
-            "history": result.history,
-            "histograms": result.histograms,
-            "device": result.device,
-            "seconds": result.seconds,
-            "model_sha256": _sha256(blob),
-        }
-        final = self._run_dir(result.run_id)
+    def save_run(self, record: RunRecord) -> RunRecord:
+        """Publish a run atomically; a valid entry already there wins, a corrupt one is replaced.
+        Returns the stored record (weights read from the store from then on)."""
+        blob = st_save(record.state_dict())
+        blob_sha = sha256(blob)
+        final = self.run_dir(record.run_id)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".tmp-{result.run_id}-{uuid.uuid4().hex}"
+        tmp = final.parent / f".{record.run_id}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
             tmp.mkdir()
             (tmp / "model.safetensors").write_bytes(blob)
-            (tmp / "run.json").write_text(json.dumps(meta))
+            (tmp / "run.json").write_bytes(_envelope(record.to_json(), blob_sha, "weights_sha256"))
             for _attempt in range(3):
                 try:
                     os.rename(tmp, final)
-                    return
+                    break
                 except OSError:
-                    if self.load_run(result.run_id) is not None:
-                        return  # another writer published the same run first
+                    if self.load_run(record.run_id, verify_weights=True) is not None:
+                        break  # another writer published the same run first
                     self._discard(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        stored = self.load_run(record.run_id)
+        return stored if stored is not None else record
 
-    def _discard(self, folder: Path) -> None:
-        """Move a corrupt entry out of the way (rename first, so readers never see it half-deleted)."""
-        trash = folder.parent / f".trash-{folder.name}-{uuid.uuid4().hex}"
+    def _discard(self, path: Path) -> None:
+        """Move an entry out of the way (rename first, so readers never see it half-deleted)."""
+        trash = path.parent / f".{path.name}.trash.{uuid.uuid4().hex}.tmp"
         try:
-            os.rename(folder, trash)
+            os.rename(path, trash)
         except OSError:
             return
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink(missing_ok=True)
 
-    def list_runs(self) -> list[TrainResult]:
-        """Every valid stored run, newest first."""
+    def _run_folders(self) -> list[Path]:
         runs_dir = self.root / "runs"
         if not runs_dir.is_dir():
             return []
-        folders = [p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        runs = [self.load_run(p.name) for p in folders]
+        return [p for p in runs_dir.iterdir() if _is_id(p.name) and p.is_dir()]
+
+    def run_ids(self) -> list[str]:
+        """Ids of the run folders, newest first (not verified: `load_run` verifies)."""
+        folders = self._run_folders()
+        folders.sort(key=lambda p: (_mtime(p / "run.json"), p.name), reverse=True)
+        return [p.name for p in folders]
+
+    def list_runs(self) -> list[RunRecord]:
+        """Every valid stored run, newest first. Reads no weights."""
+        runs = (self.load_run(run_id) for run_id in self.run_ids())
         return [run for run in runs if run is not None]
 
-    def get_or_train(
-        self,
-        cfg: TrainConfig,
-        device=None,
-        on_epoch: OnEpoch | None = None,
-        on_step: OnStep | None = None,
-        data: Dataset | None = None,
-    ) -> tuple[TrainResult, bool]:
-        """(run, was_cached). Trains and stores only on a miss; a failed or interrupted training
-        stores nothing."""
-        cached = self.load_run(cfg.run_id())
-        if cached is not None:
-            return cached, True
-        result = train(cfg, device=device, on_epoch=on_epoch, on_step=on_step, data=data)
-        self.save_run(result)
-        return result, False
+    def resolve_run(self, prefix: str) -> RunRecord:
+        """The run whose id is `prefix` or starts with it; ValueError (one line) otherwise."""
+        run = self.load_run(prefix) if _is_id(prefix) else None
+        if run is None:
+            matches = [r for r in self.list_runs() if prefix and r.run_id.startswith(prefix)]
+            if len(matches) != 1:
+                what = "matches several runs" if matches else "is not a stored run"
+                raise ValueError(f"run id {prefix!r} {what} in {self.root}; list them with `python -m core runs`")
+            run = matches[0]
+        return run
 
     # ---------------------------------------------------------------------------- compressions
-    def _compress_paths(self, run_id: str, cfg: CompressConfig) -> tuple[Path, Path]:
-        folder = self.root / "compress" / self._run_dir(run_id).name
-        key = cfg.key()
+    def compression_paths(self, run_id: str, key: str) -> tuple[Path, Path]:
+        if not _is_id(key):
+            raise KeyError(key)
+        folder = self.root / "compress" / self.run_dir(run_id).name
         return folder / f"{key}.json", folder / f"{key}.safetensors"
 
-    def load_compression(self, run_id: str, cfg: CompressConfig) -> tuple[CompressResult, Path] | None:
-        """(result, path of the exported file), or None when absent or corrupt."""
-        json_path, file_path = self._compress_paths(run_id, cfg)
+    def load_compression(self, run_id: str, cfg: CompressConfig) -> CompressionRecord | None:
+        return self._load_compression(run_id, cfg.key())
+
+    def _load_compression(self, run_id: str, key: str) -> CompressionRecord | None:
+        """The verified compression record (with its file path), or None when absent or not valid."""
         try:
-            meta = json.loads(json_path.read_text())
-            if meta.get("file_sha256") != _sha256(file_path.read_bytes()):
+            json_path, file_path = self.compression_paths(run_id, key)
+            record_json, file_sha = _open_envelope(json_path, "file_sha256")
+            blob = file_path.read_bytes()
+            if sha256(blob) != file_sha:
                 return None
-            return CompressResult.from_json(meta["result"]), file_path
-        except (OSError, KeyError, TypeError, ValueError):
+            record = CompressionRecord.from_json(record_json, file_path=str(file_path))
+            if record.run_id != run_id or record.key != key or record.file_bytes != len(blob):
+                return None  # copied under another run or another setting's key
+            _, meta = read_payload(blob, source=str(file_path))
+            if meta.get("run_id") != run_id or meta.get("compress_config") != record.compress_config.to_json():
+                return None
+            return record
+        except (*_READ_ERRORS, NotACompressedModel):
             return None
 
-    def save_compression(self, result: CompressResult, blob: bytes) -> Path:
-        json_path, file_path = self._compress_paths(result.run_id, result.compress_config)
+    def save_compression(self, record: CompressionRecord, blob: bytes) -> CompressionRecord:
+        """Publish the file, then the JSON that vouches for it: a reader that finds the JSON finds
+        the file it describes (or a newer identical one from a concurrent writer)."""
+        json_path, file_path = self.compression_paths(record.run_id, record.key)
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        # The file first, then the JSON that vouches for it: a reader that finds the JSON finds
-        # the file it describes (or a newer identical one from a concurrent writer).
         write_atomic(file_path, blob)
-        write_atomic(json_path, json.dumps({"result": result.to_json(), "file_sha256": _sha256(blob)}).encode())
-        return file_path
+        write_atomic(json_path, _envelope(record.to_json(), sha256(blob), "file_sha256"))
+        return record.with_file(str(file_path))
 
-    def get_or_compress(
-        self,
-        run: TrainResult,
-        cfg: CompressConfig,
-        device=None,
-        data: Dataset | None = None,
-        on_step: OnStep | None = None,
-    ) -> tuple[CompressResult, Path, bool]:
-        """(result, exported file, was_cached)."""
-        cached = self.load_compression(run.run_id, cfg)
-        if cached is not None:
-            return (*cached, True)
-        result, blob = compress_run(run, cfg, data=data, device=device, on_step=on_step)
-        return result, self.save_compression(result, blob), False
-
-    def list_compressions(self, run_id: str | None = None) -> list[CompressResult]:
-        """Every valid stored compression (of one run, or of all)."""
+    def _compression_keys(self, run_id: str | None) -> Iterator[tuple[str, str]]:
         base = self.root / "compress"
-        folders = [base / run_id] if run_id else (sorted(base.iterdir()) if base.is_dir() else [])
-        results = []
+        if not base.is_dir():
+            return
+        folders = [base / run_id] if run_id else sorted(p for p in base.iterdir() if _is_id(p.name))
         for folder in folders:
-            if not folder.is_dir():
+            if folder.is_dir():
+                for json_path in sorted(folder.glob("*.json")):
+                    if _is_id(json_path.stem):
+                        yield folder.name, json_path.stem
+
+    def list_compressions(self, run_id: str | None = None) -> list[CompressionRecord]:
+        """Every valid stored compression (of one run, or of all) whose run is still stored."""
+        live_runs = set(self.run_ids())
+        records = (self._load_compression(r, k) for r, k in self._compression_keys(run_id) if r in live_runs)
+        return [record for record in records if record is not None]
+
+    # ---------------------------------------------------------------------------- housekeeping
+    def delete_run(self, run_id: str) -> int:
+        """Remove a run and all its compressions; returns the bytes freed (0 when absent)."""
+        freed = 0
+        for path in (self.root / "compress" / self.run_dir(run_id).name, self.run_dir(run_id)):
+            if path.exists():
+                freed += _size(path)
+                self._discard(path)
+        return freed
+
+    def delete_compression(self, run_id: str, key: str) -> int:
+        json_path, file_path = self.compression_paths(run_id, key)
+        freed = 0
+        for path in (json_path, file_path):  # the JSON first: without it the file is never served
+            if path.exists():
+                freed += _size(path)
+                path.unlink(missing_ok=True)
+        return freed
+
+    def size_bytes(self) -> int:
+        return _size(self.root) if self.root.is_dir() else 0
+
+    def gc(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
+        """Remove what no reader will ever serve: temporaries left by killed writers (older than
+        `older_than_s`), entries that fail verification (corrupt, edited, or of an old format or
+        CODE_VERSION), and compressions whose run is gone."""
+        removed: list[str] = []
+        freed = 0
+        now = time.time()
+
+        def drop(path: Path) -> None:
+            nonlocal freed
+            freed += _size(path)
+            removed.append(str(path.relative_to(self.root)))
+            self._discard(path)
+
+        for parent in (self.root / "runs", self.root / "compress", self.root):
+            if not parent.is_dir():
                 continue
-            for json_path in sorted(folder.glob("*.json")):
-                try:
-                    meta = json.loads(json_path.read_text())
-                    result = CompressResult.from_json(meta["result"])
-                except (OSError, KeyError, TypeError, ValueError):
+            for path in list(parent.iterdir()):
+                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
+                    drop(path)
+        for folder in list((self.root / "compress").iterdir()) if (self.root / "compress").is_dir() else []:
+            for path in list(folder.iterdir()) if folder.is_dir() else []:
+                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
+                    drop(path)
+        live_runs = set()
+        for folder in self._run_folders():
+            if self.load_run(folder.name, verify_weights=True) is None:
+                drop(folder)
+            else:
+                live_runs.add(folder.name)
+        base = self.root / "compress"
+        for folder in list(base.iterdir()) if base.is_dir() else []:
+            if not _is_id(folder.name) or not folder.is_dir():
+                continue
+            if folder.name not in live_runs:
+                drop(folder)
+                continue
+            for path in list(folder.iterdir()):
+                if is_temporary(path) or not _is_id(path.stem):
                     continue
-                if self.load_compression(result.run_id, result.compress_config) is not None:
-                    results.append(result)
-        return results
+                if path.suffix == ".json" and self._load_compression(folder.name, path.stem) is None:
+                    drop(path)
+                    drop_file = path.with_suffix(".safetensors")
+                    if drop_file.exists():
+                        drop(drop_file)
+                elif path.suffix == ".safetensors" and not path.with_suffix(".json").exists():
+                    drop(path)
+        return GcReport(tuple(removed), freed)
+
+
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_file() or path.is_symlink():
+            return path.lstat().st_size
+        return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file())
+    except OSError:
+        return 0
+
+
+def stat_signature(root: Path) -> tuple[Any, ...]:
+    """A cheap fingerprint of the store's contents (names and mtimes of the entry files), for caches."""
+    entries: list[tuple[str, int]] = []
+    for sub in ("runs", "compress"):
+        base = root / sub
+        if base.is_dir():
+            for folder in base.iterdir():
+                entries.append((f"{sub}/{folder.name}", _mtime(folder)))
+    return tuple(sorted(entries))

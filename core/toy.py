@@ -10,7 +10,8 @@ import torch
 
 from .pq import kmeans
 from .regularizers import binary_penalty
-from .train import histogram
+from .histograms import histogram
+from .records import LayerHistogram
 
 
 def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01, seed: int = 0) -> dict:
@@ -39,9 +40,9 @@ def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr:
     }
 
 
-def histogram_dict(values: list[float], layer: str = "toy") -> dict:
-    """The same dict as `core.train.weight_histograms` gives per layer, for a list of values."""
-    return histogram(torch.tensor(values), layer, [1, len(values)])
+def toy_histogram(values: list[float], layer: str = "toy") -> LayerHistogram:
+    """The same record as training keeps per layer and epoch, for a list of values."""
+    return histogram(torch.tensor(values), layer)
 
 
 def pq_toy(n_centroids: int, n_points: int = 600, n_iter: int = 20, seed: int = 0) -> dict:

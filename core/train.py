@@ -1,7 +1,7 @@
 """Training with the regularizer, and evaluation.
 
-`train(cfg)` is pure: it returns a `TrainResult` and writes nothing; the run store decides what
-to keep. Long work reports through `on_epoch(epoch, metrics)` and `on_step(step, n_steps)`.
+`train(cfg)` is pure: it returns a `RunRecord` (weights in memory) and writes nothing; the run store
+decides what to keep. Long work reports through `on_epoch(metrics, histograms)` and `on_step(step, n_steps)`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -17,14 +16,15 @@ from torch.nn import functional as F
 
 from .config import TrainConfig
 from .data import Dataset, load_dataset
+from .histograms import weight_histograms
 from .models import build_model, fc_layers
+from .records import EpochMetrics, LayerHistogram, LayerShape, MemoryWeights, RunRecord
 from .regularizers import Regularizer
 
-HIST_BINS = 101  # weight-histogram bins per FC layer and epoch (odd: one bin centred on 0)
 EVAL_BATCH = 2048
 
-OnEpoch = Callable[[int, dict], None]
-OnStep = Callable[[int, int], None]
+OnEpoch = Callable[[EpochMetrics, tuple[LayerHistogram, ...]], None]  # after each epoch
+OnStep = Callable[[int, int], None]  # (step, n_steps) within an epoch
 
 
 # A cross-entropy this large means logits in the thousands: the run has blown up even if the
@@ -37,10 +37,24 @@ class TrainingDiverged(ValueError):
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The device asked for, else CUDA when present, else the CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The device asked for, else CUDA when present, else the CPU. ValueError (one line) when the
+    device asked for does not exist here, before any work is done on it."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} asked for, but CUDA is not available here; use --device cpu")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif chosen.type != "cpu":
+        raise ValueError(f"device {str(device)!r} is not supported; use cpu, cuda or cuda:N")
+    return chosen
 
 
 @torch.no_grad()
@@ -53,61 +67,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.d
         logits = model(x[start : start + EVAL_BATCH].to(device))
         correct += int((logits.argmax(1).cpu() == y[start : start + EVAL_BATCH]).sum())
     return correct / len(x)
-
-
-@torch.no_grad()
-def histogram(weights: torch.Tensor, name: str, shape: list[int]) -> dict:
-    """Histogram of `weights` (any shape) on [-max|W|, max|W|] in HIST_BINS bins, plus alpha: the
-    plain data the app draws for one layer."""
-    weights = weights.detach().float().cpu().flatten()
-    limit = float(weights.abs().max()) or 1.0
-    counts = torch.histc(weights, bins=HIST_BINS, min=-limit, max=limit)
-    return {
-        "layer": name,
-        "shape": list(shape),
-        "alpha": float(weights.abs().mean()),
-        "std": float(weights.std()),
-        "limit": limit,
-        "counts": [int(c) for c in counts.tolist()],
-    }
-
-
-def weight_histograms(model: nn.Module) -> list[dict]:
-    """Per FC layer: `histogram` of its weights."""
-    return [histogram(layer.weight, name, list(layer.weight.shape)) for name, layer in fc_layers(model)]
-
-
-@dataclass
-class TrainResult:
-    config: TrainConfig
-    run_id: str
-    state_dict: dict[str, torch.Tensor]  # float32, on the CPU
-    input_shape: tuple[int, int, int]
-    n_classes: int
-    history: list[dict] = field(default_factory=list)  # one dict of metrics per epoch
-    histograms: list[list[dict]] = field(default_factory=list)  # index 0: at init; i: after epoch i
-    device: str = "cpu"
-    seconds: float = 0.0
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.history[-1]["test_accuracy"]
-
-    def model(self) -> nn.Module:
-        """A fresh model with the trained weights (safe to modify)."""
-        model = build_model(self.config.model, self.input_shape, self.n_classes, self.config.hidden)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
-
-    def summary(self) -> dict:
-        return {
-            "run_id": self.run_id,
-            "test_accuracy": self.test_accuracy,
-            "epochs": self.history,
-            "config": self.config.__dict__ | {"hidden": list(self.config.hidden)},
-            "device": self.device,
-            "seconds": self.seconds,
-        }
 
 
 def _check_finite(value: float, epoch: int, what: str, cfg: TrainConfig, limit: float = math.inf) -> None:
@@ -128,7 +87,7 @@ def train_epoch(
     generator: torch.Generator,
     device: torch.device,
     on_step: OnStep | None = None,
-) -> dict:
+) -> dict[str, float]:
     """One pass over (x_train, y_train), already on `device`; returns the mean loss, cross-entropy
     and regularizer value."""
     cfg = reg.cfg
@@ -172,12 +131,9 @@ def train(
     on_epoch: OnEpoch | None = None,
     on_step: OnStep | None = None,
     data: Dataset | None = None,
-) -> TrainResult:
-    """Train `cfg` from scratch; raises TrainingDiverged on a NaN / inf loss.
-
-    The result carries the canonical config: (reg=binary, lam=0) is recorded as the run it is,
-    reg=none."""
-    cfg = cfg.canonical()
+) -> RunRecord:
+    """Train `cfg` from scratch; raises TrainingDiverged on a NaN / inf loss. The record holds
+    the weights in memory; the run store decides what to keep."""
     device = pick_device(device)
     data = data or load_dataset(cfg.dataset)
     with torch.random.fork_rng(devices=[]):
@@ -189,24 +145,37 @@ def train(
     # The whole dataset moves to the device once (at most a few hundred MB here), not per batch.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test = data.x_test.to(device)
-    result = TrainResult(cfg, cfg.run_id(), {}, data.input_shape, data.n_classes, device=str(device))
-    result.histograms.append(weight_histograms(model))
+    histograms = [weight_histograms(model)]
+    history: list[EpochMetrics] = []
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
         epoch_start = time.perf_counter()
         if reg.active:
             reg.refresh(model, epoch)
-        metrics = train_epoch(model, x_train, y_train, optimizer, reg, epoch, generator, device, on_step)
+        sums = train_epoch(model, x_train, y_train, optimizer, reg, epoch, generator, device, on_step)
         for name, layer in fc_layers(model):
             _check_finite(float(layer.weight.detach().abs().max()), epoch, f"weights of {name}", cfg)
-        metrics["test_accuracy"] = evaluate(model, x_test, data.y_test, device)
-        metrics["lam"] = reg.lam_at(epoch + 1, 0, 1) if reg.active else 0.0
-        metrics["epoch"] = epoch + 1
-        metrics["seconds"] = time.perf_counter() - epoch_start
-        result.history.append(metrics)
-        result.histograms.append(weight_histograms(model))
+        metrics = EpochMetrics(
+            epoch=epoch + 1,
+            **sums,
+            test_accuracy=evaluate(model, x_test, data.y_test, device),
+            lam=reg.lam_at(epoch + 1, 0, 1) if reg.active else 0.0,
+            seconds=time.perf_counter() - epoch_start,
+        )
+        history.append(metrics)
+        histograms.append(weight_histograms(model))
         if on_epoch is not None:
-            on_epoch(epoch + 1, metrics | {"histograms": result.histograms[-1]})
-    result.seconds = time.perf_counter() - started
-    result.state_dict = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-    return result
+            on_epoch(metrics, histograms[-1])
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    return RunRecord(
+        run_id=cfg.run_id(),
+        config=cfg,
+        input_shape=data.input_shape,
+        n_classes=data.n_classes,
+        layers=tuple(LayerShape(f"{name}.weight", tuple(layer.weight.shape)) for name, layer in fc_layers(model)),
+        history=tuple(history),
+        histograms=tuple(histograms),
+        device=str(device),
+        seconds=time.perf_counter() - started,
+        weights=MemoryWeights(state),
+    )

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from core.baselines import quantize_model
+from core.methods import quantize_model
 from core.compress import compress_run, finetune_centroids
 from core.config import CompressConfig, TrainConfig
 from core.data import load_dataset

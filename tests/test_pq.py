@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from core.baselines import binarize_weight, quantize_model
+from core.methods import binarize_weight, quantize_model
 from core.config import CompressConfig
 from core.models import build_model
 from core.pq import (

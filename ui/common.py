@@ -1,28 +1,28 @@
-"""What the pages share: the run store, cached plain views over it, labels, and error display.
+"""What the pages share: the run store, cached reads of its records, shared widgets, error display.
 
-Caching: `st.cache_data` holds plain results (dicts, lists, DataFrames) read from the disk store;
-every key carries the store root and a modification time, so a new run or compression shows
-at once and a test's tmp store never sees another's entries. `st.cache_resource` holds only the
-loaded runs, read-only (compression builds its own model copy from them).
+Caching: `st.cache_data` holds records read from the disk store; every key carries the store
+root and a fingerprint of its entries (names and modification times), so a new run or
+compression shows at once, a deleted one disappears, and a test's tmp store never sees another's
+entries. Records are plain frozen dataclasses; a run's weights are read (and checked) only when
+asked, never held by a cache.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 import torch
 
-from core.charts import reg_label
 from core.config import CompressConfig
 from core.data import DatasetUnavailable
-from core.export import from_bytes, layers_from_payload
+from core.export import layers_from_payload, read_payload
 from core.pq import to_groups, to_subvectors
-from core.store import RunStore
-from core.train import TrainingDiverged, TrainResult
+from core.records import CompressionRecord, CorruptEntry, RunRecord
+from core.store import RunStore, stat_signature
+from core.train import TrainingDiverged
 
 # lam control: log-spaced, 0 allowed (0 turns the regularizer off).
 LAM_OPTIONS = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -37,8 +37,9 @@ def store() -> RunStore:
     return RunStore()
 
 
-def store_root() -> str:
-    return str(store().root)
+def _fingerprint() -> tuple[str, tuple]:
+    root = store().root
+    return str(root), stat_signature(root)
 
 
 def fmt_lam(value: float) -> str:
@@ -52,137 +53,71 @@ def fmt_k(value: int) -> str:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _mtime(path: Path) -> int:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return 0
+@st.cache_data(show_spinner=False, max_entries=64)
+def _runs(root: str, signature: tuple) -> list[RunRecord]:
+    return RunStore(root).list_runs()
 
 
-def run_label(view: dict) -> str:
-    cfg = view["config"]
-    hidden = "-".join(str(h) for h in cfg["hidden"]) if cfg["model"] == "mlp" else ""
-    model = f"{cfg['model']} {hidden}".strip()
-    return (
-        f"{cfg['dataset']} · {model} · {reg_label(cfg['reg'], cfg['lam'])} · {cfg['epochs']} ep · "
-        f"seed {cfg['seed']} · acc {view['test_accuracy']:.1%} · {view['run_id'][:6]}"
-    )
+def runs() -> list[RunRecord]:
+    """Every valid stored run, newest first (no weights read)."""
+    return _runs(*_fingerprint())
 
 
-def _view(result: TrainResult) -> dict:
-    """A run as plain data: everything the pages draw, no tensors."""
-    view = {
-        "run_id": result.run_id,
-        "config": asdict(result.config),
-        "history": result.history,
-        "histograms": result.histograms,
-        "test_accuracy": result.test_accuracy,
-        "seconds": result.seconds,
-        "device": result.device,
-        "fc_shapes": [(layer["layer"], tuple(layer["shape"])) for layer in result.histograms[0]],
-    }
-    view["config"]["hidden"] = list(view["config"]["hidden"])
-    view["label"] = run_label(view)
-    return view
-
-
-@st.cache_data(show_spinner=False, max_entries=256)
-def _run_view(root: str, run_id: str, mtime: int) -> dict | None:
-    result = RunStore(root).load_run(run_id)
-    return _view(result) if result is not None else None
-
-
-def run_view(run_id: str) -> dict | None:
-    """The stored run as plain data, or None when it is not in the store."""
-    root = store_root()
-    mtime = _mtime(Path(root) / "runs" / run_id / "run.json")
-    return _run_view(root, run_id, mtime) if mtime else None
-
-
-def runs() -> list[dict]:
-    """Every valid stored run as plain data, newest first."""
-    runs_dir = Path(store_root()) / "runs"
-    if not runs_dir.is_dir():
-        return []
-    folders = [p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    folders.sort(key=lambda p: (_mtime(p / "run.json"), p.name), reverse=True)
-    views = [run_view(p.name) for p in folders]
-    return [v for v in views if v is not None]
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _loaded_run(root: str, run_id: str, mtime: int) -> TrainResult | None:
-    """Read-only: never modified (compression builds a fresh model from it)."""
-    return RunStore(root).load_run(run_id)
-
-
-def loaded_run(run_id: str) -> TrainResult | None:
-    root = store_root()
-    return _loaded_run(root, run_id, _mtime(Path(root) / "runs" / run_id / "run.json"))
+def run_record(run_id: str) -> RunRecord | None:
+    """The stored run, or None when it is not in the store (or not valid)."""
+    return next((run for run in runs() if run.run_id == run_id), None)
 
 
 # ---------------------------------------------------------------------------------- compressions
 
 
-class _NotStored(LookupError):
-    """Raised inside a cached loader so that a miss is never cached."""
+@st.cache_data(show_spinner=False, max_entries=64)
+def _compressions(root: str, signature: tuple) -> list[CompressionRecord]:
+    return RunStore(root).list_compressions()
 
 
-@st.cache_data(show_spinner=False, max_entries=512)
-def _compression(root: str, run_id: str, ccfg: dict) -> dict:
-    found = RunStore(root).load_compression(run_id, CompressConfig(**ccfg))
-    if found is None:
-        raise _NotStored(run_id)
-    result, path = found
-    return {
-        "row": result.row(),
-        "size": result.size.as_dict(),
-        "layer_mse": result.layer_mse,
-        "file_path": str(path),
-        "label": result.compress_config.label(),
-    }
+def compressions() -> list[CompressionRecord]:
+    """Every valid stored compression (each verified by the store)."""
+    return _compressions(*_fingerprint())
 
 
-def compression(run_id: str, ccfg: CompressConfig, on_step=None) -> dict:
-    """The compression of a stored run as plain data, from the disk store, computed on a miss.
-
-    Raises ValueError when the setting does not fit the run, DatasetUnavailable when the
-    run's dataset (needed for the accuracy) cannot be loaded."""
-    key = asdict(ccfg.canonical())
-    try:
-        return _compression(store_root(), run_id, key)
-    except _NotStored:
-        pass
-    run = loaded_run(run_id)
-    if run is None:
-        raise ValueError(f"run {run_id} is no longer in the store; pick another one or train it again")
-    store().get_or_compress(run, ccfg, on_step=on_step)
-    return _compression(store_root(), run_id, key)
+def compressions_table(records: list[CompressionRecord] | None = None) -> pd.DataFrame:
+    """The records as rows (`CompressionRecord.row()`): for tables and filters only."""
+    return pd.DataFrame([r.row() for r in (compressions() if records is None else records)])
 
 
-def is_compressed(run_id: str, ccfg: CompressConfig) -> bool:
-    try:
-        _compression(store_root(), run_id, asdict(ccfg.canonical()))
-        return True
-    except _NotStored:
-        return False
+def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | None:
+    key = cfg.key()
+    return next((c for c in compressions() if c.run_id == run_id and c.key == key), None)
+
+
+def compute_compression(run: RunRecord, cfg: CompressConfig, on_step=None) -> CompressionRecord:
+    """Compress now (the setting is not stored yet) and return the stored record.
+
+    Raises ValueError when the setting does not fit the run, DatasetUnavailable when the run's
+    dataset (needed for the accuracy) cannot be loaded, CorruptEntry when its weights are bad."""
+    from core.pipeline import get_or_compress
+
+    record, _ = get_or_compress(store(), run, cfg, on_step=on_step)
+    return record
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def compression_plot_data(file_path: str, run_id: str, root: str, layer_index: int) -> dict:
+def compression_plot_data(file_path: str, file_bytes: int, run_id: str, root: str, layer_name: str) -> dict:
     """What the Compress page draws for one FC layer, read from the exported file itself:
     the layer's float weights (d = 1) or its 2-D subvectors (d = 2), and the centroids."""
-    tensors, meta = from_bytes(Path(file_path).read_bytes(), source=file_path)
-    layers = layers_from_payload(tensors, meta)
-    if not layers:
+    tensors, meta = read_payload(Path(file_path).read_bytes(), source=file_path)
+    layers = {layer.name: layer for layer in layers_from_payload(tensors, meta)}
+    if layer_name not in layers:
         return {"kind": "none"}
-    layer = layers[min(layer_index, len(layers) - 1)]
+    layer = layers[layer_name]
     run = RunStore(root).load_run(run_id)
-    weight = run.state_dict[layer.name].float()  # (out, in), the trained float weights
+    if run is None:
+        return {"kind": "none"}
+    weight = run.state_dict()[layer.name].float()  # (out, in), the trained float weights
     generator = torch.Generator().manual_seed(0)
-    data = {
+    data: dict = {
         "layer": layer.name,
-        "shape": list(layer.shape),
         "layout": layer.layout,
         "subvector_size": layer.subvector_size,
         "n_centroids": layer.n_centroids,
@@ -208,20 +143,6 @@ def compression_plot_data(file_path: str, run_id: str, root: str, layer_index: i
     return data
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def _compressions_table(root: str, signature: tuple) -> pd.DataFrame:
-    rows = [result.row() for result in RunStore(root).list_compressions()]
-    return pd.DataFrame(rows)
-
-
-def compressions_table() -> pd.DataFrame:
-    """Every stored (run, compression) as one row of CompressResult.row()."""
-    root = store_root()
-    base = Path(root) / "compress"
-    signature = tuple(sorted((p.name, _mtime(p)) for p in base.iterdir())) if base.is_dir() else ()
-    return _compressions_table(root, signature)
-
-
 def file_bytes(path: str) -> bytes:
     return Path(path).read_bytes()
 
@@ -229,36 +150,36 @@ def file_bytes(path: str) -> bytes:
 # -------------------------------------------------------------------------------------- widgets
 
 
-def run_select_ui(views: list[dict], label: str = "Trained run", key: str = "run") -> dict:
+def run_select_ui(records: list[RunRecord], label: str = "Trained run", key: str = "run") -> RunRecord:
     """Pick one stored run; its id lives in the URL (?run=...) so a link reproduces the view."""
-    ids = [v["run_id"] for v in views]
-    labels = {v["run_id"]: v["label"] for v in views}
+    ids = [r.run_id for r in records]
+    labels = {r.run_id: r.label() for r in records}
     wanted = st.query_params.get("run")
     if key not in st.session_state and wanted in ids:
         st.session_state[key] = wanted
     elif key not in st.session_state and wanted:
         st.warning(
-            f"The link asks for run {wanted!r}, which is not in this run store ({store_root()}); "
+            f"The link asks for run {plain(repr(wanted))}, which is not in this run store ({plain(store().root)}); "
             f"showing the newest run instead. Pick another below, or train it on the Train page."
         )
     if st.session_state.get(key) not in ids:
         st.session_state.pop(key, None)
     run_id = st.selectbox(label, ids, format_func=labels.get, key=key)
     st.query_params["run"] = run_id
-    return next(v for v in views if v["run_id"] == run_id)
+    return next(r for r in records if r.run_id == run_id)
 
 
 def runs_multiselect_ui(
-    views: list[dict], label: str, default_count: int = 2, max_selections: int = 4, key: str = "runs"
-) -> list[dict]:
+    records: list[RunRecord], label: str, default_count: int = 2, max_selections: int = 4, key: str = "runs"
+) -> list[RunRecord]:
     """Pick several stored runs; their ids live in the URL (?runs=id1,id2)."""
-    ids = [v["run_id"] for v in views]
-    labels = {v["run_id"]: v["label"] for v in views}
+    ids = [r.run_id for r in records]
+    labels = {r.run_id: r.label() for r in records}
     if key not in st.session_state:
-        asked = [r for r in st.query_params.get("runs", "").split(",") if r]
+        asked = list(dict.fromkeys(r for r in st.query_params.get("runs", "").split(",") if r))
         wanted = [r for r in asked if r in ids]
         if len(wanted) < len(asked):
-            missing = ", ".join(r for r in asked if r not in ids)
+            missing = plain(", ".join(repr(r) for r in asked if r not in ids))
             st.warning(
                 f"The link asks for runs that are not in this run store: {missing}. Showing the others"
                 f"{'' if wanted else ' (the newest runs)'}."
@@ -267,21 +188,48 @@ def runs_multiselect_ui(
     st.session_state[key] = [r for r in st.session_state[key] if r in ids]
     chosen = st.multiselect(label, ids, format_func=labels.get, max_selections=max_selections, key=key)
     st.query_params["runs"] = ",".join(chosen)
-    return [next(v for v in views if v["run_id"] == r) for r in chosen]
+    return [next(r for r in records if r.run_id == run_id) for run_id in chosen]
+
+
+_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def plain(text: object) -> str:
+    """`text` made inert for Streamlit's markdown: every ASCII punctuation mark backslash-escaped
+    (CommonMark allows it for all of them), so a link, an image, HTML, math or an emoji short code
+    from a URL or a file shows as the characters it is, and nothing is fetched or clickable."""
+    return "".join("\\" + c if c in _PUNCTUATION else c for c in str(text).replace("\n", " "))
 
 
 def show_error(error: Exception) -> None:
-    """One clear message inside the page for the errors a user can cause."""
+    """One clear message inside the page for the errors a user can cause. The error's own text may
+    hold what a user typed or linked, so it is shown as plain text, never as markdown."""
     if isinstance(error, DatasetUnavailable):
-        st.error(
-            f"**Dataset unavailable.** {error}\n\nPick another dataset (digits and mnist-5k are "
-            f"always available offline)."
-        )
+        title, hint = "Dataset unavailable.", "Pick another dataset (digits and mnist-5k are always available offline)."
     elif isinstance(error, TrainingDiverged):
-        st.error(f"**Training diverged.** {error}")
+        title, hint = "Training diverged.", ""
+    elif isinstance(error, CorruptEntry):
+        title, hint = "A stored entry failed its check.", ""
     else:
-        st.error(f"**This setting does not work:** {error}")
+        title, hint = "This setting does not work:", ""
+    st.error(f"**{title}** {plain(error)} {hint}".strip())
 
 
 def config_json(config: dict) -> str:
     return json.dumps(config, indent=1, sort_keys=True)
+
+
+def kept(key: str) -> bool:
+    """Keep a widget's value across script runs where the widget is not drawn (a page that stops
+    early on an error, a control that depends on another): Streamlit forgets the state of a
+    widget that was not drawn, and its control and the chart it drives could then disagree.
+    Call before creating the widget, with `key=key`; pass the widget's default only when this
+    returns False (its value then comes from the kept state)."""
+    shadow = f"_kept_{key}"
+    if key not in st.session_state and shadow in st.session_state:
+        st.session_state[key] = st.session_state[shadow]
+    return key in st.session_state
+
+
+def keep(key: str, value: object) -> None:
+    st.session_state[f"_kept_{key}"] = value

@@ -8,193 +8,139 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import SIZE_AXES, frontier_figure, pareto_mask, reg_label
-from core.config import DATASETS, LAYOUTS, MODELS, REGULARIZERS, CompressConfig, TrainConfig
+from core.charts import SIZE_AXES, frontier_figure
+from core.config import LAYOUTS, TrainConfig
 from core.data import DatasetUnavailable
-from core.pq import check_fits
+from core.experiments import compression_grid, pareto_mask, run_sweep, train_grid
+from core.records import CompressionRecord
 from core.train import TrainingDiverged
-from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions_table, fmt_k, fmt_lam, show_error, store
-
-QP = "query-params"
-
-st.title("Frontier")
-st.caption(
-    "Accuracy against size for every compression in the store. The baselines (Gong et al. 2014: "
-    "binarize, k-means, PQ) are the points of the unregularized (λ = 0) runs."
-)
+from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions, fmt_k, fmt_lam, plain, show_error, store
+from ui.widgets import QP, train_config_ui
 
 
-def sweep_grid(methods, dims, ks, layout) -> list[CompressConfig]:
-    """The compression settings of a sweep, each once (canonical keys)."""
-    configs = {}
-    for method in methods:
-        if method in ("float", "binarize"):
-            grid = [CompressConfig(method=method)]
-        elif method == "kmeans":
-            grid = [CompressConfig(method="kmeans", subvector_size=1, n_centroids=k) for k in ks]
-        else:
-            grid = [
-                CompressConfig(method="pq", subvector_size=d, n_centroids=k, layout=layout) for d in dims for k in ks
-            ]
-        for cfg in grid:
-            configs.setdefault(cfg.key(), cfg)
-    return list(configs.values())
-
-
-# ------------------------------------------------------------------------------------------ sweep
-with st.expander("Run a sweep: train the missing runs, compress each with every setting", expanded=False):
+def sweep_form() -> None:
+    """Train the missing runs of a grid and compress each with every setting that fits."""
     with st.form("sweep"):
-        col1, col2, col3 = st.columns(3)
+        try:
+            base = train_config_ui(prefix="sw_", bind=False, sweep=True)
+        except ValueError as error:
+            base = None
+            st.error(f"**This configuration is not valid:** {plain(error)}")
+        col1, col2 = st.columns(2)
         with col1:
-            sw_dataset = st.selectbox("Dataset", DATASETS, index=DATASETS.index("mnist-5k"), key="sw_dataset")
-            sw_model = st.selectbox("Model", MODELS, key="sw_model")
-            sw_hidden = st.text_input("Hidden widths (mlp)", "300,100", key="sw_hidden")
-            sw_epochs = st.number_input("Epochs", 1, 100, 5, key="sw_epochs")
-        with col2:
-            sw_reg = st.selectbox("Regularizer for λ > 0", [r for r in REGULARIZERS if r != "none"], key="sw_reg")
-            sw_lams = st.multiselect(
+            lams = st.multiselect(
                 "λ values (0 = the unregularized baseline run)",
                 LAM_OPTIONS,
                 default=[0.0, 0.01],
                 format_func=fmt_lam,
                 key="sw_lams",
             )
-            sw_seed = st.number_input("Seed", 0, 10_000, 0, key="sw_seed")
-        with col3:
-            sw_methods = st.multiselect(
-                "Methods",
-                ["float", "binarize", "kmeans", "pq"],
-                default=["float", "binarize", "kmeans", "pq"],
+            methods = st.multiselect(
+                "Methods", ["float", "binarize", "kmeans", "pq"], default=["float", "binarize", "kmeans", "pq"],
                 key="sw_methods",
-            )
-            sw_dims = st.multiselect("Subvector sizes d (pq)", D_OPTIONS, default=[4, 8], key="sw_dims")
-            sw_ks = st.multiselect(
+            )  # fmt: skip
+        with col2:
+            dims = st.multiselect("Subvector sizes d (pq)", D_OPTIONS, default=[4, 8], key="sw_dims")
+            ks = st.multiselect(
                 "Centroids k (pq, kmeans)", K_OPTIONS, default=[16, 256], format_func=fmt_k, key="sw_ks"
             )
-            sw_layout = st.selectbox("Layout (pq)", LAYOUTS, key="sw_layout")
+            layout = st.selectbox("Layout (pq)", LAYOUTS, key="sw_layout")
         submitted = st.form_submit_button("Run the sweep", type="primary")
+    if not submitted or base is None:
+        return
+    train_cfgs: list[TrainConfig] = train_grid(base, [base.reg], [float(lam) for lam in lams], [base.seed])
+    compress_cfgs = compression_grid(methods, dims, ks, [layout])
+    if not lams or not compress_cfgs:
+        st.warning("Pick at least one λ and one method (with d and k for pq / kmeans).")
+        return
+    progress = st.progress(0.0, text="Starting the sweep…")
+    try:
+        result = run_sweep(
+            store(), train_cfgs, compress_cfgs, on_progress=lambda d, t, text: progress.progress(d / t, text=text)
+        )
+    except (DatasetUnavailable, TrainingDiverged, ValueError) as error:
+        progress.empty()
+        show_error(error)
+        return
+    progress.progress(1.0, text="Sweep done.")
+    for skipped in result.skipped:
+        st.warning(f"Skipped {plain(skipped.label)} on run {skipped.run_id[:6]}: {plain(skipped.reason)}")
+    st.success(
+        f"Sweep done: {len(train_cfgs)} runs × {len(compress_cfgs)} settings; {len(result.points)} points, "
+        f"{len(result.skipped)} skipped."
+    )
 
-    if submitted:
-        try:
-            hidden = tuple(int(p) for p in sw_hidden.replace(" ", "").split(",") if p) or (300, 100)
-            train_configs = [
-                TrainConfig(
-                    dataset=sw_dataset,
-                    model=sw_model,
-                    hidden=hidden,
-                    reg=sw_reg if lam > 0 else "none",
-                    lam=float(lam),
-                    epochs=int(sw_epochs),
-                    seed=int(sw_seed),
-                )
-                for lam in sorted(set(sw_lams))
-            ]
-            compress_configs = sweep_grid(sw_methods, sw_dims, sw_ks, sw_layout)
-        except ValueError as error:
-            show_error(error)
-            train_configs, compress_configs = [], []
-        if not train_configs or not compress_configs:
-            st.warning("Pick at least one λ and one method (with d and k for pq / kmeans).")
-        else:
-            n_total = len(train_configs) * (1 + len(compress_configs))
-            progress = st.progress(0.0, text="Starting the sweep…")
-            done, skipped, failed = 0, 0, 0
-            for cfg in train_configs:
-                progress.progress(done / n_total, text=f"Training λ={cfg.lam:g} ({cfg.reg})…")
-                try:
-                    run, _ = store().get_or_train(
-                        cfg,
-                        on_step=lambda step, n_steps, cfg=cfg, done=done: progress.progress(
-                            done / n_total, text=f"Training λ={cfg.lam:g} ({cfg.reg}): step {step}/{n_steps}…"
-                        ),
-                    )
-                except (DatasetUnavailable, TrainingDiverged, ValueError) as error:
-                    show_error(error)
-                    failed += 1
-                    done += 1 + len(compress_configs)
-                    continue
-                done += 1
-                shapes = [(layer["layer"], tuple(layer["shape"])) for layer in run.histograms[0]]
-                for ccfg in compress_configs:
-                    progress.progress(done / n_total, text=f"λ={cfg.lam:g}: {ccfg.label()}…")
-                    try:
-                        check_fits(shapes, ccfg)
-                    except ValueError as error:
-                        st.warning(f"Skipped {ccfg.label()} on λ={cfg.lam:g}: {error}")
-                        skipped += 1
-                        done += 1
-                        continue
-                    try:
-                        store().get_or_compress(run, ccfg)
-                    except (DatasetUnavailable, ValueError) as error:
-                        show_error(error)
-                        failed += 1
-                    done += 1
-            progress.progress(1.0, text="Sweep done.")
-            st.success(
-                f"Sweep done: {len(train_configs)} runs × {len(compress_configs)} settings; "
-                f"{skipped} skipped (did not fit), {failed} failed."
-            )
 
-# ---------------------------------------------------------------------------------------- frontier
-table = compressions_table()
-if table.empty:
-    st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
-    st.stop()
+def frontier(points: list[CompressionRecord]) -> None:
+    datasets = sorted({p.train_config.dataset for p in points}, key=lambda d: -sum(
+        p.train_config.dataset == d for p in points))  # fmt: skip
+    col1, col2, col3 = st.columns([2, 3, 2])
+    with col1:
+        dataset = st.selectbox("Dataset", datasets, key="dataset", bind=QP)
+        models = sorted({p.train_config.model for p in points if p.train_config.dataset == dataset})
+        model = st.selectbox("Model", models, key="model", bind=QP)
+    with col2:
+        x_axis = st.radio(
+            "Size axis (log scale)", list(SIZE_AXES), format_func=lambda k: SIZE_AXES[k][0], key="x", bind=QP
+        )
+    with col3:
+        show_dominated = st.toggle("Show dominated points", value=True, key="dominated", bind=QP)
 
-datasets = sorted(table["dataset"].unique(), key=lambda d: -int((table["dataset"] == d).sum()))
-col1, col2, col3 = st.columns([2, 3, 2])
-with col1:
-    dataset = st.selectbox("Dataset", datasets, key="dataset", bind=QP)
-    models = sorted(table[table["dataset"] == dataset]["model"].unique())
-    model = st.selectbox("Model", models, key="model", bind=QP)
-with col2:
-    x_axis = st.radio("Size axis (log scale)", list(SIZE_AXES), format_func=lambda k: SIZE_AXES[k][0], key="x", bind=QP)
-with col3:
-    show_dominated = st.toggle("Show dominated points", value=True, key="dominated", bind=QP)
-
-rows = table[(table["dataset"] == dataset) & (table["model"] == model)].reset_index(drop=True)
-st.plotly_chart(
-    frontier_figure(
-        rows,
-        x=x_axis,
-        show_dominated=show_dominated,
-        title=f"{dataset} · {model}: accuracy against size ({len(rows)} points)",
-    ),
-    theme=None,
-    key="chart_frontier",
-)
-st.caption(
-    "Colour: method (same on every page). Symbol: regularizer and λ. Black outline and dotted line: "
-    "the Pareto-optimal set (no other point is both smaller and more accurate). Hover for the full config."
-)
-
-rows["pareto"] = pareto_mask(rows[x_axis].tolist(), rows["accuracy"].tolist(), SIZE_AXES[x_axis][1])
-rows["regularizer"] = [reg_label(reg, lam) for reg, lam in zip(rows["reg"], rows["lam"])]
-front = rows[rows["pareto"]].sort_values(x_axis)
-st.subheader(f"Pareto-optimal points ({len(front)})")
-st.dataframe(
-    front[
+    shown = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
+    rows = [p.row() for p in shown]
+    mask = pareto_mask([r[x_axis] for r in rows], [r["accuracy"] for r in rows], SIZE_AXES[x_axis][1])
+    st.plotly_chart(
+        frontier_figure(
+            shown,
+            mask,
+            x=x_axis,
+            show_dominated=show_dominated,
+            title=f"{dataset} · {model}: accuracy against size ({len(shown)} points)",
+        ),
+        theme=None,
+        key="chart_frontier",
+    )
+    st.caption(
+        "Colour: method (same on every page). Symbol: regularizer and λ. Black outline and dotted line: "
+        "the Pareto-optimal set (no other point is both smaller and more accurate). Hover for the full config."
+    )
+    front = sorted((r for r, on in zip(rows, mask) if on), key=lambda r: r[x_axis])
+    st.subheader(f"Pareto-optimal points ({len(front)})")
+    st.dataframe(
         [
-            "label",
-            "regularizer",
-            "accuracy",
-            "float_accuracy",
-            "accuracy_drop",
-            "fc_ratio",
-            "model_ratio",
-            "fc_bits",
-            "file_bytes",
-            "run_id",
-        ]
-    ],
-    hide_index=True,
-    key="pareto_table",
-    column_config={
-        "accuracy": st.column_config.NumberColumn(format="percent"),
-        "float_accuracy": st.column_config.NumberColumn(format="percent"),
-        "accuracy_drop": st.column_config.NumberColumn(format="percent"),
-        "fc_ratio": st.column_config.NumberColumn(format="%.2fx"),
-        "model_ratio": st.column_config.NumberColumn(format="%.2fx"),
-    },
-)
+            {
+                "compression": r["label"],
+                "regularizer": r["reg_label"],
+                "accuracy (%)": round(100 * r["accuracy"], 2),
+                "float accuracy (%)": round(100 * r["float_accuracy"], 2),
+                "drop (points)": round(100 * r["accuracy_drop"], 2),
+                "FC ratio": round(r["fc_ratio"], 2),
+                "model ratio": round(r["model_ratio"], 2),
+                "FC bits": r["fc_bits"],
+                "file bytes": r["file_bytes"],
+                "run": r["run_id"],
+            }
+            for r in front
+        ],
+        hide_index=True,
+        key="pareto_table",
+    )
+
+
+def page() -> None:
+    st.title("Frontier")
+    st.caption(
+        "Accuracy against size for every compression in the store. The baselines (Gong et al. 2014: "
+        "binarize, k-means, PQ) are the points of the unregularized (λ = 0) runs."
+    )
+    with st.expander("Run a sweep: train the missing runs, compress each with every setting", expanded=False):
+        sweep_form()
+    points = compressions()
+    if not points:
+        st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
+        return
+    frontier(points)
+
+
+if __name__ == "__main__":
+    page()

@@ -1,0 +1,53 @@
+"""The compression methods, and `quantize_model`, the one entry of every one of them.
+
+- float: nothing is quantized (the reference point).
+- binarize: sign(W) * alpha_l, alpha_l = mean |W_l|: 1 bit a weight plus one float a layer.
+- kmeans: scalar k-means, i.e. PQ with d = 1 and one shared codebook.
+- pq: product quantization (`shared` or `per-chunk` codebooks), in core/pq.py.
+Applied to an unregularized run, binarize / kmeans / pq are Gong et al. 2014's baselines; applied
+to a regularized run, they are the paper's method. The code is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .config import METHODS, CompressConfig
+from .models import fc_layers
+from .pq import QuantizedLayer, quantize_weight
+
+
+def binarize_weight(name: str, weight: torch.Tensor, centroid_bits: int = 32) -> QuantizedLayer:
+    """(out, in) -> sign codes (1, out * in) and the codebook [-alpha, +alpha] of shape (1, 2, 1)."""
+    weight = weight.detach().float()
+    alpha = weight.abs().mean()
+    if centroid_bits == 16:
+        alpha = alpha.half().float()
+    codes = (weight >= 0).long().reshape(1, -1)  # sign(0) is coded as +1: one bit, no third value
+    codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
+    return QuantizedLayer(name, tuple(weight.shape), 1, "sign", codebooks, codes)
+
+
+_QuantizeOne = Callable[[str, torch.Tensor, CompressConfig], QuantizedLayer]
+
+# The one registry of methods; config.METHODS names exactly these. None: the weight stays float.
+METHOD_IMPLEMENTATIONS: dict[str, _QuantizeOne | None] = {
+    "float": None,
+    "binarize": lambda name, weight, cfg: binarize_weight(name, weight, cfg.centroid_bits),
+    "kmeans": quantize_weight,
+    "pq": quantize_weight,
+}
+if tuple(METHOD_IMPLEMENTATIONS) != METHODS:
+    raise ImportError("core.config.METHODS and core.methods.METHOD_IMPLEMENTATIONS disagree")
+
+
+def quantize_model(model: nn.Module, cfg: CompressConfig) -> list[QuantizedLayer]:
+    """Quantize every FC weight of `model` (not modified) as `cfg` says; [] for method float.
+    Whether the setting fits the layers is checked once, by the caller (`core.pq.check_fits`)."""
+    quantize_one = METHOD_IMPLEMENTATIONS[cfg.method]
+    if quantize_one is None:
+        return []
+    return [quantize_one(f"{name}.weight", layer.weight, cfg) for name, layer in fc_layers(model)]

@@ -1,0 +1,157 @@
+"""Config widgets shared by the pages: the Train page and the Frontier's sweep form build a
+TrainConfig the same way, and the Compress page its CompressConfig.
+
+A widget bound to the URL (`bind="query-params"`) silently falls back to its default when the
+link holds a value it cannot take; `link_notice` checks the raw parameter first and says which
+parameter was not used and what was used instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import streamlit as st
+
+from core.config import DATASETS, MAX_EPOCHS, MODELS, REGULARIZERS, TrainConfig, field_help, parse_hidden
+from core.data import DATASET_INFO
+from ui.common import LAM_OPTIONS, fmt_lam, plain
+
+QP = "query-params"
+LR_OPTIONS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+REG_D_OPTIONS = (1, 2, 4, 8, 16)
+REG_K_OPTIONS = (2, 4, 16, 64, 256, 1024)
+MAX_SEED_UI = 10_000
+
+
+def _number_text(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def link_notice(key: str, accepts: Callable[[str], bool], used: object) -> None:
+    """If the URL carries `key` with a value the widget cannot take, say so (as plain text)."""
+    raw = st.query_params.get(key)
+    if raw is None or key in st.session_state:
+        return  # no link value, or the widget already holds the user's own choice
+    if not accepts(raw):
+        st.warning(f"The link's {plain(key)}={plain(raw[:60])} cannot be used here; showing {plain(used)} instead.")
+
+
+def in_options(options: Sequence[Any]) -> Callable[[str], bool]:
+    """Accepts a URL value that equals one of `options` (numbers compared as numbers)."""
+
+    def accepts(raw: str) -> bool:
+        if raw in (str(o) for o in options):
+            return True
+        number = _number_text(raw)
+        return number is not None and any(
+            isinstance(o, int | float) and not isinstance(o, bool) and number == o for o in options
+        )
+
+    return accepts
+
+
+def int_in(low: int, high: int) -> Callable[[str], bool]:
+    def accepts(raw: str) -> bool:
+        return raw.strip().lstrip("-").isdigit() and low <= int(raw) <= high
+
+    return accepts
+
+
+def selectbox(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
+    if bind:
+        link_notice(key, in_options(options), default)
+    return st.selectbox(
+        label, options, index=list(options).index(default), key=key, bind=QP if bind else None, **kwargs
+    )
+
+
+def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
+    if bind:
+        link_notice(key, in_options(options), default)
+    return st.select_slider(label, options, value=default, key=key, bind=QP if bind else None, **kwargs)
+
+
+def number_input(label: str, low: int, high: int, default: int, key: str, bind: bool, **kwargs: Any) -> int:
+    if bind:
+        link_notice(key, int_in(low, high), default)
+    return int(st.number_input(label, low, high, default, key=key, bind=QP if bind else None, **kwargs))
+
+
+def hidden_ok(raw: str) -> bool:
+    try:
+        return bool(parse_hidden(raw))
+    except ValueError:
+        return False
+
+
+def train_config_ui(prefix: str = "", bind: bool = True, sweep: bool = False) -> TrainConfig:
+    """The training widgets in four columns; returns the TrainConfig they describe.
+
+    Raises ValueError (with a sentence to show) when the combination is not valid. With
+    `sweep=True` the regularizer's lam is left to the caller (the sweep picks several)."""
+    col1, col2, col3, col4 = st.columns(4)
+    with col1:
+        dataset = selectbox("Dataset", DATASETS, "mnist-5k", f"{prefix}dataset", bind)
+        model = selectbox("Model", MODELS, "mlp", f"{prefix}model", bind, help=field_help(TrainConfig, "model"))
+        hidden_text = st.text_input(
+            "Hidden widths (mlp)",
+            "300,100",
+            key=f"{prefix}hidden",
+            bind=QP if bind else None,
+            disabled=model != "mlp",
+            help="Comma- or space-separated, e.g. 300,100",
+        )
+    with col2:
+        regs = [r for r in REGULARIZERS if r != "none"] if sweep else list(REGULARIZERS)
+        reg = selectbox(
+            "Regularizer" + (" for λ > 0" if sweep else ""),
+            regs,
+            "binary",
+            f"{prefix}reg",
+            bind,
+            help="binary: our reading of the paper's term; levels / pq: our generalizations.",
+        )
+        lam = 0.0
+        if not sweep:
+            lam = select_slider(
+                "λ (weight of the regularizer)",
+                LAM_OPTIONS,
+                0.01,
+                f"{prefix}lam",
+                bind,
+                format_func=fmt_lam,
+                help="Log-spaced; 0 turns the regularizer off.",
+            )
+        warmup = number_input("Warm-up epochs (λ ramps from 0)", 0, 50, 0, f"{prefix}warmup", bind)
+    with col3:
+        epochs = number_input("Epochs", 1, min(100, MAX_EPOCHS), 5, f"{prefix}epochs", bind)
+        lr = select_slider("Learning rate (Adam)", LR_OPTIONS, 1e-3, f"{prefix}lr", bind, format_func=fmt_lam)
+        seed = number_input("Seed", 0, MAX_SEED_UI, 0, f"{prefix}seed", bind)
+    with col4:
+        reg_levels = number_input(
+            "levels: number of levels", 2, 16, 2, f"{prefix}reg_levels", bind, disabled=reg != "levels"
+        )
+        reg_d = select_slider(
+            "pq: subvector size d", REG_D_OPTIONS, 8, f"{prefix}reg_d", bind, disabled=reg != "pq"
+        )
+        reg_k = select_slider("pq: centroids k", REG_K_OPTIONS, 256, f"{prefix}reg_k", bind, disabled=reg != "pq")
+    st.caption(DATASET_INFO[dataset])
+    hidden = parse_hidden(hidden_text) if model == "mlp" else (300, 100)
+    return TrainConfig(
+        dataset=dataset,
+        model=model,
+        hidden=hidden,
+        reg=reg,
+        lam=float(lam),
+        warmup_epochs=warmup,
+        reg_levels=reg_levels,
+        reg_subvector_size=int(reg_d),
+        reg_centroids=int(reg_k),
+        epochs=epochs,
+        lr=float(lr),
+        seed=seed,
+    )
