@@ -11,12 +11,26 @@ Size on disk = model bits / 8 (the accounting of size.py) + under one byte of pa
 layer (each layer's codes are packed to whole bytes) + the safetensors header (8 bytes of length
 plus the JSON header, which holds the tensor index and the metadata; `HEADER_BOUND` bounds it for
 the models here).
+
+Reading is the other half of the format, and it trusts nothing: `from_bytes` parses the
+safetensors header itself, checks the metadata against the model it describes (built on the
+meta device, so nothing is allocated), and checks every tensor's dtype, shape and byte count
+against what that model needs, all before a single tensor is loaded. Only then are the tensors
+loaded (memory: a copy of the file) and their values checked (finite, codes below k). Anything
+else is refused with one `NotACompressedModel` line saying what is wrong.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -25,18 +39,55 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .config import CompressConfig, TrainConfig
+from .config import DATASETS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
-from .models import build_model
-from .pq import QuantizedLayer
+from .models import build_model, fc_weight_names
+from .pq import QuantizedLayer, check_fits, n_chunks
 from .size import code_width
 
 FORMAT = "compression-lab/1"
 HEADER_BOUND = 8 * 1024  # bytes: safetensors header of every model here, metadata included
 
+# Reader bounds. They are far above anything `export` writes, and exist so that a crafted file
+# cannot make the reader do unbounded work before its claims are checked against its bytes.
+MAX_FILE_BYTES = 2 * 1024**3  # a file above this is refused before it is read
+MAX_HEADER_BYTES = 1024 * 1024  # safetensors JSON header, tensor index and metadata included
+MAX_INPUT_SIDE = 4096  # each of (channels, height, width)
+MAX_CLASSES = 100_000
+MAX_HIDDEN_WIDTH = 1 << 24  # one hidden layer of `mlp`
+MAX_TENSOR_DIMS = 8
+METADATA_KEY = "compression_lab"  # the one key of the safetensors `__metadata__`
+LAYOUTS = ("shared", "per-chunk", "sign")
+# safetensors dtype -> (torch dtype, bytes an element): only the dtypes `export` writes.
+_DTYPES = {"U8": (torch.uint8, 1), "F16": (torch.float16, 2), "F32": (torch.float32, 4)}
+_CENTROID_DTYPES = {32: "F32", 16: "F16"}
+_LAYER_KEYS = ("name", "shape", "layout", "subvector_size", "n_centroids", "code_bits", "groups", "codes_per_group")
+_REQUIRED_META = ("format", "train_config", "compress_config", "input_shape", "n_classes", "layers")
+_OPTIONAL_META = ("run_id", "accuracy", "dataset")  # added by compress_run after the payload is built
+# Codes unpacked at a time: bounds the (codes, bits) temporaries of unpacking to a few MB.
+# A multiple of 8, so that every step starts on a byte boundary whatever the code width.
+_UNPACK_CHUNK = 1 << 18
+
 
 class NotACompressedModel(ValueError):
     """The file is missing, unreadable, or not written by `export`."""
+
+
+class _Invalid(Exception):
+    """What is wrong with the bytes; `from_bytes` turns it into a NotACompressedModel naming the source."""
+
+
+def _invalid(what: str) -> NoReturn:
+    raise _Invalid(what)
+
+
+def _one_line(text: str) -> str:
+    # The message is one line whatever a crafted file or a path puts into it.
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _refusal(source: str, what: str) -> NotACompressedModel:
+    return NotACompressedModel(_one_line(f"{source} is not a compressed model written by this tool: {what}"))
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -47,11 +98,31 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(np.packbits(bit_matrix.reshape(-1)))
 
 
+def _packed_bytes(count: int, bits: int) -> int:
+    return -(-count * bits // 8)
+
+
+def _code_chunks(packed: np.ndarray, bits: int, count: int) -> Iterator[np.ndarray]:
+    """(bytes,) uint8 -> successive (n,) int64 codes, at most `_UNPACK_CHUNK` at a time."""
+    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
+    for start in range(0, count, _UNPACK_CHUNK):
+        n = min(_UNPACK_CHUNK, count - start)
+        first = start * bits // 8  # exact: start is a multiple of 8
+        part = packed[first : first + _packed_bytes(n, bits)]
+        bit_array = np.unpackbits(part, count=n * bits).reshape(n, bits)  # (n, bits)
+        yield bit_array.astype(np.int64) @ weights
+
+
 def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     """(bytes,) uint8 -> (count,) int64 codes; the inverse of `pack_codes`."""
-    bit_array = np.unpackbits(packed.numpy(), count=count * bits).reshape(count, bits)  # (count, bits)
-    weights = 1 << np.arange(bits - 1, -1, -1, dtype=np.int64)
-    return torch.from_numpy(bit_array.astype(np.int64) @ weights)
+    if bits < 1 or packed.numel() < _packed_bytes(count, bits):
+        # np.unpackbits would pad a short array with zeros: silently wrong codes, never that.
+        raise ValueError(f"{packed.numel()} bytes cannot hold {count:,} codes of {bits} bits")
+    codes = np.empty(count, dtype=np.int64)
+    array = packed.numpy()
+    for start, chunk in zip(range(0, count, _UNPACK_CHUNK), _code_chunks(array, bits, count)):
+        codes[start : start + len(chunk)] = chunk
+    return torch.from_numpy(codes)
 
 
 def _code_bits(layer: QuantizedLayer) -> int:
@@ -105,6 +176,7 @@ def build_payload(
 
 
 def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
+    """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers."""
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
@@ -121,38 +193,372 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
 
 
 def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
-    """Rebuild the runnable model: float rest as stored, FC weights decoded from their codes."""
+    """Rebuild the runnable model: float rest as stored, FC weights decoded from their codes.
+
+    Only for payloads that `from_bytes` validated (or that `build_payload` just built): then every
+    key and shape below is known to match, the codes index inside their codebooks, and the model's
+    memory is that of the model the file describes. Loading is strict, so a payload that slipped
+    past validation fails loudly instead of leaving weights at their random init.
+    """
     cfg = TrainConfig.from_dict(meta["train_config"])
     model = build_model(cfg.model, tuple(meta["input_shape"]), meta["n_classes"], cfg.hidden)
-    state = {}
-    coded = set()
+    state: dict[str, torch.Tensor] = {}
+    coded: set[str] = set()
     for layer in layers_from_payload(tensors, meta):
         state[layer.name] = layer.decode()
         coded.update(f"{layer.name}.{part}" for part in ("codes", "codebooks", "alpha"))
     state.update({key: value.float() for key, value in tensors.items() if key not in coded})
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
 def to_bytes(tensors: dict[str, torch.Tensor], meta: dict) -> bytes:
-    return st_save(tensors, metadata={"compression_lab": json.dumps(meta, sort_keys=True)})
+    return st_save(tensors, metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)})
+
+
+# ----------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor of the safetensors header, as declared (nothing loaded)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # byte offsets into the data section
+    end: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        _invalid(f"{what} is {_show(value)}; expected an integer from {low:,} to {high:,}")
+    return value
+
+
+def _show(value: Any) -> str:
+    """A value from the file, quoted and cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _strict_json(text: bytes | str, what: str) -> Any:
+    """json.loads that refuses what `json.dumps` never writes: duplicate keys, NaN, Infinity."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        keys = [key for key, _ in pairs]
+        if len(set(keys)) != len(keys):
+            _invalid(f"{what} repeats a key")
+        return dict(pairs)
+
+    def no_constants(name: str) -> NoReturn:
+        _invalid(f"{what} holds {name}, which JSON does not allow")
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        _invalid(f"{what} is not valid JSON")
+
+
+def _parse_header(blob: bytes) -> tuple[dict[str, _Entry], str]:
+    """The tensor index and our metadata string, from the bytes alone.
+
+    Checks what safetensors would, and more: every byte of the data section belongs to exactly one
+    tensor, and each tensor's bytes are exactly what its dtype and shape need. After this, a shape
+    in the index is a promise the file's bytes keep, so nothing sized by one can exceed the file.
+    """
+    if len(blob) < 8:
+        _invalid(f"it is {len(blob)} bytes long, shorter than a safetensors header")
+    header_len = int.from_bytes(blob[:8], "little")
+    if header_len > min(MAX_HEADER_BYTES, len(blob) - 8):
+        _invalid(
+            f"its header claims {header_len:,} bytes but the file has {len(blob) - 8:,} after the length "
+            f"(at most {MAX_HEADER_BYTES:,} are read)"
+        )
+    header = _strict_json(blob[8 : 8 + header_len], "the safetensors header")
+    if not isinstance(header, dict):
+        _invalid("the safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or set(metadata) != {METADATA_KEY} or not isinstance(metadata[METADATA_KEY], str):
+        _invalid(f'the safetensors metadata is not {{"{METADATA_KEY}": "<JSON>"}}')
+    data_len = len(blob) - 8 - header_len
+    entries = {}
+    for key, raw in header.items():
+        # a name from the file: quoted when it is long or odd, so that the message stays one short line
+        name = key if len(key) <= 60 and key.isprintable() else _show(key)
+        if not isinstance(raw, dict) or set(raw) != {"dtype", "shape", "data_offsets"}:
+            _invalid(f"tensor {_show(key)} in the header is not {{dtype, shape, data_offsets}}")
+        dtype, shape, offsets = raw["dtype"], raw["shape"], raw["data_offsets"]
+        if dtype not in _DTYPES:
+            _invalid(f"tensor {name} has dtype {_show(dtype)}; this tool writes only {', '.join(_DTYPES)}")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_TENSOR_DIMS
+            or not all(_is_int(dim) and 0 <= dim <= MAX_FILE_BYTES for dim in shape)
+        ):
+            _invalid(f"tensor {name} has shape {_show(shape)}; expected a short list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(x) for x in offsets)):
+            _invalid(f"tensor {name} has data_offsets {_show(offsets)}; expected [begin, end]")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            _invalid(f"tensor {name} has data_offsets [{begin:,}, {end:,}] outside the {data_len:,}-byte data section")
+        need = math.prod(shape) * _DTYPES[dtype][1]
+        if end - begin != need:
+            _invalid(f"tensor {name} of shape {shape} and dtype {dtype} needs {need:,} bytes but has {end - begin:,}")
+        entries[key] = _Entry(dtype, tuple(shape), begin, end)
+    position = 0  # the tensors, in file order, must tile the data section: no overlap, no gap
+    for key, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin != position:
+            _invalid(f"tensor {_show(key)} starts at byte {entry.begin:,} of the data section, expected {position:,}")
+        position = entry.end
+    if position != data_len:
+        _invalid(f"the tensors cover {position:,} bytes of the {data_len:,}-byte data section")
+    return entries, metadata[METADATA_KEY]
+
+
+def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str) -> Any:
+    """A TrainConfig / CompressConfig from its metadata dict: every field present, typed, valid."""
+    if not isinstance(data, dict):
+        _invalid(f"{what} is not a JSON object")
+    names = [f.name for f in fields(cls)]
+    if missing := [name for name in names if name not in data]:
+        _invalid(f"{what} lacks {', '.join(missing)}")
+    if unknown := [key for key in data if key not in names]:
+        _invalid(f"{what} has unknown field {_show(unknown[0])}")
+    for f in fields(cls):
+        value, default = data[f.name], f.default
+        if isinstance(default, tuple):  # hidden widths
+            ok = isinstance(value, list) and all(_is_int(v) for v in value)
+        elif isinstance(default, float):
+            ok = isinstance(value, float) or _is_int(value)
+        else:
+            ok = isinstance(value, type(default)) and not isinstance(value, bool)
+        if not ok:
+            _invalid(f"{what}.{f.name} is {_show(value)}, not of the type this tool writes")
+    try:
+        return cls(**data)
+    except (ValueError, TypeError) as exc:
+        _invalid(f"{what}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What the metadata says the file must hold."""
+
+    train_cfg: TrainConfig
+    compress_cfg: CompressConfig
+    shapes: dict[str, tuple[int, ...]]  # state-dict key -> shape, of the model the metadata describes
+    fc_names: list[str]
+
+
+def _check_meta(meta: Any, n_tensors: int) -> _Expected:
+    """The metadata's own fields, and the model they describe (built on the meta device)."""
+    if not isinstance(meta, dict):
+        _invalid("its metadata is not a JSON object")
+    if meta.get("format") != FORMAT:
+        _invalid(f"format is {_show(meta.get('format'))}; this tool reads {FORMAT!r}")
+    if missing := [key for key in _REQUIRED_META if key not in meta]:
+        _invalid(f"its metadata lacks {', '.join(missing)}")
+    if unknown := [key for key in meta if key not in _REQUIRED_META + _OPTIONAL_META]:
+        _invalid(f"its metadata has unknown key {_show(unknown[0])}")
+    train_data = meta["train_config"]
+    if isinstance(train_data, dict) and train_data.get("model") == "mlp" and isinstance(train_data.get("hidden"), list):
+        hidden = train_data["hidden"]
+        # mlp has one FC weight a width plus one; each is a tensor in the file, so a longer list is a lie
+        # that would only cost time in building the model below.
+        if len(hidden) >= n_tensors:
+            _invalid(f"train_config.hidden lists {len(hidden):,} layers but the file holds {n_tensors} tensors")
+        for width in hidden:
+            _int(width, "a width in train_config.hidden", 1, MAX_HIDDEN_WIDTH)
+    train_cfg = _config(TrainConfig, train_data, "train_config")
+    compress_cfg = _config(CompressConfig, meta["compress_config"], "compress_config")
+    if compress_cfg.to_json() != meta["compress_config"]:
+        _invalid(f"compress_config is not in the canonical form this tool writes ({compress_cfg.label()})")
+    input_shape = meta["input_shape"]
+    if not isinstance(input_shape, list) or len(input_shape) != 3:
+        _invalid(f"input_shape is {_show(input_shape)}; expected [channels, height, width]")
+    for value in input_shape:
+        _int(value, "a side of input_shape", 1, MAX_INPUT_SIDE)
+    n_classes = _int(meta["n_classes"], "n_classes", 2, MAX_CLASSES)
+    if "run_id" in meta and not (isinstance(meta["run_id"], str) and re.fullmatch("[0-9a-f]{16}", meta["run_id"])):
+        _invalid(f"run_id is {_show(meta['run_id'])}; expected the 16 hex digits of a run id")
+    if "accuracy" in meta:
+        accuracy = meta["accuracy"]
+        if not (isinstance(accuracy, float) or _is_int(accuracy)) or not 0 <= accuracy <= 1:
+            _invalid(f"accuracy is {_show(accuracy)}; expected a number from 0 to 1")
+    if "dataset" in meta and (meta["dataset"] not in DATASETS or meta["dataset"] != train_cfg.dataset):
+        _invalid(f"dataset is {_show(meta['dataset'])}, but the run was trained on {train_cfg.dataset!r}")
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated, whatever the sizes claimed
+            model = build_model(train_cfg.model, tuple(input_shape), n_classes, train_cfg.hidden)
+    except (RuntimeError, ValueError) as exc:
+        _invalid(f"model {train_cfg.model} cannot take inputs of shape {tuple(input_shape)} ({exc})")
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    return _Expected(train_cfg, compress_cfg, shapes, fc_weight_names(model))
+
+
+def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -> None:
+    """Every layer entry against the model and the config, every tensor against the layers: header only."""
+    cfg = expected.compress_cfg
+    layers = meta["layers"]
+    if not isinstance(layers, list):
+        _invalid("layers is not a list")
+    fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names]
+    try:
+        check_fits([(name, (shape[0], shape[1])) for name, shape in fc_shapes], cfg)
+    except ValueError as exc:
+        _invalid(f"compress_config does not fit the model: {exc}")
+    centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
+    wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
+    coded: list[str] = []
+    for index, info in enumerate(layers):
+        if not isinstance(info, dict) or set(info) != set(_LAYER_KEYS):
+            _invalid(f"layers[{index}] does not have exactly the keys {', '.join(_LAYER_KEYS)}")
+        name = info["name"]
+        if name not in expected.fc_names:
+            model = _model_label(expected.train_cfg)
+            _invalid(f"layers[{index}] names {_show(name)}, which is not an FC weight of the {model}")
+        if name in coded:
+            _invalid(f"layer {name} is listed twice")
+        coded.append(name)
+        out_features, in_features = expected.shapes[name]
+        shape = info["shape"]
+        # type checks too: 32.0 == 32 and True == 1 in Python, and neither is what this tool writes
+        if not (isinstance(shape, list) and all(map(_is_int, shape)) and shape == [out_features, in_features]):
+            _invalid(
+                f"layer {name} declares shape {_show(info['shape'])} but the model's is [{out_features}, {in_features}]"
+            )
+        layout = info["layout"]
+        if layout not in LAYOUTS:
+            _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
+        dim = _int(info["subvector_size"], f"layer {name}'s subvector_size", 1, in_features)
+        k = _int(info["n_centroids"], f"layer {name}'s n_centroids", 2, MAX_CENTROIDS)
+        if cfg.method == "binarize":
+            if (layout, dim, k) != ("sign", 1, 2):
+                _invalid(f"layer {name} is {layout} d={dim} k={k} but method binarize writes sign d=1 k=2")
+        elif cfg.method in ("kmeans", "pq"):
+            if (layout, dim, k) != (cfg.layout, cfg.subvector_size, cfg.n_centroids):
+                _invalid(
+                    f"layer {name} is {layout} d={dim} k={k} but compress_config says {cfg.layout} "
+                    f"d={cfg.subvector_size} k={cfg.n_centroids}"
+                )
+        else:
+            _invalid(f"layer {name} is coded but method {cfg.method} codes no layer")
+        bits = 1 if layout == "sign" else code_width(k)
+        if not _is_int(info["code_bits"]) or info["code_bits"] != bits:
+            _invalid(f"layer {name} declares code_bits {_show(info['code_bits'])}; k={k} needs {bits}")
+        groups = _int(info["groups"], f"layer {name}'s groups", 1, MAX_FILE_BYTES)
+        count = _int(info["codes_per_group"], f"layer {name}'s codes_per_group", 1, 8 * MAX_FILE_BYTES)
+        codes_entry = entries.get(f"{name}.codes")
+        if codes_entry is None:
+            _invalid(f"layer {name} has no {name}.codes tensor")
+        if codes_entry.dtype != "U8" or len(codes_entry.shape) != 1:
+            _invalid(f"tensor {name}.codes is {codes_entry.dtype} {list(codes_entry.shape)}; expected 1-D U8")
+        held = codes_entry.end - codes_entry.begin
+        if _packed_bytes(groups * count, bits) != held:
+            _invalid(
+                f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
+                f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
+            )
+        chunks = n_chunks(in_features, dim)
+        implied = {
+            "shared": (1, out_features * chunks),
+            "per-chunk": (chunks, out_features),
+            "sign": (1, out_features * in_features),
+        }[layout]
+        if (groups, count) != implied:
+            _invalid(
+                f"layer {name} declares groups={groups:,}, codes_per_group={count:,} but layout {layout} with "
+                f"d={dim} implies groups={implied[0]:,}, codes_per_group={implied[1]:,}"
+            )
+        wanted[f"{name}.codes"] = ("U8", (held,))
+        if layout == "sign":
+            wanted[f"{name}.alpha"] = (centroid_dtype, (1,))
+        else:
+            wanted[f"{name}.codebooks"] = (centroid_dtype, (chunks if layout == "per-chunk" else 1, k, dim))
+    if cfg.method != "float" and (uncoded := [name for name in expected.fc_names if name not in coded]):
+        _invalid(f"method {cfg.method} codes every FC weight, but {uncoded[0]} has no layer entry")
+    for key, shape in expected.shapes.items():
+        if key in coded:
+            if key in entries:
+                _invalid(f"layer {key} is coded and also stored in float")
+        else:
+            wanted[key] = ("F32", shape)
+    for key, (dtype, shape) in wanted.items():
+        entry = entries.get(key)
+        if entry is None:
+            _invalid(f"tensor {key} is missing")
+        if entry.dtype != dtype or entry.shape != shape:
+            _invalid(f"tensor {key} is {entry.dtype} {list(entry.shape)}; expected {dtype} {list(shape)}")
+    if unexpected := sorted(set(entries) - set(wanted)):
+        _invalid(f"tensor {_show(unexpected[0])} is not part of the model")
+
+
+def _model_label(cfg: TrainConfig) -> str:
+    return f"model {cfg.model}" + (f" with hidden {list(cfg.hidden)}" if cfg.model == "mlp" else "")
+
+
+def _check_values(tensors: dict[str, torch.Tensor], meta: dict, entries: dict[str, _Entry]) -> None:
+    """The loaded tensors: as the header said, finite, and every code inside its codebook."""
+    if set(tensors) != set(entries):
+        _invalid("safetensors loaded other tensors than its header lists")
+    for key, tensor in tensors.items():
+        entry = entries[key]
+        if tensor.dtype != _DTYPES[entry.dtype][0] or tuple(tensor.shape) != entry.shape:
+            _invalid(f"tensor {key} loaded as {tensor.dtype} {list(tensor.shape)}, not as its header says")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            _invalid(f"tensor {key} holds NaN or infinite values")
+    for info in meta["layers"]:
+        name, bits, k = info["name"], info["code_bits"], info["n_centroids"]
+        count = info["groups"] * info["codes_per_group"]
+        packed = tensors[f"{name}.codes"].numpy()
+        padding = 8 * len(packed) - count * bits
+        if padding and int(packed[-1]) & ((1 << padding) - 1):
+            _invalid(f"layer {name}'s .codes tensor has non-zero padding bits after its last code")
+        if k == 1 << bits:
+            continue  # every b-bit value is a valid code
+        for chunk in _code_chunks(packed, bits, count):
+            if len(chunk) and int(chunk.max()) >= k:
+                _invalid(f"layer {name} has code {int(chunk.max())}, but its codebooks hold {k} centroids")
 
 
 def from_bytes(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
-    """Parse a file's bytes; NotACompressedModel when they are not one of ours."""
+    """(tensors, metadata) of a compressed model file's bytes, or NotACompressedModel.
+
+    Everything is checked before any tensor is allocated (header, metadata, and each tensor's
+    dtype, shape and byte count against the model the metadata describes); then the tensors are
+    loaded (a copy of the file) and their values checked. The result is safe for
+    `layers_from_payload` and `model_from_payload`.
+    """
     try:
-        tensors = st_load(blob)
-        header_len = int.from_bytes(blob[:8], "little")
-        header = json.loads(blob[8 : 8 + header_len])
-        meta = json.loads(header["__metadata__"]["compression_lab"])
-    except (SafetensorError, ValueError, KeyError, TypeError, OSError):
-        raise NotACompressedModel(
-            f"{source} is not a compressed model written by this tool (expected a safetensors file from "
-            f"`python -m core compress ... --out FILE`)"
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise NotACompressedModel(f"{source} has format {meta.get('format')!r}; this tool reads {FORMAT!r}")
+        if not isinstance(blob, bytes):
+            _invalid(f"it is a {type(blob).__name__}, not bytes")
+        if len(blob) > MAX_FILE_BYTES:
+            _invalid(f"it is {len(blob):,} bytes, above the {MAX_FILE_BYTES:,} this tool reads")
+        entries, meta_text = _parse_header(blob)
+        meta = _strict_json(meta_text, "its metadata")
+        expected = _check_meta(meta, len(entries))
+        _check_layers(meta, entries, expected)
+        try:
+            tensors = st_load(blob)
+        except SafetensorError as exc:
+            _invalid(f"safetensors cannot read it ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})")
+        _check_values(tensors, meta, entries)
+    except _Invalid as exc:
+        raise _refusal(source, str(exc)) from None
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
+        # A last net: the checks above are meant to leave nothing for it, and the tests hold them to that.
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise _refusal(source, f"it could not be checked ({type(exc).__name__}: {first_line})") from None
     return tensors, meta
+
+
+def read_payload(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
+    """The run store's check of a stored compressed file: `from_bytes`, under the name it is called by there."""
+    return from_bytes(blob, source)
 
 
 def header_bytes(blob: bytes) -> int:
@@ -164,15 +570,41 @@ def save_file(path: str | Path, blob: bytes) -> None:
     write_atomic(path, blob)
 
 
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; NotACompressedModel otherwise.
+
+    The size and type are checked on the opened descriptor, so the file that is read is the one
+    that was checked; a FIFO or device is opened non-blocking, so it is refused rather than waited on.
+    """
+    source = str(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise _refusal(source, "there is no file at this path; give a file written by `compress --out`") from None
+    except OSError as exc:
+        raise _refusal(source, f"it cannot be opened ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _refusal(source, "it is not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise _refusal(source, f"it is {info.st_size:,} bytes, above the {MAX_FILE_BYTES:,} this tool reads")
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            blob = file.read(MAX_FILE_BYTES + 1)  # + 1: a file that grew since fstat is still caught
+    finally:
+        os.close(fd)
+    if len(blob) > MAX_FILE_BYTES:
+        raise _refusal(source, f"it grew past the {MAX_FILE_BYTES:,} bytes this tool reads")
+    return blob
+
+
+def load_payload(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a compressed model file, validated as `from_bytes` does."""
+    return from_bytes(read_file_bytes(path), source=str(path))
+
+
 def load_file(path: str | Path) -> tuple[nn.Module, dict]:
     """(runnable model, metadata) from a compressed model file."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotACompressedModel(f"no file at {path}; give the path of a file written by `compress --out`")
-    tensors, meta = from_bytes(path.read_bytes(), source=str(path))
+    tensors, meta = load_payload(path)
     return model_from_payload(tensors, meta), meta
-
-
-def read_payload(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and metadata of a compressed model file, validated (the store reads through this)."""
-    return from_bytes(blob, source)
