@@ -14,6 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .experiments import pareto_mask
+
 # One colour per compression method, on every page (Okabe-Ito, colour-blind safe).
 METHOD_COLORS: dict[str, str] = {
     "float": "#555555",
@@ -182,7 +184,7 @@ def centroid_histogram(
         )
     )
     color = method_color(method)
-    centroids = sorted(set(float(c) for c in centroids))
+    centroids = sorted({float(c) for c in centroids})
     if len(centroids) <= 64:
         for value in centroids:
             fig.add_vline(x=value, line=dict(color=color, width=2))
@@ -287,19 +289,6 @@ def bits_breakdown(size: dict, title: str | None = None, height: int = 300) -> g
 # ------------------------------------------------------------------------------------ frontier
 
 
-def pareto_mask(size: Sequence[float], accuracy: Sequence[float], larger_is_better: bool) -> list[bool]:
-    """True for the points no other point beats on both size and accuracy (ties kept)."""
-    sign = 1.0 if larger_is_better else -1.0
-    points = [(sign * s, a) for s, a in zip(size, accuracy)]
-    mask = []
-    for i, (s_i, a_i) in enumerate(points):
-        dominated = any(
-            s_j >= s_i and a_j >= a_i and (s_j > s_i or a_j > a_i) for j, (s_j, a_j) in enumerate(points) if j != i
-        )
-        mask.append(not dominated)
-    return mask
-
-
 def frontier_figure(
     rows: pd.DataFrame | Iterable[dict],
     x: str = "fc_ratio",
@@ -317,7 +306,7 @@ def frontier_figure(
         return _style(fig, title, height)
     df = df.copy()
     df["acc_pct"] = 100.0 * df["accuracy"]
-    df["regularizer"] = [reg_label(r, l) for r, l in zip(df["reg"], df["lam"])]
+    df["regularizer"] = [reg_label(reg, lam) for reg, lam in zip(df["reg"], df["lam"])]
     df["pareto"] = pareto_mask(df[x].tolist(), df["accuracy"].tolist(), larger_is_better)
     reg_order = sorted(df["regularizer"].unique(), key=lambda s: (s != "none (λ=0)", s))
     symbols = {label: REG_SYMBOLS[i % len(REG_SYMBOLS)] for i, label in enumerate(reg_order)}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import SIZE_AXES, frontier_figure, pareto_mask, reg_label
+from core.charts import SIZE_AXES, frontier_figure, reg_label
 from core.config import DATASETS, LAYOUTS, MODELS, REGULARIZERS, CompressConfig, TrainConfig
 from core.data import DatasetUnavailable
+from core.experiments import pareto_mask
 from core.pq import check_fits
 from core.train import TrainingDiverged
 from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions_table, fmt_k, fmt_lam, show_error, store
