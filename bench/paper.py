@@ -15,8 +15,9 @@ Outputs under --out (default bench/results):
     headline.csv / headline.md     the headline rows re-run over three seeds (mean and spread)
     frontier.png                   accuracy vs FC ratio (log x), one panel per dataset / network
 
-Runs and compressions go through core.store.RunStore (default cache bench/cache/, gitignored), so a
-second invocation only computes what is missing.
+Runs and compressions go through core.experiments.run_sweep over a core.store.RunStore (default cache
+bench/cache/, gitignored), so a second invocation only computes what is missing; the Pareto sets and
+the budget table are core.experiments' too, the app's own rules.
 
     python bench/paper.py                 # the full run (~30 min on 2 shared CPU cores)
     python bench/paper.py --smoke --out /tmp/paper-smoke   # tiny, seconds
@@ -38,8 +39,7 @@ import pandas as pd
 
 from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable, load_dataset
-from core.models import build_model, fc_layers
-from core.pq import check_fits
+from core.experiments import SweepResult, best_within_budget, fc_shapes, fits, pareto_mask, run_sweep
 from core.store import RunStore
 
 BUDGETS = (0.5, 1.0, 2.0)  # accuracy-drop budgets, in points below the float unregularized baseline
@@ -116,15 +116,15 @@ SMOKE_GRID = [
 
 
 def full_settings() -> list[Setting]:
-    binary = lambda lam: dict(reg="binary", lam=lam, warmup_epochs=2)  # noqa: E731
-    levels = lambda lam, n: dict(reg="levels", lam=lam, warmup_epochs=2, reg_levels=n)  # noqa: E731
-    pqreg = lambda lam, d, k: dict(
-        reg="pq",
-        lam=lam,
-        warmup_epochs=2,
-        reg_subvector_size=d,
-        reg_centroids=k,
-    )
+    def binary(lam: float) -> dict:
+        return dict(reg="binary", lam=lam, warmup_epochs=2)
+
+    def levels(lam: float, n: int) -> dict:
+        return dict(reg="levels", lam=lam, warmup_epochs=2, reg_levels=n)
+
+    def pqreg(lam: float, d: int, k: int) -> dict:
+        return dict(reg="pq", lam=lam, warmup_epochs=2, reg_subvector_size=d, reg_centroids=k)
+
     return [
         Setting(
             "mnist-5k",
@@ -228,31 +228,31 @@ def family_order(name: str) -> tuple[int, str]:
 # ------------------------------------------------------------------------------------------ run
 
 
-def fitting(grid: list[CompressConfig], fc_shapes: list[tuple[str, tuple[int, int]]]) -> list[CompressConfig]:
-    keep = []
-    for cfg in grid:
-        try:
-            check_fits(fc_shapes, cfg)
-            keep.append(cfg)
-        except ValueError:
-            pass
-    return keep
+def compressions(setting: Setting) -> list[CompressConfig]:
+    """Every compression of a run of `setting`: the grid, the "+ft" points and the longer fine-tuning."""
+    ft = setting.finetune_epochs
+    return [
+        *setting.grid,
+        *[replace(c, finetune_epochs=ft) for c in setting.ft_grid],
+        *[replace(c, finetune_epochs=3 * ft) for c in setting.long_ft_grid],
+    ]
 
 
-def compress_points(store: RunStore, run, grid, ft_grid, ft_epochs: int, data, long_ft_grid=()) -> list[dict]:
+def sweep_points(
+    store: RunStore, train_cfgs: list[TrainConfig], compress_cfgs: list[CompressConfig]
+) -> tuple[SweepResult, list[dict]]:
+    """(sweep, rows): core.experiments.run_sweep on the CPU, and each point's row() with its family
+    and run label. Settings that do not fit the network are skipped by the sweep."""
+    sweep = run_sweep(store, train_cfgs, compress_cfgs, device="cpu")
+    for run in sweep.runs:
+        _TRAIN_CONFIGS[run.run_id] = run.config
     rows = []
-    _TRAIN_CONFIGS[run.run_id] = run.config
-    for cfg in [
-        *grid,
-        *[replace(c, finetune_epochs=ft_epochs) for c in ft_grid],
-        *[replace(c, finetune_epochs=3 * ft_epochs) for c in long_ft_grid],
-    ]:
-        result, _, _ = store.get_or_compress(run, cfg, device="cpu", data=data)
+    for result in sweep.points:
         row = result.row()
         row["family"] = family(row["reg"], row["method"], row["finetune_epochs"])
-        row["run_label"] = run_label(run.config)
+        row["run_label"] = run_label(_TRAIN_CONFIGS[row["run_id"]])
         rows.append(row)
-    return rows
+    return sweep, rows
 
 
 def run_label(cfg: TrainConfig) -> str:
@@ -268,38 +268,23 @@ def run_label(cfg: TrainConfig) -> str:
 
 def budget_table(points: pd.DataFrame, float_acc: float) -> pd.DataFrame:
     """For each budget and family: the largest FC ratio among points within `budget` points of
-    `float_acc` (the unregularized float accuracy), with its model ratio, accuracy and config."""
-    rows = []
-    for budget in BUDGETS:
-        ok = points[points["accuracy"] >= float_acc - budget / 100 - 1e-12]
-        for fam in sorted(points["family"].unique()):
-            part = ok[ok["family"] == fam]
-            if part.empty:
-                rows.append(
-                    {
-                        "budget_pts": budget,
-                        "family": fam,
-                        "fc_ratio": float("nan"),
-                        "model_ratio": float("nan"),
-                        "accuracy": float("nan"),
-                        "run": "",
-                        "compression": "",
-                    }
-                )
-                continue
-            best = part.sort_values(["fc_ratio", "accuracy"], ascending=False).iloc[0]
-            rows.append(
-                {
-                    "budget_pts": budget,
-                    "family": fam,
-                    "fc_ratio": best["fc_ratio"],
-                    "model_ratio": best["model_ratio"],
-                    "accuracy": best["accuracy"],
-                    "run": best["run_label"],
-                    "compression": best["label"],
-                }
-            )
-    return pd.DataFrame(rows)
+    `float_acc` (the unregularized float accuracy), with its model ratio, accuracy and config
+    (core.experiments.best_within_budget, families in alphabetical order)."""
+    # Groups come in the order they first appear: sorted points give the families alphabetically.
+    by_family = points.sort_values("family", kind="stable")
+    best = best_within_budget(by_family, BUDGETS, float_acc, size_col="fc_ratio", group_col="family")
+    found = best["found"].astype(bool)
+    return pd.DataFrame(
+        {
+            "budget_pts": best["budget_pts"],
+            "family": best["family"],
+            "fc_ratio": best["fc_ratio"],  # NaN where no point is within the budget
+            "model_ratio": best["model_ratio"],
+            "accuracy": best["accuracy"],
+            "run": best["run_label"].where(found, ""),
+            "compression": best["label"].where(found, ""),
+        }
+    ).reset_index(drop=True)
 
 
 def frontier_png(points: pd.DataFrame, path: Path) -> None:
@@ -343,7 +328,8 @@ def frontier_png(points: pd.DataFrame, path: Path) -> None:
                 marker=marker,
                 label=f"{name} + ft",
             )
-            front = pareto(g)
+            front = g[pareto_mask(g["fc_ratio"].tolist(), g["accuracy"].tolist(), larger_is_better=True)]
+            front = front.sort_values("fc_ratio")
             ax.plot(front["fc_ratio"], 100 * front["accuracy"], color=color, lw=1.2)
         if float_acc is not None:
             ax.axhline(float_acc, color="black", lw=0.8, ls="--", label="float, no reg")
@@ -358,17 +344,6 @@ def frontier_png(points: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
-
-
-def pareto(frame: pd.DataFrame) -> pd.DataFrame:
-    """Points no other point beats on both FC ratio and accuracy, sorted by ratio."""
-    ordered = frame.sort_values(["fc_ratio", "accuracy"], ascending=[False, False])
-    best, keep = -1.0, []
-    for index, acc in zip(ordered.index, ordered["accuracy"]):
-        if acc > best:
-            keep.append(index)
-            best = acc
-    return frame.loc[keep].sort_values("fc_ratio")
 
 
 def to_markdown(frame: pd.DataFrame) -> str:
@@ -425,25 +400,22 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(f"{block}: dataset unavailable ({str(err).split(' Place ')[0]})")
             log(f"SKIP {skipped[-1]}")
             continue
-        model = build_model(setting.model, data.input_shape, data.n_classes, setting.hidden)
-        shapes = [(f"{n}.weight", tuple(l.weight.shape)) for n, l in fc_layers(model)]
-        grid, ft_grid = fitting(setting.grid, shapes), fitting(setting.ft_grid, shapes)
-        log(f"{block}: {len(grid)} + {len(ft_grid)} (+ft{setting.finetune_epochs}) compressions a run; {setting.note}")
+        shapes = fc_shapes(setting.train_config(0), data)
+        n_grid = sum(fits(c, shapes) is None for c in setting.grid)
+        n_ft = sum(fits(c, shapes) is None for c in setting.ft_grid)
+        log(f"{block}: {n_grid} + {n_ft} (+ft{setting.finetune_epochs}) compressions a run; {setting.note}")
 
         # 1. seed 0: the float baseline and every regularized run, over the whole grid.
-        points = []
-        for reg in [{}, *setting.regs]:
-            t0 = time.perf_counter()
-            run, cached = store.get_or_train(setting.train_config(0, **reg), device="cpu", data=data)
-            t1 = time.perf_counter()
-            rows = compress_points(
-                store, run, grid, ft_grid, setting.finetune_epochs, data, fitting(setting.long_ft_grid, shapes)
-            )
-            points += rows
-            log(
-                f"  {run_label(run.config):28s} float {run.test_accuracy:.4f} "
-                f"(train {'cached' if cached else f'{t1 - t0:.0f}s'}, compress {time.perf_counter() - t1:.0f}s)"
-            )
+        t0 = time.perf_counter()
+        train_cfgs = [setting.train_config(0, **reg) for reg in [{}, *setting.regs]]
+        sweep, points = sweep_points(store, train_cfgs, compressions(setting))
+        for run in sweep.runs:
+            log(f"  {run_label(run.config):28s} float {run.test_accuracy:.4f}")
+        log(
+            f"  {len(sweep.runs)} runs ({sweep.new_runs} trained), {len(sweep.points)} points "
+            f"({sweep.new_points} computed), {len(sweep.skipped)} skipped, {time.perf_counter() - t0:.0f}s"
+        )
+        base_run = next(run for run in sweep.runs if run.run_id == train_cfgs[0].run_id())
         frame = pd.DataFrame(points)
         float_acc = frame.loc[frame["reg"] == "none", "float_accuracy"].iloc[0]
         table = budget_table(frame, float_acc)
@@ -456,17 +428,19 @@ def main(argv: list[str] | None = None) -> int:
         picks = headline_picks(frame, table)
         seeds = HEADLINE_SEEDS[:2] if args.smoke else setting.seeds
         for seed in seeds[1:]:
-            for run_cfg in {p["train_config"] for p in picks}:
-                run, _ = store.get_or_train(replace(run_cfg, seed=seed), device="cpu", data=data)
-                for p in picks:
-                    if p["train_config"] == run_cfg and p["compress_config"] is not None:
-                        result, _, _ = store.get_or_compress(run, p["compress_config"], device="cpu", data=data)
-                        row = result.row() | {"family": p["family"], "run_label": run_label(run.config)}
-                        points.append(row)
-                # the float baseline's own seed run (no compression) for the float mean
-                points.append(float_row(run, setting))
-            log(f"  seed {seed}: {len({p['train_config'] for p in picks})} runs, {len(picks)} headline points")
-        points.append(float_row(store.get_or_train(setting.train_config(0), device="cpu", data=data)[0], setting))
+            run_cfgs = list(dict.fromkeys(p["train_config"] for p in picks))
+            for run_cfg in run_cfgs:
+                chosen = [
+                    p["compress_config"]
+                    for p in picks
+                    if p["train_config"] == run_cfg and p["compress_config"] is not None
+                ]
+                seed_sweep, rows = sweep_points(store, [replace(run_cfg, seed=seed)], chosen)
+                points += rows
+                # the run's own float accuracy at this seed (no compression), for the float mean
+                points.append(float_row(seed_sweep.runs[0], setting))
+            log(f"  seed {seed}: {len(run_cfgs)} runs, {len(picks)} headline points")
+        points.append(float_row(base_run, setting))
         frame = pd.DataFrame(points)
         headlines.append(headline_table(frame, picks, block))
         frame.to_csv(out / f"points_{setting.dataset}_{setting.model}.csv", index=False)

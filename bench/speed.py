@@ -8,7 +8,8 @@
 2. Regularizer cost: epoch time with binary / pq against none (LeNet-300-100 on mnist-5k and fashion-mnist).
 3. Training throughput: core.train.train_epoch against a minimal plain PyTorch loop.
 4. App recompute: recompress a stored run with a new k (cold) and the cached lookup (warm); frontier
-   data from a store of 200 points (list + DataFrame + Pareto, and core.charts.frontier_figure).
+   data from a store of 200 points (list + DataFrame + core.experiments.pareto_mask, the app's own
+   Pareto set, and core.charts.frontier_figure).
 
 faiss is a bench dependency only; core never imports it.
 
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +44,7 @@ from torch.nn import functional as F
 from core import pq as core_pq
 from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable, load_dataset
+from core.experiments import pareto_mask, point_rows
 from core.models import build_model
 from core.regularizers import Regularizer
 from core.store import RunStore
@@ -127,13 +130,17 @@ def bench_pq(
         # row (its sequential init is the slow part; see RESULTS.md).
         big = weight.size > 4_000_000
         reps = 1 if big else repeats
-        ref_t, ref_mse = median_time(lambda: faiss_pq(weight, d, k, iters), reps)
-        results = {"ours (random init)": median_time(lambda: ours_pq(tensor, d, k, iters, "per-chunk", "random"), reps)}
+        ref_t, ref_mse = median_time(partial(faiss_pq, weight, d, k, iters), reps)
+        results = {
+            "ours (random init)": median_time(partial(ours_pq, tensor, d, k, iters, "per-chunk", "random"), reps)
+        }
         if not big:
             results["ours (kmeans++ init, the default)"] = median_time(
-                lambda: ours_pq(tensor, d, k, iters, "per-chunk", "kmeans++"), reps
+                partial(ours_pq, tensor, d, k, iters, "per-chunk", "kmeans++"), reps
             )
-        results["scikit-learn KMeans per chunk"] = median_time(lambda: sklearn_pq(weight, d, k, iters), sklearn_repeats)
+        results["scikit-learn KMeans per chunk"] = median_time(
+            partial(sklearn_pq, weight, d, k, iters), sklearn_repeats
+        )
         rows.append(pq_row("per-chunk", name, weight, d, k, "faiss ProductQuantizer", ref_t, ref_mse, ref_t, ref_mse))
         for method, (t, mse) in results.items():
             rows.append(pq_row("per-chunk", name, weight, d, k, method, t, mse, ref_t, ref_mse))
@@ -145,10 +152,10 @@ def bench_shared(cases: list[tuple[str, np.ndarray, int, int]], iters: int, repe
     rows = []
     for name, weight, d, k in cases:
         tensor = torch.from_numpy(weight)
-        ref_t, ref_mse = median_time(lambda: faiss_shared(weight, d, k, iters), repeats)
+        ref_t, ref_mse = median_time(partial(faiss_shared, weight, d, k, iters), repeats)
         rows.append(pq_row("shared", name, weight, d, k, "faiss Kmeans", ref_t, ref_mse, ref_t, ref_mse))
         for method, init in (("ours (random init)", "random"), ("ours (kmeans++ init, the default)", "kmeans++")):
-            t, mse = median_time(lambda: ours_pq(tensor, d, k, iters, "shared", init), repeats)
+            t, mse = median_time(partial(ours_pq, tensor, d, k, iters, "shared", init), repeats)
             rows.append(pq_row("shared", name, weight, d, k, method, t, mse, ref_t, ref_mse))
         print_rows(rows[-3:])
     return rows
@@ -268,8 +275,8 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
             charts = None
 
         def frontier_data():
-            frame = pd.DataFrame([r.row() for r in store.list_compressions()])
-            mask = pareto_mask(frame["fc_ratio"].to_numpy(), frame["accuracy"].to_numpy())
+            frame = point_rows(store.list_compressions())
+            mask = pareto_mask(frame["fc_ratio"].tolist(), frame["accuracy"].tolist(), larger_is_better=True)
             return frame, mask
 
         t_data, (frame, _) = median_time(frontier_data, repeats)
@@ -286,18 +293,6 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
             t_all, _ = median_time(lambda: charts.frontier_figure(frontier_data()[0]), repeats)
             rows.append(app_row(f"both: store -> frontier figure ({len(frame)} points)", [t_all], run_cfg))
     return rows
-
-
-def pareto_mask(size: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
-    """True where no other point has both a larger-or-equal ratio and accuracy (one strictly)."""
-    order = np.lexsort((-accuracy, -size))  # by ratio desc, then accuracy desc
-    mask = np.zeros(len(size), dtype=bool)
-    best = -np.inf
-    for i in order:
-        if accuracy[i] > best:
-            mask[i] = True
-            best = accuracy[i]
-    return mask
 
 
 def app_row(what: str, times: list[float], cfg: TrainConfig) -> dict:
