@@ -9,7 +9,7 @@ run is compressed over a grid of (method, d, k, layout), without and with centro
     ours                   the same compressions of the REGULARIZED runs (+ fine-tuning)
 
 Outputs under --out (default bench/results):
-    points_<dataset>_<model>.csv   every (run, compression) point (CompressResult.row() + family)
+    points_<dataset>_<model>.csv   every (run, compression) point (CompressionRecord.row() + family)
     points.csv                     all of them
     budget.csv / budget.md         per accuracy-drop budget, the largest FC ratio each family reaches
     headline.csv / headline.md     the headline rows re-run over three seeds (mean and spread)
@@ -256,14 +256,7 @@ def sweep_points(
 
 
 def run_label(cfg: TrainConfig) -> str:
-    if cfg.reg == "none" or cfg.lam == 0:
-        return "none"
-    text = f"{cfg.reg} lam={cfg.lam:g}"
-    if cfg.reg == "levels":
-        text += f" L={cfg.reg_levels}"
-    if cfg.reg == "pq":
-        text += f" d={cfg.reg_subvector_size} k={cfg.reg_centroids}"
-    return text
+    return cfg.label()
 
 
 def budget_table(points: pd.DataFrame, float_acc: float) -> pd.DataFrame:

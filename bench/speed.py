@@ -46,6 +46,7 @@ from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable, load_dataset
 from core.experiments import pareto_mask, point_rows
 from core.models import build_model
+from core.pipeline import get_or_compress, get_or_train
 from core.regularizers import Regularizer
 from core.store import RunStore
 from core.train import train_epoch
@@ -241,7 +242,7 @@ def plain_epoch(model, x_train, y_train, optimizer, batch_size, generator) -> No
 def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStore) -> list[dict]:
     rows = []
     data = load_dataset(run_cfg.dataset)  # the app holds it in st.cache_resource
-    run, _ = source.get_or_train(run_cfg, device="cpu", data=data)
+    run, _ = get_or_train(source, run_cfg, device="cpu", data=data)
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
         store.save_run(run)
@@ -250,24 +251,21 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
         for k in ks:  # a slider move to a k never computed: cold
             cfg = CompressConfig(method="pq", subvector_size=8, n_centroids=k)
             start = time.perf_counter()
-            store.get_or_compress(run, cfg, device="cpu", data=data)
+            get_or_compress(store, run, cfg, device="cpu", data=data)
             cold.append(time.perf_counter() - start)
             start = time.perf_counter()
-            _, _, cached = store.get_or_compress(run, cfg, device="cpu", data=data)  # moved back: warm
+            _, cached = get_or_compress(store, run, cfg, device="cpu", data=data)  # moved back: warm
             warm.append(time.perf_counter() - start)
             assert cached
         rows.append(app_row("recompress a stored run, new k (cold, computed + stored)", cold, run_cfg))
         rows.append(app_row("recompress a stored run, k seen before (warm, store lookup)", warm, run_cfg))
 
-        # A store of n_points compressions. They are synthesized from the real ones above by
-        # relabelling the k-means seed: the same files and JSON, so reading them costs the same.
-        real = store.list_compressions(run.run_id)
+        # A store of n_points real compressions (the store verifies every entry it lists, so
+        # relabelled copies would not count): cheap settings, one k-means iteration, varied seeds.
         i = 0
         while len(store.list_compressions()) < n_points:
-            base = real[i % len(real)]
-            cfg = replace(base.compress_config, seed=1000 + i)
-            file_path = store._compress_paths(run.run_id, base.compress_config)[1]
-            store.save_compression(replace(base, compress_config=cfg), file_path.read_bytes())
+            cfg = CompressConfig(method="pq", subvector_size=8, n_centroids=8, kmeans_iters=1, seed=1000 + i)
+            get_or_compress(store, run, cfg, device="cpu", data=data)
             i += 1
         try:
             from core import charts
@@ -383,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     if "pq" not in args.skip and faiss is not None:
         print("1. PQ fit + encode: ours vs faiss vs scikit-learn", flush=True)
         data = load_dataset(run_cfg.dataset)
-        run, _ = source.get_or_train(run_cfg, device="cpu", data=data)
-        fc = [(name, run.state_dict[name].numpy()) for name in sorted(run.state_dict) if name.endswith("weight")]
+        run, _ = get_or_train(source, run_cfg, device="cpu", data=data)
+        state = run.state_dict()
+        fc = [(layer.name, state[layer.name].numpy()) for layer in run.layers]
         cases = []
         for name, weight in fc[:1] if args.smoke else fc:
             # per-chunk learns each codebook from the `out` rows: k <= out (the 10-row layer: k = 8)

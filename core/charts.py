@@ -277,9 +277,7 @@ def bits_breakdown(size: SizeReport, title: str | None = None, height: int = 300
         )
     )
     fig.update_layout(barmode="stack", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
-    fig.update_xaxes(
-        title_text="size (kilobits)", type="log" if size.model_float_bits > 50 * size.model_bits else None
-    )
+    fig.update_xaxes(title_text="size (kilobits)", type="log" if size.model_float_bits > 50 * size.model_bits else None)
     return _style(fig, title, height)
 
 

@@ -251,24 +251,21 @@ class CompressConfig:
     def _canonicalize(self) -> None:
         """Reset the fields a method ignores, so equal compressions share one cache key."""
         defaults = {f.name: f.default for f in fields(self)}
-        keep: tuple[str, ...]
         if self.method == "pq" and self.subvector_size == 1 and self.layout == "shared":
             _set(self, "method", "kmeans")  # scalar k-means with one shared codebook: the same compression
+        read: tuple[str, ...] = tuple(defaults)  # the fields the method reads; the rest go to their defaults
         if self.method == "float":
-            keep = ("method",)
+            read = ("method",)
         elif self.method == "binarize":
-            keep = ("method", "finetune_epochs", "finetune_lr")
-            _set(self, "subvector_size", 1)
+            read = ("method", "finetune_epochs", "finetune_lr")
+            _set(self, "subvector_size", 1)  # one sign bit a weight: d = 1, k = 2, by definition
             _set(self, "n_centroids", 2)
-        else:
-            keep = tuple(defaults)
-            if self.method == "kmeans":
-                _set(self, "subvector_size", 1)
-                _set(self, "layout", "shared")
+        elif self.method == "kmeans":
+            _set(self, "subvector_size", 1)
+            _set(self, "layout", "shared")
         for name, default in defaults.items():
-            if name not in keep and name not in ("subvector_size", "n_centroids"):
-                _set(self, name, default)
-            elif name in ("subvector_size", "n_centroids") and self.method == "float":
+            keep_binarize_shape = self.method == "binarize" and name in ("subvector_size", "n_centroids")
+            if name not in read and not keep_binarize_shape:
                 _set(self, name, default)
         if self.finetune_epochs == 0:
             _set(self, "finetune_lr", defaults["finetune_lr"])

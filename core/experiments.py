@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import torch
 
-from .compress import CompressResult
 from .config import METHODS, CompressConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .models import build_model, fc_layers
+from .pipeline import get_or_compress, get_or_train
 from .pq import check_fits
-from .train import TrainingDiverged, TrainResult
+from .records import CompressionRecord, RunRecord
+from .train import TrainingDiverged
 
 if TYPE_CHECKING:
     from .store import RunStore
@@ -61,7 +62,7 @@ def compression_grid(
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
         # (d, k, layout, fine-tuning epochs) of each setting; the fields a method ignores stay as in base
-        # and canonical() resets them.
+        # and the config resets them at construction.
         if method == "float":
             combos = [(base.subvector_size, base.n_centroids, base.layout, 0)]
         elif method == "binarize":
@@ -71,9 +72,7 @@ def compression_grid(
         else:
             combos = list(itertools.product(sizes, ks, lays, fts))
         for size, k, layout, ft in combos:
-            cfg = replace(
-                base, method=method, subvector_size=size, n_centroids=k, layout=layout, finetune_epochs=ft
-            ).canonical()
+            cfg = replace(base, method=method, subvector_size=size, n_centroids=k, layout=layout, finetune_epochs=ft)
             grid.setdefault(cfg.key(), cfg)
     return list(grid.values())
 
@@ -85,7 +84,7 @@ def train_grid(
     order regs x lams x seeds; (reg, lam=0) and (none, lam) both collapse to the one unregularized run."""
     runs: dict[str, TrainConfig] = {}
     for reg, lam, seed in itertools.product(list(regs), list(lams), list(seeds)):
-        cfg = replace(base, reg=reg, lam=float(lam), seed=int(seed)).canonical()
+        cfg = replace(base, reg=reg, lam=float(lam), seed=int(seed))
         runs.setdefault(cfg.run_id(), cfg)
     return list(runs.values())
 
@@ -97,7 +96,7 @@ def fc_shapes(cfg: TrainConfig, data: Dataset) -> list[tuple[str, tuple[int, int
     return [(f"{name}.weight", (layer.out_features, layer.in_features)) for name, layer in fc_layers(model)]
 
 
-def fits(cfg: CompressConfig, fc_shapes: Sequence[tuple[str, tuple[int, int]]]) -> str | None:
+def fits(cfg: CompressConfig, fc_shapes: Sequence[tuple[str, tuple[int, ...]]]) -> str | None:
     """None when `cfg` can compress FC layers of these shapes, else the reason it cannot (a sentence
     from core.pq.check_fits that says what would fit)."""
     try:
@@ -121,9 +120,9 @@ class SkippedPoint:
 
 @dataclass(frozen=True)
 class SweepResult:
-    points: list[CompressResult]  # one per (run, fitting compression), in sweep order
+    points: list[CompressionRecord]  # one per (run, fitting compression), in sweep order
     skipped: list[SkippedPoint]  # settings that did not fit, and runs whose training diverged
-    runs: list[TrainResult] = field(default_factory=list)  # the sweep's runs, trained or loaded, in order
+    runs: list[RunRecord] = field(default_factory=list)  # the sweep's runs, trained or loaded, in order
     new_runs: int = 0  # runs this call trained (the rest came from the store)
     new_points: int = 0  # compressions this call computed (the rest came from the store)
     stopped: bool = False  # should_stop() ended the sweep early; what was done is stored
@@ -158,16 +157,16 @@ def run_sweep(
     is skipped with its reason (nothing of it is stored). Every dataset is loaded once, before any work,
     so an unavailable dataset raises DatasetUnavailable before anything is computed.
     """
-    runs_by_id = {cfg.canonical().run_id(): cfg.canonical() for cfg in train_cfgs}
-    settings = list({cfg.key(): cfg.canonical() for cfg in compress_cfgs}.values())
+    runs_by_id = {cfg.run_id(): cfg for cfg in train_cfgs}
+    settings = list({cfg.key(): cfg for cfg in compress_cfgs}.values())
     datasets = {name: load_dataset(name) for name in dict.fromkeys(cfg.dataset for cfg in runs_by_id.values())}
     total = len(runs_by_id) * (1 + len(settings))
     report: OnProgress = on_progress or (lambda done, total, text: None)
     stop: ShouldStop = should_stop or (lambda: False)
 
-    points: list[CompressResult] = []
+    points: list[CompressionRecord] = []
     skipped: list[SkippedPoint] = []
-    runs: list[TrainResult] = []
+    runs: list[RunRecord] = []
     new_runs = new_points = done = 0
 
     def finish(stopped: bool) -> SweepResult:
@@ -180,7 +179,8 @@ def run_sweep(
             return finish(True)
         report(done, total, f"training {text}")
         try:
-            run, cached = store.get_or_train(
+            run, cached = get_or_train(
+                store,
                 cfg,
                 device=device,
                 on_step=_training_steps(report, done, total, text),
@@ -196,7 +196,7 @@ def run_sweep(
         done += 1
         report(done, total, f"{'loaded' if cached else 'trained'} {text}")
 
-        shapes = fc_shapes(cfg, data)
+        shapes = [(layer.name, layer.shape) for layer in run.layers]
         for setting in settings:
             if stop():
                 return finish(True)
@@ -206,7 +206,7 @@ def run_sweep(
                 done += 1
                 report(done, total, f"skipped {setting.label()} on {text}: does not fit")
                 continue
-            result, _path, cached = store.get_or_compress(run, setting, device=device, data=data)
+            result, cached = get_or_compress(store, run, setting, device=device, data=data)
             points.append(result)
             new_points += not cached
             done += 1
@@ -214,7 +214,7 @@ def run_sweep(
     return finish(False)
 
 
-def point_rows(points: Iterable[CompressResult]) -> pd.DataFrame:
+def point_rows(points: Iterable[CompressionRecord]) -> pd.DataFrame:
     """One row per compression result (its `.row()`): the frontier's and the budget table's input."""
     return pd.DataFrame([point.row() for point in points])
 

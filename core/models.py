@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 
-
 class MLP(nn.Module):
     """LeNet-300-100 on 28x28 inputs (784-300-100-10); hidden widths configurable."""
 

@@ -98,7 +98,13 @@ class LayerHistogram:
     counts: tuple[int, ...]
 
     def to_json(self) -> dict:
-        return {"layer": self.layer, "alpha": self.alpha, "std": self.std, "limit": self.limit, "counts": list(self.counts)}
+        return {
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "std": self.std,
+            "limit": self.limit,
+            "counts": list(self.counts),
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LayerHistogram:
@@ -185,7 +191,7 @@ class RunRecord:
         return next(layer for layer in self.layers if layer.name == name)
 
     def label(self) -> str:
-        """One line naming the run, e.g. 'mnist-5k · mlp 300-100 · binary λ=0.02 · 5 ep · seed 0 · acc 93.1% · 1a2b3c'."""
+        """One line naming the run: 'mnist-5k · mlp 300-100 · binary λ=0.02 · 5 ep · seed 0 · acc 93.1% · 1a2b3c'."""
         c = self.config
         model = f"{c.model} {'-'.join(str(h) for h in c.hidden)}" if c.model == "mlp" else c.model
         return (

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from .pq import kmeans
-from .regularizers import binary_penalty
 from .histograms import histogram
+from .pq import kmeans
 from .records import LayerHistogram
+from .regularizers import binary_penalty
 
 
 def double_well_descent(lam: float, n_weights: int = 2000, steps: int = 300, lr: float = 0.01, seed: int = 0) -> dict:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from core.methods import quantize_model
 from core.compress import compress_run, finetune_centroids
 from core.config import CompressConfig, TrainConfig
 from core.data import load_dataset
+from core.methods import quantize_model
 from core.models import fc_layers
 from core.pq import quantize_weight, reconstruction_mse
 from core.train import train

@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from core.methods import binarize_weight, quantize_model
 from core.config import CompressConfig
+from core.methods import binarize_weight, quantize_model
 from core.models import build_model
 from core.pq import (
     assign,

@@ -135,9 +135,7 @@ def train_config_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         reg_levels = number_input(
             "levels: number of levels", 2, 16, 2, f"{prefix}reg_levels", bind, disabled=reg != "levels"
         )
-        reg_d = select_slider(
-            "pq: subvector size d", REG_D_OPTIONS, 8, f"{prefix}reg_d", bind, disabled=reg != "pq"
-        )
+        reg_d = select_slider("pq: subvector size d", REG_D_OPTIONS, 8, f"{prefix}reg_d", bind, disabled=reg != "pq")
         reg_k = select_slider("pq: centroids k", REG_K_OPTIONS, 256, f"{prefix}reg_k", bind, disabled=reg != "pq")
     st.caption(DATASET_INFO[dataset])
     hidden = parse_hidden(hidden_text) if model == "mlp" else (300, 100)

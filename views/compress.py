@@ -23,16 +23,16 @@ from ui.common import (
     compute_compression,
     file_bytes,
     fmt_k,
-    plain,
     keep,
     kept,
+    plain,
     run_select_ui,
     runs,
     show_error,
     store,
     stored_compression,
 )
-from ui.widgets import QP, link_notice, in_options, select_slider, selectbox
+from ui.widgets import QP, in_options, link_notice, select_slider, selectbox
 
 
 def compress_config_ui() -> CompressConfig:
@@ -59,9 +59,7 @@ def compress_config_ui() -> CompressConfig:
             help="shared: one codebook per layer; per-chunk: one per chunk position (needs k ≤ rows).",
         )
     with col2:
-        subvector_size = select_slider(
-            "Subvector size d (pq)", D_OPTIONS, 8, "d", True, disabled=method != "pq"
-        )
+        subvector_size = select_slider("Subvector size d (pq)", D_OPTIONS, 8, "d", True, disabled=method != "pq")
         n_centroids = select_slider(
             "Centroids k",
             K_OPTIONS,
