@@ -223,7 +223,7 @@ class QuantizedLayer:
     def decode(self, codebooks: torch.Tensor | None = None) -> torch.Tensor:
         """(G, N) codes -> (out, in) weights; pass `codebooks` to decode through trainable ones."""
         books = self.codebooks if codebooks is None else codebooks
-        n_groups, _, dim = books.shape
+        dim = books.shape[-1]
         index = self.codes.unsqueeze(-1).expand(-1, -1, dim)  # (G, N, d)
         grouped = torch.gather(books, 1, index)  # (G, N, d)
         out_features, in_features = self.shape

@@ -7,12 +7,12 @@ import os
 import pytest
 
 from core.config import TrainConfig
+from core.pipeline import get_or_train
 from core.store import RunStore
+from tests.tiny import TINY
 
 # The tests never touch the network: a missing dataset fails at once instead of trying a download.
 os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
-
-TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, lr=3e-3, batch_size=64, seed=0)
 
 
 @pytest.fixture
@@ -27,6 +27,6 @@ def store(tmp_path, monkeypatch) -> RunStore:
 def tiny_store(tmp_path_factory) -> RunStore:
     """A store holding one tiny unregularized run and one tiny binary-regularized run."""
     store = RunStore(tmp_path_factory.mktemp("tiny-store"))
-    store.get_or_train(TrainConfig(**TINY))
-    store.get_or_train(TrainConfig(**TINY, reg="binary", lam=0.05))
+    get_or_train(store, TrainConfig(**TINY))
+    get_or_train(store, TrainConfig(**TINY, reg="binary", lam=0.05))
     return store

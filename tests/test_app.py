@@ -10,6 +10,7 @@ import pytest
 
 from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable
+from core.pipeline import get_or_compress, get_or_train
 from core.store import RunStore
 from core.train import TrainingDiverged
 
@@ -29,13 +30,13 @@ def lab_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("lab-store")
     store = RunStore(root)
     for cfg in (PLAIN, BINARY):
-        run, _ = store.get_or_train(cfg)
+        run, _ = get_or_train(store, cfg)
         for ccfg in (
             CompressConfig(method="binarize"),
             CompressConfig(method="kmeans", n_centroids=4),
             CompressConfig(method="pq", subvector_size=2, n_centroids=8),
         ):
-            store.get_or_compress(run, ccfg)
+            get_or_compress(store, run, ccfg)
     return root
 
 

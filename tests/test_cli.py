@@ -72,7 +72,7 @@ def test_train_compress_evaluate_runs(capsys, tmp_path):
 
 def test_sweep_writes_one_row_per_point(capsys, tmp_path):
     table = tmp_path / "sweep.csv"
-    code, out, err = run_cli(
+    code, out, _ = run_cli(
         capsys,
         "sweep",
         "--dataset",
@@ -110,7 +110,8 @@ def test_sweep_writes_one_row_per_point(capsys, tmp_path):
     )
     assert code == 0
     rows = list(csv.DictReader(table.open()))
-    # per run: binarize 1 + kmeans 2 (k) + pq 2 d x 2 k x 2 layouts - per-chunk k=32 (> the 10 rows of the last layer), for both d
+    # per run: binarize 1 + kmeans 2 (k) + pq 2 d x 2 k x 2 layouts
+    # - per-chunk k=32 (> the 10 rows of the last layer), for both d
     assert len(rows) == 2 * (1 + 2 + 8 - 2)
     assert {r["lam"] for r in rows} == {"0.0", "0.05"}
     skipped = json.loads(out)["skipped"]

@@ -312,7 +312,7 @@ def test_mnist_names_only_the_missing_files(tmp_path):
     raw = tmp_path / "MNIST" / "raw"
     write_idx_set(raw)
     (raw / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DatasetUnavailable, match="missing t10k-labels-idx1-ubyte.gz under"):
+    with pytest.raises(DatasetUnavailable, match=r"missing t10k-labels-idx1-ubyte\.gz under"):
         load_dataset("mnist", tmp_path, download=False)
 
 
@@ -388,7 +388,7 @@ def test_cifar10_checksum_mismatch_is_reported(tmp_path):
 
 def test_cifar10_truncated_archive_is_reported(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(gzip.compress(b"x" * 5000)[:100])
-    with pytest.raises(DatasetUnavailable, match="cifar-10-python.tar.gz"):
+    with pytest.raises(DatasetUnavailable, match=r"cifar-10-python\.tar\.gz"):
         load_dataset("cifar10", tmp_path, download=False)
     assert not (tmp_path / "cifar-10-batches-py").exists()
 

@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import save as st_save
 
 import core.export as export
-from core.baselines import quantize_model
 from core.config import CompressConfig, TrainConfig
 from core.export import (
     NotACompressedModel,
@@ -37,6 +36,7 @@ from core.export import (
     to_bytes,
     unpack_codes,
 )
+from core.methods import quantize_model
 from core.models import build_model
 
 SOURCE = "crafted.safetensors"
@@ -236,7 +236,7 @@ CASES: dict[str, tuple[Callable, str]] = {
         edit("pq-shared", set_cfg("train_config", "hidden", [10**12, 16])),
         "train_config.hidden",
     ),
-    "hidden-10M-consistent": (edit("pq-shared", consistent_big_hidden), "declares 220,000,000 codes"),
+    "hidden-10M-consistent": (edit("pq-shared", consistent_big_hidden), "the limit is 20,000,000"),
     "compress-config-invalid": (edit("pq-shared", set_cfg("compress_config", "method", "zip")), "unknown method"),
     "compress-config-not-canonical": (
         edit("kmeans", set_cfg("compress_config", "subvector_size", 8)),

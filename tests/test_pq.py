@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from sklearn.cluster import KMeans
@@ -76,7 +78,7 @@ def test_error_never_grows_with_k(method, d):
         )
         for k in (2, 4, 8, 16, 32, 64, 128)
     ]
-    assert all(b <= a + 1e-9 for a, b in zip(errors, errors[1:])), errors
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(errors)), errors
 
 
 def test_scalar_kmeans_matches_sklearn_objective():
@@ -158,7 +160,7 @@ def test_quantize_model_does_not_touch_the_model():
     model = build_model("mlp", (1, 8, 8), 10, (16,))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layers = quantize_model(model, CompressConfig(method="pq", subvector_size=2, n_centroids=4))
-    assert [l.name for l in layers] == ["fcs.0.weight", "fcs.1.weight"]
+    assert [q.name for q in layers] == ["fcs.0.weight", "fcs.1.weight"]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert quantize_model(model, CompressConfig(method="float")) == []
 

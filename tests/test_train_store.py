@@ -9,15 +9,16 @@ import pytest
 import torch
 
 from core.config import TrainConfig
+from core.pipeline import get_or_compress, get_or_train
 from core.store import RunStore
 from core.train import TrainingDiverged, train
-from tests.conftest import TINY
+from tests.tiny import TINY
 
 
 def test_train_records_what_the_app_needs(store):
     cfg = TrainConfig(**TINY, reg="binary", lam=0.05)
     seen = []
-    result, cached = store.get_or_train(cfg, device="cpu", on_epoch=lambda e, m: seen.append((e, m)))
+    result, cached = get_or_train(store, cfg, device="cpu", on_epoch=lambda e, m: seen.append((e, m)))
     assert not cached and [e for e, _ in seen] == [1, 2]
     assert set(seen[0][1]) >= {"loss", "ce", "reg", "test_accuracy", "seconds", "histograms"}
     assert len(result.histograms) == cfg.epochs + 1  # before training, then after each epoch
@@ -42,16 +43,16 @@ def test_run_id_ignores_fields_that_cannot_matter():
 
 def test_a_run_records_its_canonical_config(store):
     """(reg=binary, lam=0) is the unregularized run: it is stored and shown as reg=none."""
-    run, _ = store.get_or_train(TrainConfig(**TINY, reg="binary", lam=0.0, warmup_epochs=3))
+    run, _ = get_or_train(store, TrainConfig(**TINY, reg="binary", lam=0.0, warmup_epochs=3))
     assert run.config == TrainConfig(**TINY)
     assert store.load_run(run.run_id).config.reg == "none"
 
 
 def test_store_round_trip_and_cache_hit(store):
     cfg = TrainConfig(**TINY)
-    first, cached = store.get_or_train(cfg)
+    first, cached = get_or_train(store, cfg)
     assert not cached
-    again, cached = store.get_or_train(cfg)
+    again, cached = get_or_train(store, cfg)
     assert cached and again.history == first.history
     assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
     assert [r.run_id for r in store.list_runs()] == [cfg.run_id()]
@@ -59,18 +60,18 @@ def test_store_round_trip_and_cache_hit(store):
 
 def test_corrupt_entry_is_recomputed_not_loaded(store):
     cfg = TrainConfig(**TINY)
-    store.get_or_train(cfg)
+    get_or_train(store, cfg)
     weights = store.root / "runs" / cfg.run_id() / "model.safetensors"
     blob = bytearray(weights.read_bytes())
     blob[-10] ^= 0xFF  # flip bits inside a tensor: still parseable, checksum no longer matches
     weights.write_bytes(bytes(blob))
     assert store.load_run(cfg.run_id()) is None
-    run, cached = store.get_or_train(cfg)
+    _, cached = get_or_train(store, cfg)
     assert not cached and store.load_run(cfg.run_id()) is not None
     # A half-written entry (no run.json) is never loaded either.
     (store.root / "runs" / cfg.run_id() / "run.json").unlink()
     assert store.load_run(cfg.run_id()) is None
-    assert store.get_or_train(cfg)[1] is False
+    assert get_or_train(store, cfg)[1] is False
 
 
 def test_compression_cache_and_corruption(tiny_store):
@@ -78,19 +79,19 @@ def test_compression_cache_and_corruption(tiny_store):
 
     run = tiny_store.list_runs()[0]
     cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=8)
-    result, path, cached = tiny_store.get_or_compress(run, cfg)
+    result, path, cached = get_or_compress(tiny_store, run, cfg)
     assert not cached or tiny_store.load_compression(run.run_id, cfg) is not None
-    again, _, cached = tiny_store.get_or_compress(run, cfg)
+    again, _, cached = get_or_compress(tiny_store, run, cfg)
     assert cached and again.accuracy == result.accuracy
     path.write_bytes(path.read_bytes()[:-5])  # truncated file
     assert tiny_store.load_compression(run.run_id, cfg) is None
-    _, _, cached = tiny_store.get_or_compress(run, cfg)
+    _, _, cached = get_or_compress(tiny_store, run, cfg)
     assert not cached
 
 
 def _train_into(root: str, conn) -> None:
     store = RunStore(root)
-    run, cached = store.get_or_train(TrainConfig(**TINY), device="cpu")
+    run, cached = get_or_train(store, TrainConfig(**TINY), device="cpu")
     conn.send((run.run_id, cached))
 
 
@@ -124,8 +125,8 @@ def test_same_entry_published_twice_keeps_one(store):
 @pytest.mark.parametrize("lr", [1e20, 1e6])  # a NaN loss; a finite loss that blew up
 def test_divergence_stores_nothing(store, lr):
     cfg = TrainConfig(**{**TINY, "lr": lr})
-    with pytest.raises(TrainingDiverged, match="lower lam .* or the learning rate"):
-        store.get_or_train(cfg)
+    with pytest.raises(TrainingDiverged, match=r"lower lam .* or the learning rate"):
+        get_or_train(store, cfg)
     assert not (store.root / "runs").exists() or store.list_runs() == []
 
 
@@ -134,6 +135,6 @@ def test_interrupted_training_stores_nothing(store):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        store.get_or_train(TrainConfig(**TINY), on_epoch=interrupt)
+        get_or_train(store, TrainConfig(**TINY), on_epoch=interrupt)
     assert store.list_runs() == []
     assert not (store.root / "runs").exists()
