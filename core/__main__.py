@@ -134,7 +134,7 @@ def _values(args: argparse.Namespace, cls: type, prefix: str) -> dict[str, Any]:
 
 
 def _hidden(values: list[str]) -> tuple[int, ...]:
-    return parse_hidden(" ".join(values))
+    return parse_hidden(" ".join(str(v) for v in values))
 
 
 def _train_configs(args: argparse.Namespace, many: bool) -> list[TrainConfig]:
@@ -144,8 +144,8 @@ def _train_configs(args: argparse.Namespace, many: bool) -> list[TrainConfig]:
         return [TrainConfig(**values)]
     from .experiments import train_grid
 
-    base = TrainConfig(**{k: v for k, v in values.items() if k not in TRAIN_SWEEP})
-    return train_grid(base, values["reg"], values["lam"], values["seed"])
+    fixed = {k: v for k, v in values.items() if k not in TRAIN_SWEEP}
+    return train_grid(fixed, values["reg"], values["lam"], values["seed"])
 
 
 def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConfig]:
@@ -154,14 +154,14 @@ def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConf
         return [CompressConfig(**values)]
     from .experiments import compression_grid
 
-    base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP})
+    fixed = {k: v for k, v in values.items() if k not in COMPRESS_SWEEP}
     return compression_grid(
         values["method"],
         values["subvector_size"],
         values["n_centroids"],
         values["layout"],
         values["finetune_epochs"],
-        base=base,
+        fixed=fixed,
     )
 
 
@@ -174,6 +174,8 @@ def _store(args: argparse.Namespace, writable: bool = True) -> Any:
     store = RunStore(args.cache_dir)
     if writable:
         store.check_writable()
+    elif store.root.exists() and not store.root.is_dir():
+        raise CliError(f"the run store {store.root} is a file, not a folder; choose another --cache-dir")
     return store
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -49,42 +49,56 @@ def compression_grid(
     centroids: Iterable[int],
     layouts: Iterable[str] = ("shared",),
     finetune_epochs: Iterable[int] = (0,),
-    base: CompressConfig = CompressConfig(),  # noqa: B008 (frozen, so one shared default is safe)
+    fixed: Mapping[str, Any] | None = None,
 ) -> list[CompressConfig]:
     """Every compression setting of the grid, canonical and each once (by `cfg.key()`), in the order
     methods x d x k x layout x fine-tuning epochs. A method only spans the axes it reads: float is one
     setting, binarize one per fine-tuning value, kmeans one per k; so float needs no k and pq needs d and k.
-    The remaining fields (centroid_bits, kmeans_iters, init, seed, finetune_lr) come from `base`.
+    The other fields (centroid_bits, kmeans_iters, init, seed, finetune_lr) come from `fixed`, plain
+    field values: not a CompressConfig, which would already have reset what its own method ignores
+    (a base with finetune_epochs=0 forgets its finetune_lr).
     Raises ValueError (from the config's validation) for an unknown method or an out-of-range d or k."""
+    fixed = dict(fixed or {})
     sizes, ks, lays, fts = list(subvector_sizes), list(centroids), list(layouts), list(finetune_epochs)
     grid: dict[str, CompressConfig] = {}
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        # (d, k, layout, fine-tuning epochs) of each setting; the fields a method ignores stay as in base
-        # and the config resets them at construction.
+        # (d, k, layout, fine-tuning epochs) of each setting; the config resets what its method ignores.
+        combos: list[tuple[Any, ...]]
         if method == "float":
-            combos = [(base.subvector_size, base.n_centroids, base.layout, 0)]
+            combos = [(1, 2, "shared", 0)]
         elif method == "binarize":
-            combos = [(base.subvector_size, base.n_centroids, base.layout, ft) for ft in fts]
+            combos = [(1, 2, "shared", ft) for ft in fts]
         elif method == "kmeans":
             combos = [(1, k, "shared", ft) for k in ks for ft in fts]
         else:
             combos = list(itertools.product(sizes, ks, lays, fts))
         for size, k, layout, ft in combos:
-            cfg = replace(base, method=method, subvector_size=size, n_centroids=k, layout=layout, finetune_epochs=ft)
+            cfg = CompressConfig(
+                **{
+                    **fixed,
+                    "method": method,
+                    "subvector_size": size,
+                    "n_centroids": k,
+                    "layout": layout,
+                    "finetune_epochs": ft,
+                }
+            )
             grid.setdefault(cfg.key(), cfg)
     return list(grid.values())
 
 
 def train_grid(
-    base: TrainConfig, regs: Iterable[str], lams: Iterable[float], seeds: Iterable[int]
+    fixed: Mapping[str, Any], regs: Iterable[str], lams: Iterable[float], seeds: Iterable[int]
 ) -> list[TrainConfig]:
-    """Every (regularizer, lam, seed) run on top of `base`, canonical and each once (by run id), in the
-    order regs x lams x seeds; (reg, lam=0) and (none, lam) both collapse to the one unregularized run."""
+    """Every (regularizer, lam, seed) run with the other fields from `fixed` (plain field values,
+    not a TrainConfig, which would have reset the regularizer's settings if its own lam were 0),
+    canonical and each once (by run id), in the order regs x lams x seeds; (reg, lam=0) and
+    (none, lam) both collapse to the one unregularized run."""
     runs: dict[str, TrainConfig] = {}
     for reg, lam, seed in itertools.product(list(regs), list(lams), list(seeds)):
-        cfg = replace(base, reg=reg, lam=float(lam), seed=int(seed))
+        cfg = TrainConfig(**{**fixed, "reg": reg, "lam": float(lam), "seed": int(seed)})
         runs.setdefault(cfg.run_id(), cfg)
     return list(runs.values())
 

@@ -103,13 +103,20 @@ class RunStore:
 
     # ---------------------------------------------------------------------------------- checks
     def check_writable(self) -> None:
-        """Raise ValueError (one line) when the store cannot be written: BEFORE any expensive work."""
+        """Raise ValueError (one line) when the store cannot be written: BEFORE any expensive work.
+        Writes nothing that stays (a folder that does not exist yet is not created here)."""
         root = self.root
         if root.exists() and not root.is_dir():
             raise ValueError(f"the run store {root} is a file, not a folder; choose another --cache-dir")
+        if not root.exists():
+            ancestor = root.parent
+            while not ancestor.exists() and ancestor != ancestor.parent:
+                ancestor = ancestor.parent
+            if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ValueError(f"the run store {root} cannot be created under {ancestor}; choose another --cache-dir")
+            return
+        probe = root / f".write-probe.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            probe = root / f".write-probe.{os.getpid()}.{uuid.uuid4().hex}.tmp"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import pytest
 import torch
 
-from core.config import TrainConfig
+from core.config import CompressConfig, TrainConfig
 from core.pipeline import get_or_compress, get_or_train
+from core.records import CorruptEntry
 from core.store import RunStore
 from core.train import TrainingDiverged, train
 from tests.tiny import TINY
@@ -18,13 +20,15 @@ from tests.tiny import TINY
 def test_train_records_what_the_app_needs(store):
     cfg = TrainConfig(**TINY, reg="binary", lam=0.05)
     seen = []
-    result, cached = get_or_train(store, cfg, device="cpu", on_epoch=lambda e, m: seen.append((e, m)))
-    assert not cached and [e for e, _ in seen] == [1, 2]
-    assert set(seen[0][1]) >= {"loss", "ce", "reg", "test_accuracy", "seconds", "histograms"}
+    result, cached = get_or_train(store, cfg, device="cpu", on_epoch=lambda m, h: seen.append((m, h)))
+    assert not cached and [m.epoch for m, _ in seen] == [1, 2]
+    assert seen[0][0].loss > 0 and 0 <= seen[0][0].test_accuracy <= 1 and seen[0][0].seconds > 0
     assert len(result.histograms) == cfg.epochs + 1  # before training, then after each epoch
+    assert [layer.name for layer in result.layers] == ["fcs.0.weight", "fcs.1.weight", "fcs.2.weight"]
+    assert result.layers[0].shape == (32, 64)
     layer = result.histograms[-1][0]
-    assert layer["layer"] == "fcs.0" and layer["alpha"] > 0 and sum(layer["counts"]) == 64 * 32
-    assert result.history[-1]["reg"] > 0 and 0.3 < result.test_accuracy <= 1
+    assert layer.layer == "fcs.0.weight" and layer.alpha > 0 and sum(layer.counts) == 64 * 32
+    assert result.history[-1].reg > 0 and 0.3 < result.test_accuracy <= 1
 
 
 def test_same_config_same_run_and_accuracy():
@@ -32,7 +36,8 @@ def test_same_config_same_run_and_accuracy():
     a, b = train(cfg, device="cpu"), train(cfg, device="cpu")
     assert a.run_id == b.run_id == cfg.run_id()
     assert a.test_accuracy == b.test_accuracy
-    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_run_id_ignores_fields_that_cannot_matter():
@@ -54,7 +59,8 @@ def test_store_round_trip_and_cache_hit(store):
     assert not cached
     again, cached = get_or_train(store, cfg)
     assert cached and again.history == first.history
-    assert all(torch.equal(first.state_dict[k], again.state_dict[k]) for k in first.state_dict)
+    s1, s2 = first.state_dict(), again.state_dict()
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert [r.run_id for r in store.list_runs()] == [cfg.run_id()]
 
 
@@ -65,7 +71,11 @@ def test_corrupt_entry_is_recomputed_not_loaded(store):
     blob = bytearray(weights.read_bytes())
     blob[-10] ^= 0xFF  # flip bits inside a tensor: still parseable, checksum no longer matches
     weights.write_bytes(bytes(blob))
-    assert store.load_run(cfg.run_id()) is None
+    assert store.load_run(cfg.run_id(), verify_weights=True) is None
+    listed = store.load_run(cfg.run_id())  # listing reads no weights; loading them checks them
+    assert listed is not None
+    with pytest.raises(CorruptEntry, match="do not match their checksum"):
+        listed.state_dict()
     _, cached = get_or_train(store, cfg)
     assert not cached and store.load_run(cfg.run_id()) is not None
     # A half-written entry (no run.json) is never loaded either.
@@ -75,17 +85,16 @@ def test_corrupt_entry_is_recomputed_not_loaded(store):
 
 
 def test_compression_cache_and_corruption(tiny_store):
-    from core.config import CompressConfig
-
     run = tiny_store.list_runs()[0]
     cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=8)
-    result, path, cached = get_or_compress(tiny_store, run, cfg)
+    result, cached = get_or_compress(tiny_store, run, cfg)
     assert not cached or tiny_store.load_compression(run.run_id, cfg) is not None
-    again, _, cached = get_or_compress(tiny_store, run, cfg)
+    again, cached = get_or_compress(tiny_store, run, cfg)
     assert cached and again.accuracy == result.accuracy
+    path = Path(again.file_path)
     path.write_bytes(path.read_bytes()[:-5])  # truncated file
     assert tiny_store.load_compression(run.run_id, cfg) is None
-    _, _, cached = get_or_compress(tiny_store, run, cfg)
+    _, cached = get_or_compress(tiny_store, run, cfg)
     assert not cached
 
 
@@ -119,22 +128,109 @@ def test_same_entry_published_twice_keeps_one(store):
     store.save_run(result)  # the second rename fails; the first, valid entry stays
     assert len(store.list_runs()) == 1
     meta = json.loads((store.root / "runs" / result.run_id / "run.json").read_text())
-    assert meta["run_id"] == result.run_id
+    assert meta["record"]["run_id"] == result.run_id
 
 
-@pytest.mark.parametrize("lr", [1e20, 1e6])  # a NaN loss; a finite loss that blew up
-def test_divergence_stores_nothing(store, lr):
-    cfg = TrainConfig(**{**TINY, "lr": lr})
+@pytest.mark.parametrize("extra", [dict(lr=10.0), dict(reg="binary", lam=1e6, lr=10.0)])  # blow-ups
+def test_divergence_stores_nothing(store, extra):
+    cfg = TrainConfig(**{**TINY, **extra})
     with pytest.raises(TrainingDiverged, match=r"lower lam .* or the learning rate"):
         get_or_train(store, cfg)
     assert not (store.root / "runs").exists() or store.list_runs() == []
 
 
 def test_interrupted_training_stores_nothing(store):
-    def interrupt(epoch, metrics):
+    def interrupt(metrics, histograms):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         get_or_train(store, TrainConfig(**TINY), on_epoch=interrupt)
     assert store.list_runs() == []
     assert not (store.root / "runs").exists()
+
+
+# ------------------------------------------------------------------------- the store verifies all
+
+
+def _edit_json(path: Path, edit) -> None:
+    envelope = json.loads(path.read_text())
+    edit(envelope)
+    path.write_text(json.dumps(envelope))
+
+
+def test_an_edited_run_json_is_never_served(store):
+    """Edits that keep the JSON valid (an accuracy raised to 0.999) count as missing: recomputed."""
+    cfg = TrainConfig(**TINY)
+    run, _ = get_or_train(store, cfg)
+    path = store.root / "runs" / run.run_id / "run.json"
+    _edit_json(path, lambda e: e["record"]["history"][-1].update(test_accuracy=0.999))
+    assert store.load_run(run.run_id) is None and store.list_runs() == []
+    again, cached = get_or_train(store, cfg)
+    assert not cached and again.test_accuracy == run.test_accuracy
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda e: e["record"].update(history=[]),  # crashed every page before
+        lambda e: e["record"].update(histograms="x"),
+        lambda e: e.update(record=[]),
+        lambda e: e.pop("checksum"),
+        lambda e: e.update(format="compression-lab-store/1"),
+    ],
+)
+def test_a_broken_run_json_never_breaks_a_listing(store, edit):
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    _edit_json(store.root / "runs" / run.run_id / "run.json", edit)
+    assert store.list_runs() == [] and store.load_run(run.run_id) is None
+
+
+def test_a_run_copied_under_another_id_is_not_served(store):
+    import shutil
+
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    other = TrainConfig(**{**TINY, "seed": 1}).run_id()
+    shutil.copytree(store.root / "runs" / run.run_id, store.root / "runs" / other)
+    assert store.load_run(other) is None
+    assert [r.run_id for r in store.list_runs()] == [run.run_id]
+
+
+def test_a_compression_copied_under_another_key_is_not_served(store):
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    a, b = CompressConfig(method="kmeans", n_centroids=4), CompressConfig(method="kmeans", n_centroids=8)
+    get_or_compress(store, run, a)
+    json_a, file_a = store.compression_paths(run.run_id, a.key())
+    json_b, file_b = store.compression_paths(run.run_id, b.key())
+    json_b.write_bytes(json_a.read_bytes())
+    file_b.write_bytes(file_a.read_bytes())
+    assert store.load_compression(run.run_id, b) is None
+    assert [c.key for c in store.list_compressions()] == [a.key()]
+    _edit_json(json_a, lambda e: e["record"].update(accuracy=0.999))
+    assert store.load_compression(run.run_id, a) is None
+
+
+def test_gc_removes_temporaries_and_broken_entries_and_reports_the_space(store):
+    import os
+
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    get_or_compress(store, run, CompressConfig(method="binarize"))
+    stale = store.root / "runs" / f".{run.run_id}.123.abc.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 1000)
+    os.utime(stale, (0, 0))
+    fresh = store.root / "runs" / ".other.1.def.tmp"  # a writer still at work: kept
+    fresh.mkdir()
+    broken = TrainConfig(**{**TINY, "seed": 3})
+    get_or_train(store, broken)
+    _edit_json(store.root / "runs" / broken.run_id() / "run.json", lambda e: e["record"].update(seconds=-1.5))
+    report = store.gc()
+    assert f"runs/{stale.name}" in report.removed and f"runs/{broken.run_id()}" in report.removed
+    assert fresh.exists() and report.bytes_freed > 1000
+    assert [r.run_id for r in store.list_runs()] == [run.run_id] and len(store.list_compressions()) == 1
+
+
+def test_delete_run_takes_its_compressions(store):
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    get_or_compress(store, run, CompressConfig(method="binarize"))
+    assert store.delete_run(run.run_id) > 0
+    assert store.list_runs() == [] and store.list_compressions() == []

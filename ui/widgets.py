@@ -88,11 +88,16 @@ def hidden_ok(raw: str) -> bool:
         return False
 
 
-def train_config_ui(prefix: str = "", bind: bool = True, sweep: bool = False) -> TrainConfig:
-    """The training widgets in four columns; returns the TrainConfig they describe.
+def train_config_ui(prefix: str = "", bind: bool = True) -> TrainConfig:
+    """The training widgets in four columns; returns the TrainConfig they describe. Raises
+    ValueError (with a sentence to show) when the combination is not valid."""
+    return TrainConfig(**train_fields_ui(prefix, bind))
 
-    Raises ValueError (with a sentence to show) when the combination is not valid. With
-    `sweep=True` the regularizer's lam is left to the caller (the sweep picks several)."""
+
+def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) -> dict[str, Any]:
+    """The training widgets in four columns; returns their TrainConfig field values, as set (not
+    canonicalized: with `sweep=True` lam is left to the caller, which picks several, and the
+    regularizer's own settings must survive). ValueError for hidden widths that do not parse."""
     col1, col2, col3, col4 = st.columns(4)
     with col1:
         dataset = selectbox("Dataset", DATASETS, "mnist-5k", f"{prefix}dataset", bind)
@@ -139,7 +144,7 @@ def train_config_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         reg_k = select_slider("pq: centroids k", REG_K_OPTIONS, 256, f"{prefix}reg_k", bind, disabled=reg != "pq")
     st.caption(DATASET_INFO[dataset])
     hidden = parse_hidden(hidden_text) if model == "mlp" else (300, 100)
-    return TrainConfig(
+    return dict(
         dataset=dataset,
         model=model,
         hidden=hidden,

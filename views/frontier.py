@@ -15,16 +15,16 @@ from core.experiments import compression_grid, pareto_mask, run_sweep, train_gri
 from core.records import CompressionRecord
 from core.train import TrainingDiverged
 from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions, fmt_k, fmt_lam, plain, show_error, store
-from ui.widgets import QP, train_config_ui
+from ui.widgets import QP, train_fields_ui
 
 
 def sweep_form() -> None:
     """Train the missing runs of a grid and compress each with every setting that fits."""
     with st.form("sweep"):
         try:
-            base = train_config_ui(prefix="sw_", bind=False, sweep=True)
+            fixed: dict | None = train_fields_ui(prefix="sw_", bind=False, sweep=True)
         except ValueError as error:
-            base = None
+            fixed = None
             st.error(f"**This configuration is not valid:** {plain(error)}")
         col1, col2 = st.columns(2)
         with col1:
@@ -46,11 +46,15 @@ def sweep_form() -> None:
             )
             layout = st.selectbox("Layout (pq)", LAYOUTS, key="sw_layout")
         submitted = st.form_submit_button("Run the sweep", type="primary")
-    if not submitted or base is None:
+    if not submitted or fixed is None:
         return
-    train_cfgs: list[TrainConfig] = train_grid(base, [base.reg], [float(lam) for lam in lams], [base.seed])
-    compress_cfgs = compression_grid(methods, dims, ks, [layout])
-    if not lams or not compress_cfgs:
+    try:
+        train_cfgs: list[TrainConfig] = train_grid(fixed, [fixed["reg"]], [float(lam) for lam in lams], [fixed["seed"]])
+        compress_cfgs = compression_grid(methods, dims, ks, [layout])
+    except ValueError as error:
+        show_error(error)
+        return
+    if not train_cfgs or not compress_cfgs:
         st.warning("Pick at least one λ and one method (with d and k for pq / kmeans).")
         return
     progress = st.progress(0.0, text="Starting the sweep…")
