@@ -267,17 +267,15 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
             cfg = CompressConfig(method="pq", subvector_size=8, n_centroids=8, kmeans_iters=1, seed=1000 + i)
             get_or_compress(store, run, cfg, device="cpu", data=data)
             i += 1
-        try:
-            from core import charts
-        except ImportError:  # written by another part of the project; optional here
-            charts = None
+        from core import charts
 
         def frontier_data():
-            frame = point_rows(store.list_compressions())
+            points = store.list_compressions()
+            frame = point_rows(points)
             mask = pareto_mask(frame["fc_ratio"].tolist(), frame["accuracy"].tolist(), larger_is_better=True)
-            return frame, mask
+            return points, frame, mask
 
-        t_data, (frame, _) = median_time(frontier_data, repeats)
+        t_data, (points, frame, mask) = median_time(frontier_data, repeats)
         rows.append(
             app_row(
                 f"frontier data from a store of {len(frame)} points (list_compressions + DataFrame + Pareto)",
@@ -285,11 +283,10 @@ def bench_app(run_cfg: TrainConfig, n_points: int, repeats: int, source: RunStor
                 run_cfg,
             )
         )
-        if charts is not None and hasattr(charts, "frontier_figure"):
-            t_fig, _ = median_time(lambda: charts.frontier_figure(frame), repeats)
-            rows.append(app_row(f"core.charts.frontier_figure of {len(frame)} points", [t_fig], run_cfg))
-            t_all, _ = median_time(lambda: charts.frontier_figure(frontier_data()[0]), repeats)
-            rows.append(app_row(f"both: store -> frontier figure ({len(frame)} points)", [t_all], run_cfg))
+        t_fig, _ = median_time(lambda: charts.frontier_figure(points, mask), repeats)
+        rows.append(app_row(f"core.charts.frontier_figure of {len(frame)} points", [t_fig], run_cfg))
+        t_all, _ = median_time(lambda: charts.frontier_figure(*frontier_data()[::2]), repeats)
+        rows.append(app_row(f"both: store -> frontier figure ({len(frame)} points)", [t_all], run_cfg))
     return rows
 
 

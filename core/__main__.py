@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import CompressConfig, TrainConfig, parse_hidden
 
@@ -32,7 +32,7 @@ class CliError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's default prints the whole usage first
+    def error(self, message: str) -> NoReturn:  # argparse's default prints the whole usage first
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -70,7 +70,7 @@ def _add_config_args(
 ) -> None:
     """One flag per field of `cls`, with the field's default, choices and help."""
     for f in fields(cls):
-        default = f.default if f.default is not MISSING else None
+        default: Any = f.default if f.default is not MISSING else None
         flags = renames.get(f.name, (f"--{f.name.replace('_', '-')}",))
         kind = type(default)
         kwargs: dict[str, Any] = {"dest": _dest(prefix, f.name), "help": f.metadata.get("help")}
@@ -253,6 +253,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     if args.out:
         from .fileio import write_atomic
 
+        assert record.file_path is not None  # a stored record always has its file
         write_atomic(args.out, Path(record.file_path).read_bytes())
         out["file"] = str(args.out)
     if not args.json:

@@ -369,7 +369,7 @@ def _place_system_files(system_dir: Path, raw: Path) -> None:
         except FileExistsError:  # another process placed it first
             continue
         except OSError:  # e.g. a filesystem without symlinks
-            write_atomic(target, lambda out, source=system_dir / gz_name: _copy_from(source, out))
+            write_atomic(target, functools.partial(_copy_from, system_dir / gz_name))
 
 
 def _gunzip(gz_path: Path, destination: Path) -> None:

@@ -28,7 +28,8 @@ def binarize_weight(name: str, weight: torch.Tensor, centroid_bits: int = 32) ->
         alpha = alpha.half().float()
     codes = (weight >= 0).long().reshape(1, -1)  # sign(0) is coded as +1: one bit, no third value
     codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
-    return QuantizedLayer(name, tuple(weight.shape), 1, "sign", codebooks, codes)
+    out_features, in_features = weight.shape
+    return QuantizedLayer(name, (out_features, in_features), 1, "sign", codebooks, codes)
 
 
 _QuantizeOne = Callable[[str, torch.Tensor, CompressConfig], QuantizedLayer]

@@ -116,13 +116,13 @@ def test_train_shows_a_stored_run_without_training(lab_store, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a stored run must not be retrained")
 
-    monkeypatch.setattr("core.store.train", no_training)
+    monkeypatch.setattr("core.pipeline.train", no_training)
     at = open_page("train", {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"})
     assert_clean(at)
     assert metric(at, "Test accuracy").endswith("%")
     assert BINARY.run_id() in texts(at.success)
     # the epoch slider moves the histogram back to initialisation
-    at.slider(key="hist_epoch").set_value(0).run()
+    at.slider(key=f"hist_epoch_{BINARY.run_id()}").set_value(0).run()
     assert_clean(at)
 
 
@@ -151,7 +151,7 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
     def diverge(cfg, **kwargs):
         raise TrainingDiverged("training diverged in epoch 1: the loss became nan; lower lam. Nothing was stored.")
 
-    monkeypatch.setattr("core.store.train", diverge)
+    monkeypatch.setattr("core.pipeline.train", diverge)
     at = open_page("train", {"dataset": "digits", "epochs": "1", "lam": "1"})
     at.button(key="train_button").click().run()
     assert_clean(at)
@@ -161,7 +161,7 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
 @pytest.mark.parametrize(
     "query, message",
     [
-        ({"dataset": "digits", "hidden": "30,abc"}, "Hidden widths"),
+        ({"dataset": "digits", "hidden": "30,abc"}, "hidden widths"),
         ({"dataset": "mnist-5k", "model": "cifar-cnn"}, "cifar10"),
     ],
 )
@@ -203,7 +203,7 @@ def test_compress_per_chunk_with_too_many_centroids_is_an_error_in_the_page(lab_
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "layout": "per-chunk", "k": "64", "d": "2"})
     assert_clean(at)
     assert "does not fit" in texts(at.error)
-    assert "k to at most 10" in texts(at.error)
+    assert "k=64 is too many" in texts(at.error) and "10 rows" in texts(at.error)
 
 
 def test_frontier_switches_axis_and_hides_dominated_points(lab_store):

@@ -42,7 +42,7 @@ def train_ce(run, layers, data) -> float:
     model = run.model()
     weights = {layer.name: layer.decode() for layer in layers}
     with torch.no_grad():
-        logits = torch.func.functional_call(model, run.state_dict | weights, (data.x_train,))
+        logits = torch.func.functional_call(model, run.state_dict() | weights, (data.x_train,))
         return float(F.cross_entropy(logits, data.y_train))
 
 
@@ -94,7 +94,7 @@ def test_pq_regularizer_lowers_pq_reconstruction_error(digits):
         key = f"{name}.weight"
         errors = []
         for run in (plain, regularized):
-            weight = run.state_dict[key]
+            weight = run.state_dict()[key]
             mse = reconstruction_mse(weight, quantize_weight(key, weight, cfg))
             errors.append((mse, mse / float(weight.var())))  # absolute, and relative to the layer's spread
         (mse_plain, rel_plain), (mse_reg, rel_reg) = errors
@@ -109,6 +109,7 @@ def _run_script(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_paper_smoke(tmp_path):
     out = tmp_path / "results"
     _run_script([str(ROOT / "bench" / "paper.py"), "--smoke", "--out", str(out)], tmp_path)
@@ -121,6 +122,7 @@ def test_paper_smoke(tmp_path):
     assert (points["finetune_epochs"] > 0).any() and (points["reg"] != "none").any()
 
 
+@pytest.mark.slow
 def test_speed_smoke(tmp_path):
     out = tmp_path / "results"
     proc = _run_script([str(ROOT / "bench" / "speed.py"), "--smoke", "--out", str(out)], tmp_path)

@@ -3,12 +3,12 @@
 Trains a tiny run from a URL (?dataset=digits&epochs=1...), compresses it and moves the k slider
 (the FC ratio must change; the time from the key press to the new number is printed), opens the
 Frontier (a Plotly chart must be drawn), and checks that no page shows an exception.
-Screenshots of every page go to test-artifacts/screenshots/ (gitignored).
+Screenshots of every page go to the test's tmp folder, or to $COMPRESSION_LAB_SHOTS when set.
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,6 @@ from tests.browser_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
     LONG,
-    REPO,
     metric_value,
     no_exception,
     press_and_time_metric,
@@ -27,7 +26,9 @@ from tests.browser_support import (
 )
 from tests.browser_support import shot as _shot
 
-SHOTS = REPO / "test-artifacts" / "screenshots"
+# Screenshots go to $COMPRESSION_LAB_SHOTS when set (CI artifacts), else into the test's tmp folder:
+# a test never writes into the repo.
+SHOTS_ENV = os.environ.get("COMPRESSION_LAB_SHOTS")
 TINY = dict(dataset="digits", hidden=(32, 16), epochs=2)  # what the URL below asks the Train page for
 
 if not Path(CHROMIUM).exists():
@@ -37,6 +38,16 @@ expect = sync_api.expect
 expect.set_options(timeout=90_000)
 
 
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def shot(tmp_path):
+    """shot(page, name): a full-page screenshot into the test's folder (or $COMPRESSION_LAB_SHOTS)."""
+    folder = Path(SHOTS_ENV) if SHOTS_ENV else tmp_path / "screenshots"
+    return lambda page, name: _shot(page, folder / f"{name}.png")
+
+
 @pytest.fixture
 def server(tmp_path):
     with streamlit_app(tmp_path / "store", tmp_path / "streamlit.log") as url:
@@ -44,14 +55,7 @@ def server(tmp_path):
     print(f"\nstreamlit log: {tmp_path / 'streamlit.log'}")
 
 
-def shot(page, name: str) -> None:
-    _shot(page, SHOTS / f"{name}.png")
-
-
-def test_train_compress_frontier_in_a_browser(server):
-    if SHOTS.exists():
-        shutil.rmtree(SHOTS)
-    SHOTS.mkdir(parents=True)
+def test_train_compress_frontier_in_a_browser(server, shot):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -153,4 +157,3 @@ def test_train_compress_frontier_in_a_browser(server):
             shot(page, "home")
         finally:
             browser.close()
-    print(f"screenshots: {SHOTS}")

@@ -104,6 +104,7 @@ def _train_into(root: str, conn) -> None:
     conn.send((run.run_id, cached))
 
 
+@pytest.mark.slow
 def test_two_concurrent_writers_leave_one_valid_entry(tmp_path):
     ctx = mp.get_context("spawn")
     pipes = [ctx.Pipe() for _ in range(2)]

@@ -164,7 +164,7 @@ def run_select_ui(records: list[RunRecord], label: str = "Trained run", key: str
         )
     if st.session_state.get(key) not in ids:
         st.session_state.pop(key, None)
-    run_id = st.selectbox(label, ids, format_func=labels.get, key=key)
+    run_id: str = st.selectbox(label, ids, format_func=lambda i: labels[i], key=key)
     st.query_params["run"] = run_id
     return next(r for r in records if r.run_id == run_id)
 
@@ -186,19 +186,21 @@ def runs_multiselect_ui(
             )
         st.session_state[key] = wanted[:max_selections] or ids[:default_count]
     st.session_state[key] = [r for r in st.session_state[key] if r in ids]
-    chosen = st.multiselect(label, ids, format_func=labels.get, max_selections=max_selections, key=key)
+    chosen = st.multiselect(label, ids, format_func=lambda i: labels[i], max_selections=max_selections, key=key)
     st.query_params["runs"] = ",".join(chosen)
     return [next(r for r in records if r.run_id == run_id) for run_id in chosen]
 
 
-_PUNCTUATION = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+_MARKDOWN = set("\\`*_{}[]()<>!|~$:&#@")  # what can open emphasis, a link, HTML, math, a short code, a mail
 
 
 def plain(text: object) -> str:
-    """`text` made inert for Streamlit's markdown: every ASCII punctuation mark backslash-escaped
-    (CommonMark allows it for all of them), so a link, an image, HTML, math or an emoji short code
-    from a URL or a file shows as the characters it is, and nothing is fetched or clickable."""
-    return "".join("\\" + c if c in _PUNCTUATION else c for c in str(text).replace("\n", " "))
+    """`text` made inert for Streamlit's markdown: each character that can open emphasis, a link,
+    an image, HTML, math, an emoji short code or a bare URL is backslash-escaped (CommonMark allows
+    it for any punctuation), and line breaks become spaces, so text from a URL or a file shows as
+    the characters it is, and nothing is fetched or clickable."""
+    escaped = "".join("\\" + c if c in _MARKDOWN else c for c in " ".join(str(text).splitlines()))
+    return escaped.replace("www.", "www\\.").replace("WWW.", "WWW\\.")  # GFM links a bare www. too
 
 
 def show_error(error: Exception) -> None:

@@ -9,7 +9,7 @@ parameter was not used and what was used instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import streamlit as st
 
@@ -17,7 +17,13 @@ from core.config import DATASETS, MAX_EPOCHS, MODELS, REGULARIZERS, TrainConfig,
 from core.data import DATASET_INFO
 from ui.common import LAM_OPTIONS, fmt_lam, plain
 
-QP = "query-params"
+QP: Literal["query-params"] = "query-params"
+
+
+def _bind(bind: bool) -> Literal["query-params"] | None:
+    return QP if bind else None
+
+
 LR_OPTIONS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 REG_D_OPTIONS = (1, 2, 4, 8, 16)
 REG_K_OPTIONS = (2, 4, 16, 64, 256, 1024)
@@ -64,21 +70,19 @@ def int_in(low: int, high: int) -> Callable[[str], bool]:
 def selectbox(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
     if bind:
         link_notice(key, in_options(options), default)
-    return st.selectbox(
-        label, options, index=list(options).index(default), key=key, bind=QP if bind else None, **kwargs
-    )
+    return st.selectbox(label, options, index=list(options).index(default), key=key, bind=_bind(bind), **kwargs)
 
 
 def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
     if bind:
         link_notice(key, in_options(options), default)
-    return st.select_slider(label, options, value=default, key=key, bind=QP if bind else None, **kwargs)
+    return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
 
 
 def number_input(label: str, low: int, high: int, default: int, key: str, bind: bool, **kwargs: Any) -> int:
     if bind:
         link_notice(key, int_in(low, high), default)
-    return int(st.number_input(label, low, high, default, key=key, bind=QP if bind else None, **kwargs))
+    return int(st.number_input(label, low, high, default, key=key, bind=_bind(bind), **kwargs))
 
 
 def hidden_ok(raw: str) -> bool:
@@ -106,7 +110,7 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
             "Hidden widths (mlp)",
             "300,100",
             key=f"{prefix}hidden",
-            bind=QP if bind else None,
+            bind=_bind(bind),
             disabled=model != "mlp",
             help="Comma- or space-separated, e.g. 300,100",
         )
