@@ -25,7 +25,7 @@ from .config import METHODS, CompressConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .models import build_model, fc_layers
 from .pipeline import get_or_compress, get_or_train
-from .pq import check_fits
+from .pq import DoesNotFit, check_fits
 from .records import CompressionRecord, RunRecord
 from .train import TrainingDiverged
 
@@ -210,17 +210,16 @@ def run_sweep(
         done += 1
         report(done, total, f"{'loaded' if cached else 'trained'} {text}")
 
-        shapes = [(layer.name, layer.shape) for layer in run.layers]
         for setting in settings:
             if stop():
                 return finish(True)
-            reason = fits(setting, shapes)
-            if reason is not None:
-                skipped.append(SkippedPoint(run_id, setting.label(), reason))
+            try:  # the one check that the setting fits is compress_run's, before any work
+                result, cached = get_or_compress(store, run, setting, device=device, data=data)
+            except DoesNotFit as error:
+                skipped.append(SkippedPoint(run_id, setting.label(), str(error)))
                 done += 1
                 report(done, total, f"skipped {setting.label()} on {text}: does not fit")
                 continue
-            result, cached = get_or_compress(store, run, setting, device=device, data=data)
             points.append(result)
             new_points += not cached
             done += 1

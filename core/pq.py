@@ -234,20 +234,24 @@ class QuantizedLayer:
         return "shared" if self.layout == "sign" else self.layout
 
 
+class DoesNotFit(ValueError):
+    """A compression setting that the network's layers cannot take (d too wide, k too many)."""
+
+
 def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
-    """Raise ValueError when the PQ settings do not fit every layer; the message names the layer
+    """Raise DoesNotFit when the PQ settings do not fit every layer; the message names the layer
     whose limit it states, and says what would fit."""
     if cfg.method not in ("kmeans", "pq") or not fc_shapes:
         return
     narrowest, (_, narrowest_in) = min(fc_shapes, key=lambda entry: entry[1][1])
     if cfg.subvector_size > narrowest_in:
-        raise ValueError(
+        raise DoesNotFit(
             f"subvector size d={cfg.subvector_size} is wider than layer {narrowest}, which has {narrowest_in} "
             f"inputs; use d <= {narrowest_in}"
         )
     fewest, (fewest_out, _) = min(fc_shapes, key=lambda entry: entry[1][0])
     if cfg.layout == "per-chunk" and cfg.n_centroids > fewest_out:
-        raise ValueError(
+        raise DoesNotFit(
             f"the per-chunk layout learns each codebook from the rows of a layer, and layer {fewest} has "
             f"{fewest_out} rows, so k={cfg.n_centroids} is too many; use k <= {fewest_out} or the shared layout"
         )

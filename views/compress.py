@@ -14,7 +14,7 @@ import streamlit as st
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
 from core.config import LAYOUTS, METHODS, CompressConfig
 from core.data import DatasetUnavailable
-from core.pq import check_fits
+from core.pq import DoesNotFit
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.common import (
     D_OPTIONS,
@@ -99,10 +99,11 @@ def get_compression(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
     def on_step(step: int, n_steps: int) -> None:
         progress.progress(step / n_steps, text=f"Fine-tuning centroids: step {step}/{n_steps}")
 
-    with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-        record = compute_compression(run, cfg, on_step=on_step)
-    progress.empty()
-    return record
+    try:
+        with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
+            return compute_compression(run, cfg, on_step=on_step)
+    finally:
+        progress.empty()
 
 
 def show_compression(run: RunRecord, record: CompressionRecord) -> None:
@@ -193,12 +194,14 @@ def page() -> None:
     run = run_select_ui(records)
     try:
         cfg = compress_config_ui()
-        check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)
     except ValueError as error:
-        st.error(f"**This setting does not fit the run.** {plain(error)}")
+        st.error(f"**This setting is not valid.** {plain(error)}")
         return
     try:
         record = get_compression(run, cfg)
+    except DoesNotFit as error:
+        st.error(f"**This setting does not fit the run.** {plain(error)}")
+        return
     except (DatasetUnavailable, CorruptEntry, ValueError) as error:
         show_error(error)
         return
