@@ -19,7 +19,7 @@ from .data import Dataset, load_dataset
 from .export import build_payload, model_from_payload, to_bytes
 from .methods import quantize_model
 from .models import param_counts
-from .pq import QuantizedLayer, check_fits
+from .pq import QuantizedLayer
 from .records import CompressionRecord, RunRecord
 from .size import size_report
 from .train import OnStep, evaluate, pick_device
@@ -97,9 +97,8 @@ def compress_run(
     on_step: OnStep | None = None,
 ) -> tuple[CompressionRecord, bytes]:
     """Compress `run` as `cfg` says: (record, bytes of the exported file). The record's accuracy is
-    measured on the model rebuilt from the file's own tensors."""
-    # The one check that the setting fits, before any work (no dataset loaded, no weights read).
-    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)
+    measured on the model rebuilt from the file's own tensors. The setting must fit the run's layers:
+    `core.pipeline` checks that once (`core.pq.check_fits`), before any job or work."""
     started = time.perf_counter()
     device = pick_device(device)
     data = data or load_dataset(run.config.dataset)

@@ -160,6 +160,7 @@ def run_sweep(
     device: str | torch.device | None = None,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
+    nested: bool = False,
 ) -> SweepResult:
     """Train every missing run of `train_cfgs`, then compress each run with every setting of
     `compress_cfgs` that fits its network (the others are skipped with the reason); all through `store`,
@@ -169,7 +170,9 @@ def run_sweep(
     each step (and with the same `done` during a training, step by step); should_stop() is asked before
     each step, and a stop leaves what is done stored and nothing half-done. A run whose training diverges
     is skipped with its reason (nothing of it is stored). Every dataset is loaded once, before any work,
-    so an unavailable dataset raises DatasetUnavailable before anything is computed.
+    so an unavailable dataset raises DatasetUnavailable before anything is computed. Each training and
+    compression is a job of its own key (core/pipeline.py); `nested=True` when the sweep itself runs as
+    a job, whose slot they share.
     """
     runs_by_id = {cfg.run_id(): cfg for cfg in train_cfgs}
     settings = list({cfg.key(): cfg for cfg in compress_cfgs}.values())
@@ -199,6 +202,7 @@ def run_sweep(
                 device=device,
                 on_step=_training_steps(report, done, total, text),
                 data=data,
+                nested=nested,
             )
         except TrainingDiverged as error:
             skipped.append(SkippedPoint(run_id, "training", str(error)))
@@ -213,8 +217,8 @@ def run_sweep(
         for setting in settings:
             if stop():
                 return finish(True)
-            try:  # the one check that the setting fits is compress_run's, before any work
-                result, cached = get_or_compress(store, run, setting, device=device, data=data)
+            try:  # the one check that the setting fits is get_or_compress's, before any work
+                result, cached = get_or_compress(store, run, setting, device=device, data=data, nested=nested)
             except DoesNotFit as error:
                 skipped.append(SkippedPoint(run_id, setting.label(), str(error)))
                 done += 1

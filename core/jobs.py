@@ -301,6 +301,8 @@ class _Job:
             return self.status
 
 
+_NO_SLOT = -1  # the "descriptor" of a job that runs inside its parent's slot
+
 # Owned jobs of this process by (jobs folder, key), shared by all managers of one root.
 _REGISTRY: dict[tuple[str, str], _Job] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -389,10 +391,13 @@ class JobManager:
             return self._finish(job, JobState.FAILED, f"could not start a worker thread: {_one_line(exc)}")
         return job.snapshot()
 
-    def run(self, spec: JobSpec, on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
+    def run(self, spec: JobSpec, on_status: Callable[[JobStatus], None] | None = None, slot: bool = True) -> JobStatus:
         """Compute the job in the caller's thread, or wait for whoever computes it (for the CLI).
 
         Same single flight and queue as `submit`. Waiting sleeps between polls of the status file.
+        `slot=False` is for a job run inside another job that already holds a slot (a sweep's
+        trainings): it keeps single flight per key but takes no second slot, which with
+        max_running=1 would wait for its own parent forever.
         `on_status` is called, in this thread, with each new status, the terminal one included.
         Returns the terminal status instead of raising; a KeyboardInterrupt while this thread owns
         the job is recorded (cancelled, "interrupted") and then re-raised.
@@ -404,7 +409,7 @@ class JobManager:
                 if on_status is not None:
                     claim.owned.listeners.append(on_status)
                     on_status(claim.owned.snapshot())
-                return self._execute(claim.owned)
+                return self._execute(claim.owned, slot)
             if claim.local is not None:
                 return self._wait_local(claim.local, None, on_status)
             assert claim.status is not None
@@ -661,12 +666,12 @@ class JobManager:
         with contextlib.suppress(BaseException):  # SystemExit from a job: already recorded as its end
             self._execute(job)
 
-    def _execute(self, job: _Job) -> JobStatus:
+    def _execute(self, job: _Job, needs_slot: bool = True) -> JobStatus:
         """Queue, compute, record the terminal state, let go. Returns the terminal status."""
         state, message = JobState.FAILED, INTERRUPTED_MESSAGE
         slot: int | None = None
         try:
-            slot = self._wait_for_slot(job)
+            slot = self._wait_for_slot(job) if needs_slot else _NO_SLOT
             if slot is None:
                 state, message = JobState.CANCELLED, CANCELLED_MESSAGE
             else:
@@ -678,7 +683,7 @@ class JobManager:
         except Exception as exc:  # trouble in the queue itself (the jobs folder removed...): the job's end too
             state, message = JobState.FAILED, f"the job could not run: {_one_line(exc)}"
         finally:
-            if slot is not None:
+            if slot is not None and slot != _NO_SLOT:
                 _unlock(slot)
             final = self._finish(job, state, message)
         return final

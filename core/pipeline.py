@@ -1,20 +1,165 @@
-"""What to compute, and when: a run or a compression from the store when it is there, computed
-and published when it is not. The CLI, the pages, the sweep engine and bench/ all come here.
+"""What to compute, and when: a run or a compression from the store when it is there, computed and
+published when it is not, always as a job (core/jobs.py) keyed by its content hash:
 
-The store (core/store.py) only persists; single flight across threads and processes, bounded
-concurrency, progress and cancel are the job layer's (core/jobs.py).
+    training     key = run id                         (TrainConfig.run_id())
+    compression  key = run id + "-" + compression key (CompressConfig.key())
+    sweep        key = "sweep-" + hash of its runs and settings
+
+so a second request for a key that is being computed, by another thread, tab or process on the
+same store, waits for that one instead of computing it again, and at most `max_running` jobs
+compute at once. The CLI and bench call the blocking `get_or_*`; the app `submit_*`s and polls.
+
+The store (core/store.py) only persists; this module decides what runs.
 """
 
 from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from .compress import compress_run
 from .config import CompressConfig, TrainConfig
 from .data import Dataset
-from .records import CompressionRecord, RunRecord
+from .jobs import JobContext, JobManager, JobSpec, JobState, JobStatus
+from .pq import check_fits
+from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
 from .train import OnEpoch, OnStep, train
+
+OnStatus = Callable[[JobStatus], None]
+
+# k-means distance work this machine does in a second (2 CPU cores, measured by bench/speed.py's
+# PQ section: pq d=8 k=256 on LeNet-300-100, 20 iterations, in about 0.5 s); used to tell a cheap
+# compression (computed at once in the app) from an expensive one (computed after a click).
+KMEANS_FLOPS_PER_S = 4e9
+TRAIN_FLOPS_PER_S = 4e9
+CHEAP_SECONDS = 1.0
+
+
+class JobFailed(ValueError):
+    """A job failed where this process could not see its exception (another thread or process)."""
+
+
+class JobCancelled(ValueError):
+    """The job was cancelled (from this or another session) before it published anything."""
+
+
+_MANAGERS: dict[str, JobManager] = {}
+_MANAGERS_LOCK = threading.Lock()
+
+
+def job_manager(store: RunStore) -> JobManager:
+    """The one JobManager of this process for the store's root."""
+    key = str(Path(store.root).resolve())
+    with _MANAGERS_LOCK:
+        if key not in _MANAGERS:
+            _MANAGERS[key] = JobManager(store.root)
+        return _MANAGERS[key]
+
+
+def compression_key(run_id: str, cfg: CompressConfig) -> str:
+    return f"{run_id}-{cfg.key()}"
+
+
+def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> str:
+    text = ",".join(cfg.run_id() for cfg in train_cfgs) + "|" + ",".join(cfg.key() for cfg in compress_cfgs)
+    return "sweep-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _outcome(status: JobStatus, errors: list[BaseException], what: str) -> None:
+    """Raise what made the job end other than DONE: its own exception when it ran here."""
+    if status.state is JobState.DONE:
+        return
+    if errors:
+        raise errors[-1]
+    if status.state is JobState.CANCELLED:
+        raise JobCancelled(f"{what} was cancelled: {status.message}")
+    raise JobFailed(f"{what} failed: {status.message}")
+
+
+class _Local:
+    """What a job run by this call left behind: whether it ran here, and its exception."""
+
+    def __init__(self) -> None:
+        self.ran = False
+        self.errors: list[BaseException] = []
+
+    def wrap(self, run: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
+        def wrapped(ctx: JobContext) -> None:
+            self.ran = True
+            try:
+                run(ctx)
+            except Exception as error:
+                self.errors.append(error)
+                raise
+
+        return wrapped
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _training(
+    store: RunStore,
+    cfg: TrainConfig,
+    device: str | torch.device | None,
+    data: Dataset | None,
+    on_epoch: OnEpoch | None,
+    on_step: OnStep | None,
+) -> Callable[[JobContext], None]:
+    """The job's body: train, reporting each step and epoch (a report is where a cancel lands), publish."""
+
+    def run(ctx: JobContext) -> None:
+        epoch_done = [0]
+
+        def step(i: int, n: int) -> None:
+            ctx.report(epoch_done[0], cfg.epochs, f"epoch {epoch_done[0] + 1} of {cfg.epochs}: step {i}/{n}")
+            if on_step is not None:
+                on_step(i, n)
+
+        def epoch(metrics: EpochMetrics, histograms: tuple[LayerHistogram, ...]) -> None:
+            epoch_done[0] = metrics.epoch
+            ctx.report(
+                metrics.epoch,
+                cfg.epochs,
+                f"epoch {metrics.epoch} of {cfg.epochs} done",
+                loss=metrics.loss,
+                reg=metrics.reg,
+                test_accuracy=metrics.test_accuracy,
+            )
+            if on_epoch is not None:
+                on_epoch(metrics, histograms)
+
+        ctx.report(0, cfg.epochs, "loading the dataset")
+        record = train(cfg, device=device, on_epoch=epoch, on_step=step, data=data)
+        ctx.report(cfg.epochs, cfg.epochs, "storing the run")
+        store.save_run(record)
+
+    return run
+
+
+def training_spec(
+    store: RunStore,
+    cfg: TrainConfig,
+    device: str | torch.device | None = None,
+    data: Dataset | None = None,
+    on_epoch: OnEpoch | None = None,
+    on_step: OnStep | None = None,
+    local: _Local | None = None,
+) -> JobSpec:
+    run_id = cfg.run_id()
+    body = _training(store, cfg, device, data, on_epoch, on_step)
+    return JobSpec(
+        key=run_id,
+        kind="train",
+        label=f"train {cfg.dataset} {cfg.model} {cfg.label()} {cfg.epochs} ep seed {cfg.seed}",
+        run=local.wrap(body) if local is not None else body,
+        is_done=lambda: store.load_run(run_id) is not None,
+    )
 
 
 def get_or_train(
@@ -24,15 +169,62 @@ def get_or_train(
     on_epoch: OnEpoch | None = None,
     on_step: OnStep | None = None,
     data: Dataset | None = None,
+    on_status: OnStatus | None = None,
+    nested: bool = False,
 ) -> tuple[RunRecord, bool]:
-    """(run, was_cached). Trains and stores only on a miss; a failed or interrupted training stores
-    nothing."""
+    """(run, was_cached). On a miss, trains as a job (or waits for the thread or process already
+    training it) and returns the stored run; was_cached is False only when this call trained it. A
+    failed, cancelled or interrupted training stores nothing and raises. `nested=True` inside
+    another job (a sweep), which already holds a slot."""
     cached = store.load_run(cfg.run_id(), verify_weights=True)
     if cached is not None:
         return cached, True
-    record = train(cfg, device=device, on_epoch=on_epoch, on_step=on_step, data=data)
-    store.save_run(record)
-    return record, False
+    if store.load_run(cfg.run_id()) is not None:
+        store.discard_run(cfg.run_id())  # its record reads, its weights do not: train it again
+    local = _Local()
+    spec = training_spec(store, cfg, device, data, on_epoch, on_step, local)
+    status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
+    _outcome(status, local.errors, f"training run {cfg.run_id()}")
+    record = store.load_run(cfg.run_id(), verify_weights=True)
+    if record is None:
+        raise JobFailed(f"training run {cfg.run_id()} finished but its stored entry fails its checks")
+    return record, not local.ran
+
+
+def submit_training(store: RunStore, cfg: TrainConfig) -> JobStatus:
+    """Start (or join) the training in a background thread; returns at once (the app)."""
+    return job_manager(store).submit(training_spec(store, cfg))
+
+
+# ----------------------------------------------------------------------------------- compression
+
+
+def compression_spec(
+    store: RunStore,
+    run: RunRecord,
+    cfg: CompressConfig,
+    device: str | torch.device | None = None,
+    data: Dataset | None = None,
+    on_step: OnStep | None = None,
+    local: _Local | None = None,
+) -> JobSpec:
+    def body(ctx: JobContext) -> None:
+        def step(i: int, n: int) -> None:
+            ctx.report(i, n, f"fine-tuning the centroids: step {i}/{n}")
+            if on_step is not None:
+                on_step(i, n)
+
+        ctx.report(0, 1, f"compressing: {cfg.label()}")
+        record, blob = compress_run(run, cfg, data=data, device=device, on_step=step)
+        store.save_compression(record, blob)
+
+    return JobSpec(
+        key=compression_key(run.run_id, cfg),
+        kind="compress",
+        label=f"compress {run.run_id[:6]}: {cfg.label()}",
+        run=local.wrap(body) if local is not None else body,
+        is_done=lambda: store.load_compression(run.run_id, cfg) is not None,
+    )
 
 
 def get_or_compress(
@@ -42,10 +234,81 @@ def get_or_compress(
     device: str | torch.device | None = None,
     data: Dataset | None = None,
     on_step: OnStep | None = None,
+    on_status: OnStatus | None = None,
+    nested: bool = False,
 ) -> tuple[CompressionRecord, bool]:
-    """(record with its file path, was_cached). Compresses and stores only on a miss."""
+    """(record with its file path, was_cached). Compresses as a job on a miss; raises DoesNotFit
+    (before any work, and before any job) when the setting does not fit the run."""
     cached = store.load_compression(run.run_id, cfg)
     if cached is not None:
         return cached, True
-    record, blob = compress_run(run, cfg, data=data, device=device, on_step=on_step)
-    return store.save_compression(record, blob), False
+    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
+    local = _Local()
+    spec = compression_spec(store, run, cfg, device, data, on_step, local)
+    status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
+    _outcome(status, local.errors, f"compression {cfg.label()} of run {run.run_id}")
+    record = store.load_compression(run.run_id, cfg)
+    if record is None:
+        raise JobFailed(f"compression {cfg.label()} finished but its stored entry fails its checks")
+    return record, not local.ran
+
+
+def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
+    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
+    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
+    return job_manager(store).submit(compression_spec(store, run, cfg))
+
+
+def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
+    """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
+    k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
+    if cfg.method in ("float", "binarize"):
+        kmeans_flops = 0.0
+    else:
+        kmeans_flops = 0.0
+        for layer in run.layers:
+            out_features, in_features = layer.shape[0], layer.shape[1]
+            n_sub = out_features * -(-in_features // cfg.subvector_size)
+            kmeans_flops += 3.0 * n_sub * cfg.n_centroids * cfg.subvector_size * (cfg.kmeans_iters + 2)
+    weights = sum(layer.shape[0] * layer.shape[1] for layer in run.layers)
+    n_train = {"digits": 1_437, "mnist-5k": 4_000, "cifar10": 50_000}.get(run.config.dataset, 60_000)
+    finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs
+    return 0.2 + kmeans_flops / KMEANS_FLOPS_PER_S + finetune_flops / TRAIN_FLOPS_PER_S
+
+
+# ----------------------------------------------------------------------------------------- sweep
+
+
+def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> JobSpec:
+    """One job for a whole sweep: its trainings and compressions run inside its slot, each still a
+    single-flight job of its own key, and each point is in the store (and on the Frontier) as it lands.
+    A sweep is never "already done" before it runs: run_sweep itself skips what is stored, cheaply."""
+    from .experiments import run_sweep
+
+    finished = threading.Event()
+
+    def body(ctx: JobContext) -> None:
+        result = run_sweep(
+            store,
+            list(train_cfgs),
+            list(compress_cfgs),
+            on_progress=lambda done, total, text: ctx.report(done, total, text),
+            should_stop=ctx.cancelled,
+            nested=True,
+        )
+        if not result.stopped:
+            finished.set()
+
+    return JobSpec(
+        key=sweep_key(train_cfgs, compress_cfgs),
+        kind="sweep",
+        label=f"sweep: {len(train_cfgs)} runs x {len(compress_cfgs)} settings",
+        run=body,
+        is_done=finished.is_set,
+    )
+
+
+def submit_sweep(
+    store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
+) -> JobStatus:
+    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs))

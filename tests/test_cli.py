@@ -257,3 +257,19 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_four_concurrent_identical_trainings_train_once(tmp_path):
+    """Four CLI processes asking for the same run: one trains, three wait for it (one job per key)."""
+    cache = str(tmp_path / "cache")
+    argv = [sys.executable, "-m", "core", *TRAIN, "--epochs", "3", "--cache-dir", cache, "--json"]
+    env = os.environ | {"COMPRESSION_LAB_MAX_JOBS": "1"}
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+    assert len({r["run_id"] for r in results}) == 1
+    assert sorted(r["cached"] for r in results) == [False, True, True, True]  # exactly one trained
