@@ -32,11 +32,12 @@ from .train import OnEpoch, OnStep, train
 
 OnStatus = Callable[[JobStatus], None]
 
-# k-means distance work this machine does in a second (2 CPU cores, measured by bench/speed.py's
-# PQ section: pq d=8 k=256 on LeNet-300-100, 20 iterations, in about 0.5 s); used to tell a cheap
-# compression (computed at once in the app) from an expensive one (computed after a click).
-KMEANS_FLOPS_PER_S = 4e9
-TRAIN_FLOPS_PER_S = 4e9
+# Work this machine does in a second (2 CPU cores; measured on LeNet-300-100 / mnist-5k: pq d=8 k=256
+# in 0.27 s, i.e. ~17 GFLOP/s of distances; pq d=2 k=4096 in 8.2 s, ~9 GFLOP/s; one epoch of centroid
+# fine-tuning in ~0.2 s, ~30 GFLOP/s), rounded down; used to tell a cheap compression (computed at
+# once in the app) from an expensive one (computed as a job after a click). Over-estimating is safe.
+KMEANS_FLOPS_PER_S = 8e9
+TRAIN_FLOPS_PER_S = 15e9
 CHEAP_SECONDS = 1.0
 
 
@@ -262,14 +263,18 @@ def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> 
 def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
     k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
-    if cfg.method in ("float", "binarize"):
-        kmeans_flops = 0.0
-    else:
-        kmeans_flops = 0.0
+    kmeans_flops = 0.0
+    if cfg.method in ("kmeans", "pq"):
         for layer in run.layers:
             out_features, in_features = layer.shape[0], layer.shape[1]
             n_sub = out_features * -(-in_features // cfg.subvector_size)
-            kmeans_flops += 3.0 * n_sub * cfg.n_centroids * cfg.subvector_size * (cfg.kmeans_iters + 2)
+            if n_sub <= cfg.n_centroids:
+                continue  # every subvector is its own centroid: nothing to iterate
+            if cfg.subvector_size == 1:  # scalar: a binary search per weight, not k distances
+                per_point = 30.0 * max(1, cfg.n_centroids.bit_length())
+            else:
+                per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
+            kmeans_flops += n_sub * per_point * (cfg.kmeans_iters + 2)
     weights = sum(layer.shape[0] * layer.shape[1] for layer in run.layers)
     n_train = {"digits": 1_437, "mnist-5k": 4_000, "cifar10": 50_000}.get(run.config.dataset, 60_000)
     finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs

@@ -126,14 +126,92 @@ def test_train_shows_a_stored_run_without_training(lab_store, monkeypatch):
     assert_clean(at)
 
 
-def test_train_button_trains_stores_and_shows_the_run(empty_store):
+def finish_job(root: Path, key: str) -> None:
+    """Wait for the background job `key` (the page only submitted it)."""
+    from core.jobs import JobManager
+
+    status = JobManager(root, tune_torch_threads=False).wait(key, timeout=120)
+    assert status is not None and status.terminal, status
+
+
+def test_train_button_trains_in_the_background_and_shows_the_run(empty_store):
+    cfg = TrainConfig(dataset="digits", hidden=(16,), epochs=1, reg="binary", lam=0.01)
     at = open_page("train", {"dataset": "digits", "hidden": "16", "epochs": "1", "reg": "binary", "lam": "0.01"})
     assert "not been trained yet" in texts(at.info)
     at.button(key="train_button").click().run()
     assert_clean(at)
-    cfg = TrainConfig(dataset="digits", hidden=(16,), epochs=1, reg="binary", lam=0.01)
+    finish_job(empty_store, cfg.run_id())
     assert RunStore(empty_store).load_run(cfg.run_id()) is not None
+    at.run()  # what the progress panel does by itself when the job ends
+    assert_clean(at)
     assert metric(at, "Test accuracy").endswith("%")
+    # another session (a new tab, another browser) asking for the same settings: shown, not trained again
+    other = open_page("train", {"dataset": "digits", "hidden": "16", "epochs": "1", "reg": "binary", "lam": "0.01"})
+    assert metric(other, "Test accuracy") == metric(at, "Test accuracy")
+
+
+def test_training_survives_navigating_away_and_shows_its_progress_to_any_session(empty_store, monkeypatch):
+    """A job that is running shows its live progress on the Train page of any session."""
+    import threading
+
+    release = threading.Event()
+    started = threading.Event()
+    from core import pipeline
+
+    real_train = pipeline.train
+
+    def slow_train(cfg, **kwargs):
+        started.set()
+        release.wait(60)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr("core.pipeline.train", slow_train)
+    query = {"dataset": "digits", "hidden": "8", "epochs": "1"}
+    cfg = TrainConfig(dataset="digits", hidden=(8,), epochs=1, reg="binary", lam=0.01)
+    at = open_page("train", query)
+    at.button(key="train_button").click().run()
+    assert started.wait(30)
+    at.switch_page("views/learn.py").run()  # away...
+    at.switch_page("views/train.py").run()  # ...and back: the job is still there
+    assert_clean(at)
+    assert any("Training run" in str(p.text) for p in at.get("progress")) or at.get("progress")
+    other = open_page("train", query)  # another browser
+    assert other.get("progress") and any(b.label == "Cancel" for b in other.button)
+    release.set()
+    finish_job(empty_store, cfg.run_id())
+    at.run()
+    assert metric(at, "Test accuracy").endswith("%")
+
+
+def test_cancel_stops_the_job_and_stores_nothing(empty_store, monkeypatch):
+    import threading
+
+    from core import pipeline
+
+    real_train = pipeline.train
+    started = threading.Event()
+
+    def watched_train(cfg, **kwargs):
+        started.set()
+        on_step = kwargs["on_step"]
+        for _ in range(600):  # reports until cancelled: a report is where a cancel lands
+            on_step(1, 10)
+            threading.Event().wait(0.05)
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr("core.pipeline.train", watched_train)
+    query = {"dataset": "digits", "hidden": "12", "epochs": "1"}
+    cfg = TrainConfig(dataset="digits", hidden=(12,), epochs=1, reg="binary", lam=0.01)
+    at = open_page("train", query)
+    at.button(key="train_button").click().run()
+    assert started.wait(30)
+    at.run()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    finish_job(empty_store, cfg.run_id())
+    assert RunStore(empty_store).load_run(cfg.run_id()) is None
+    at.run()
+    assert_clean(at)
+    assert "cancelled" in texts(at.error)
 
 
 def test_train_reports_an_unavailable_dataset(empty_store, monkeypatch):
@@ -143,8 +221,10 @@ def test_train_reports_an_unavailable_dataset(empty_store, monkeypatch):
     monkeypatch.setattr("core.train.load_dataset", unavailable)
     at = open_page("train", {"dataset": "fashion-mnist", "epochs": "1"})
     at.button(key="train_button").click().run()
+    finish_job(empty_store, TrainConfig(dataset="fashion-mnist", epochs=1, reg="binary", lam=0.01).run_id())
+    at.run()
     assert_clean(at)
-    assert "Dataset unavailable" in texts(at.error)
+    assert "is not available" in texts(at.error)
 
 
 def test_train_reports_a_diverged_run(empty_store, monkeypatch):
@@ -154,8 +234,23 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
     monkeypatch.setattr("core.pipeline.train", diverge)
     at = open_page("train", {"dataset": "digits", "epochs": "1", "lam": "1"})
     at.button(key="train_button").click().run()
+    finish_job(empty_store, TrainConfig(dataset="digits", epochs=1, reg="binary", lam=1.0).run_id())
+    at.run()
     assert_clean(at)
     assert "diverged" in texts(at.error)
+
+
+def test_a_link_never_starts_expensive_work(empty_store):
+    """/compress?run=..&d=2&k=65,536 opens with an estimate and a button; nothing runs until a click."""
+    from core.jobs import JobManager
+
+    run, _ = get_or_train(RunStore(empty_store), TrainConfig(dataset="mnist-5k", epochs=1))  # LeNet-300-100
+    expensive = CompressConfig(method="pq", subvector_size=2, n_centroids=65536)
+    at = open_page("compress", {"run": run.run_id, "method": "pq", "d": "2", "k": "65,536"})
+    assert_clean(at)
+    assert any(b.label.startswith("Compute (about") for b in at.button)
+    assert JobManager(empty_store, tune_torch_threads=False).status(f"{run.run_id}-{expensive.key()}") is None
+    assert RunStore(empty_store).load_compression(run.run_id, expensive) is None
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,8 @@ import streamlit as st
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
 from core.config import LAYOUTS, METHODS, CompressConfig
 from core.data import DatasetUnavailable
-from core.pq import DoesNotFit
+from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
+from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.common import (
     D_OPTIONS,
@@ -32,6 +33,7 @@ from ui.common import (
     store,
     stored_compression,
 )
+from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import QP, in_options, link_notice, select_slider, selectbox
 
 
@@ -89,21 +91,30 @@ def compress_config_ui() -> CompressConfig:
     )
 
 
-def get_compression(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
-    """The stored compression, or a new one computed now with a progress bar."""
-    record = stored_compression(run.run_id, cfg)
-    if record is not None:
-        return record
-    progress = st.progress(0.0, text=f"Compressing: {cfg.label()}…")
+def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
+    """A cheap setting: computed in this script run (still one job per key: a second session
+    asking for it at the same moment waits for this one)."""
+    with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
+        return compute_compression(run, cfg)
 
-    def on_step(step: int, n_steps: int) -> None:
-        progress.progress(step / n_steps, text=f"Fine-tuning centroids: step {step}/{n_steps}")
 
-    try:
-        with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-            return compute_compression(run, cfg, on_step=on_step)
-    finally:
-        progress.empty()
+def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
+    """An expensive setting: only after a click, as a cancellable job; a link never starts it."""
+    key = compression_key(run.run_id, cfg)
+    status = manager().status(key)
+    if status is not None and status.live:
+        job_progress_ui(key, f"Compressing {cfg.label()}")
+        return
+    last_failure_ui(key)
+    st.info(
+        f"{cfg.label()} on this run is not stored yet, and takes about {seconds:,.0f} s on this machine "
+        f"(k-means over every subvector, k centroids, {cfg.kmeans_iters} iterations"
+        f"{', then centroid fine-tuning' if cfg.finetune_epochs else ''}). It runs in the background: "
+        f"you can leave the page and come back."
+    )
+    if st.button(f"Compute (about {seconds:,.0f} s)", type="primary", key="compute_button"):
+        submit_compression(store(), run, cfg)
+        st.rerun()
 
 
 def show_compression(run: RunRecord, record: CompressionRecord) -> None:
@@ -198,7 +209,15 @@ def page() -> None:
         st.error(f"**This setting is not valid.** {plain(error)}")
         return
     try:
-        record = get_compression(run, cfg)
+        record = stored_compression(run.run_id, cfg)
+        if record is None:
+            seconds = estimate_seconds(run, cfg)
+            if seconds <= CHEAP_SECONDS:
+                record = compress_now(run, cfg)  # raises DoesNotFit before any work
+            else:
+                check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # before offering it
+                offer_job(run, cfg, seconds)
+                return
     except DoesNotFit as error:
         st.error(f"**This setting does not fit the run.** {plain(error)}")
         return

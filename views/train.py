@@ -8,50 +8,11 @@ from __future__ import annotations
 import streamlit as st
 
 from core.charts import training_curves, weight_histogram
-from core.data import DatasetUnavailable
-from core.records import EpochMetrics, RunRecord
-from core.train import TrainingDiverged
-from ui.common import keep, kept, plain, run_record, show_error, store
+from core.pipeline import submit_training
+from core.records import RunRecord
+from ui.common import keep, kept, plain, run_record, store
+from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import train_config_ui
-
-
-def train_now(cfg) -> None:
-    """Train in this script run with a live progress bar, metrics and curves."""
-    from core.pipeline import get_or_train
-
-    progress = st.progress(0.0, text="Loading the dataset…")
-    live_metrics = st.empty()
-    live_chart = st.empty()
-    history: list[EpochMetrics] = []
-    state = {"epoch": 0}
-
-    def on_step(step: int, n_steps: int) -> None:
-        done = (state["epoch"] + step / n_steps) / cfg.epochs
-        progress.progress(min(done, 1.0), text=f"Epoch {state['epoch'] + 1} of {cfg.epochs}: step {step}/{n_steps}")
-
-    def on_epoch(metrics: EpochMetrics, histograms) -> None:
-        state["epoch"] = metrics.epoch
-        history.append(metrics)
-        progress.progress(metrics.epoch / cfg.epochs, text=f"Epoch {metrics.epoch} of {cfg.epochs} done")
-        with live_metrics.container():
-            cols = st.columns(4)
-            cols[0].metric("Epoch", f"{metrics.epoch} / {cfg.epochs}")
-            cols[1].metric("Loss", f"{metrics.loss:.4f}")
-            cols[2].metric("Regularizer R(W)", f"{metrics.reg:.4f}")
-            cols[3].metric("Test accuracy", f"{100 * metrics.test_accuracy:.2f}%")
-        live_chart.plotly_chart(
-            training_curves({"this run": tuple(history)}), theme=None, key=f"live_curves_{metrics.epoch}"
-        )
-
-    try:
-        get_or_train(store(), cfg, on_epoch=on_epoch, on_step=on_step)
-    except (DatasetUnavailable, TrainingDiverged, ValueError) as error:
-        progress.empty()
-        show_error(error)
-        st.stop()
-    progress.progress(1.0, text="Done: stored.")
-    live_metrics.empty()
-    live_chart.empty()
 
 
 def show_run(run: RunRecord) -> None:
@@ -113,22 +74,24 @@ def page() -> None:
 
     run_id = cfg.run_id()
     run = run_record(run_id)
-    pressed = st.button(
-        "Train" if run is None else "Already trained (shown below)",
-        type="primary",
-        disabled=run is not None,
-        key="train_button",
-    )
-    if pressed and run is None:
-        train_now(cfg)
-        run = run_record(run_id)
-    if run is None:
-        st.info(
-            f"This configuration has not been trained yet (run {run_id}). Press **Train**; the run is then "
-            f"stored and shown here whenever these settings are picked again."
-        )
+    if run is not None:
+        st.button("Already trained (shown below)", type="primary", disabled=True, key="train_button")
+        show_run(run)
         return
-    show_run(run)
+    status = manager().status(run_id)
+    if status is not None and status.live:
+        # running or queued, from this session or any other: follow it
+        job_progress_ui(run_id, f"Training run {run_id}")
+        return
+    last_failure_ui(run_id)
+    if st.button("Train", type="primary", key="train_button"):
+        submit_training(store(), cfg)
+        st.rerun()
+    st.info(
+        f"This configuration has not been trained yet (run {run_id}). Press **Train**: it trains in the "
+        f"background (you can leave the page and come back), and is then stored and shown here whenever "
+        f"these settings are picked again, by anyone."
+    )
 
 
 if __name__ == "__main__":

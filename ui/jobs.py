@@ -1,0 +1,67 @@
+"""The app's side of the job layer: a live progress panel for one job, and the jobs list.
+
+Heavy work never runs in a page's script thread: pages submit jobs (core/pipeline.py) that run in
+background threads of the server process, and these fragments poll the job's status file, so the
+progress survives navigating away, another tab, another browser, and shows to every session that
+asks for the same key. When the job ends, the fragment reruns the whole page, which then draws
+the result from the store.
+"""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from core.jobs import JobManager, JobState, JobStatus
+from core.pipeline import job_manager
+from ui.common import plain, store
+
+POLL_S = 1.0
+
+
+def manager() -> JobManager:
+    return job_manager(store())
+
+
+def describe(status: JobStatus) -> str:
+    """One line: where the job is."""
+    if status.state is JobState.QUEUED:
+        return f"Waiting in the queue: position {status.position or '?'} (at most {manager().max_running} at once)."
+    if status.state is JobState.RUNNING:
+        return status.text or "Running…"
+    return {"done": "Done.", "failed": "Failed: ", "cancelled": "Cancelled: "}[status.state.value] + status.message
+
+
+def _panel(key: str, what: str) -> None:
+    status = manager().status(key)
+    if status is None:
+        return
+    if status.terminal:
+        # the page outside this fragment draws the result (or the failure) from the store
+        st.rerun(scope="app")
+    label = f"{what}: {describe(status)}"
+    st.progress(min(1.0, status.fraction), text=plain(label))
+    metrics = status.metrics
+    if metrics:
+        cols = st.columns(len(metrics))
+        for col, (name, value) in zip(cols, sorted(metrics.items())):
+            col.metric(name.replace("_", " "), f"{100 * value:.2f}%" if name.endswith("accuracy") else f"{value:.4f}")
+    if st.button("Cancel", key=f"cancel_{key}", help="Stops the job at its next step; nothing is stored."):
+        manager().cancel(key)
+        st.toast("Cancel requested.")
+
+
+def job_progress_ui(key: str, what: str) -> None:
+    """A panel that follows the job `key` once a second until it ends, then reruns the page."""
+    st.fragment(_panel, run_every=POLL_S)(key, what)
+
+
+def last_failure_ui(key: str) -> None:
+    """If the last attempt at `key` failed or was cancelled, say so (plain text)."""
+    status = manager().status(key)
+    if status is not None and status.state in (JobState.FAILED, JobState.CANCELLED) and status.finished:
+        ago = time.time() - status.finished
+        if ago < 3600:
+            word = "failed" if status.state is JobState.FAILED else "was cancelled"
+            st.error(f"**The last attempt {word}** ({ago:.0f} s ago): {plain(status.message)}")
