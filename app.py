@@ -15,6 +15,7 @@ PAGES = (
     st.Page("views/frontier.py", title="Frontier", icon=":material/scatter_plot:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:"),
 )
 
 st.set_page_config(page_title="Compression on the Fly Lab", page_icon=":material/compress:", layout="wide")

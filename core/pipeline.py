@@ -302,6 +302,9 @@ def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs
             nested=True,
         )
         if not result.stopped:
+            skipped = "; ".join(f"skipped {s.label} on run {s.run_id[:6]}: {s.reason}" for s in result.skipped)
+            total = len(train_cfgs) * (1 + len(compress_cfgs))
+            ctx.report(total, total, f"{len(result.points)} points, {len(result.skipped)} skipped. {skipped}".strip())
             finished.set()
 
     return JobSpec(

@@ -17,7 +17,7 @@ from core.train import TrainingDiverged
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ("train", "compress", "frontier", "compare", "learn")
+PAGES = ("train", "compress", "frontier", "compare", "learn", "jobs")
 TIMEOUT = 60
 TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, batch_size=64, seed=0)
 BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
@@ -324,8 +324,13 @@ def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(e
     at.selectbox(key="sw_layout").set_value("per-chunk")
     next(b for b in at.button if b.label == "Run the sweep").click().run()
     assert_clean(at)
-    assert "Sweep done" in texts(at.success)
-    assert "Skipped pq d=2 k=64 per-chunk" in texts(at.warning)
+    key = at.session_state["sweep_key"]
+    assert key.startswith("sweep-")
+    finish_job(empty_store, key)  # the sweep runs as one job; the page follows it
+    at.run()
+    assert_clean(at)
+    assert "Sweep done" in texts(at.success) and "2 points, 1 skipped" in texts(at.success)
+    assert "skipped pq d=2 k=64 per-chunk" in texts(at.success)
     assert len(RunStore(empty_store).list_compressions()) == 2  # binarize + pq d=2 k=4 per-chunk (fits: 10 rows)
     assert at.get("plotly_chart"), "the frontier is drawn right after the sweep"
 

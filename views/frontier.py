@@ -10,11 +10,12 @@ import streamlit as st
 
 from core.charts import SIZE_AXES, frontier_figure
 from core.config import LAYOUTS, TrainConfig
-from core.data import DatasetUnavailable
-from core.experiments import compression_grid, pareto_mask, run_sweep, train_grid
+from core.experiments import compression_grid, pareto_mask, train_grid
+from core.jobs import JobState
+from core.pipeline import submit_sweep
 from core.records import CompressionRecord
-from core.train import TrainingDiverged
 from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions, fmt_k, fmt_lam, plain, show_error, store
+from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import QP, train_fields_ui
 
 
@@ -57,22 +58,25 @@ def sweep_form() -> None:
     if not train_cfgs or not compress_cfgs:
         st.warning("Pick at least one λ and one method (with d and k for pq / kmeans).")
         return
-    progress = st.progress(0.0, text="Starting the sweep…")
-    try:
-        result = run_sweep(
-            store(), train_cfgs, compress_cfgs, on_progress=lambda d, t, text: progress.progress(d / t, text=text)
-        )
-    except (DatasetUnavailable, TrainingDiverged, ValueError) as error:
-        progress.empty()
-        show_error(error)
+    status = submit_sweep(store(), train_cfgs, compress_cfgs)
+    st.session_state["sweep_key"] = status.key
+    st.rerun()
+
+
+def sweep_status() -> None:
+    """The sweep this session started: its live panel, or how it ended."""
+    key = st.session_state.get("sweep_key")
+    if not key:
         return
-    progress.progress(1.0, text="Sweep done.")
-    for skipped in result.skipped:
-        st.warning(f"Skipped {plain(skipped.label)} on run {skipped.run_id[:6]}: {plain(skipped.reason)}")
-    st.success(
-        f"Sweep done: {len(train_cfgs)} runs × {len(compress_cfgs)} settings; {len(result.points)} points, "
-        f"{len(result.skipped)} skipped."
-    )
+    status = manager().status(key)
+    if status is None:
+        return
+    if status.live:
+        job_progress_ui(key, "Sweep")
+    elif status.state is JobState.DONE:
+        st.success(f"Sweep done ({plain(status.label)}): {plain(status.text)} Its points are in the chart below.")
+    else:
+        last_failure_ui(key)
 
 
 def frontier(points: list[CompressionRecord]) -> None:
@@ -139,6 +143,13 @@ def page() -> None:
     )
     with st.expander("Run a sweep: train the missing runs, compress each with every setting", expanded=False):
         sweep_form()
+    sweep_status()
+    sweeping = any(j.live and j.kind == "sweep" for j in manager().jobs(finished_within_s=0))
+    # while a sweep runs (from any session) the chart reloads every few seconds: points land as they are stored
+    st.fragment(frontier_section, run_every=3.0 if sweeping else None)()
+
+
+def frontier_section() -> None:
     points = compressions()
     if not points:
         st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
