@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, TrainConfig, "train", TRAIN_FLAGS, TRAIN_SWEEP)
     _add_config_args(p, CompressConfig, "compress", COMPRESS_FLAGS, COMPRESS_SWEEP)
     p.add_argument("--csv", help="write one row per (run, compression) point here")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="where the work runs: local (this process, the default) or ray (a cluster; "
+        "default from $COMPRESSION_LAB_EXECUTOR)",
+    )
+    p.add_argument("--ray-address", help="the Ray cluster (default: $RAY_ADDRESS, else a new local instance)")
+    p.add_argument("--ray-gpus", type=float, help="GPUs each Ray task asks for, e.g. 0.25 to share one GPU among four")
+    p.add_argument(
+        "--parallel", type=int, help="runs in flight at once (default: 1 locally, the cluster's CPUs with ray)"
+    )
 
     sub.add_parser("runs", parents=[common], help="list the stored runs")
 
@@ -321,20 +333,44 @@ def _check_csv_path(path: str | None) -> None:
         check_output_path(path)
 
 
+def _executor(args: argparse.Namespace) -> Any:
+    from .executors import ENV_EXECUTOR, RayExecutor, get_executor
+
+    name = args.executor or os.environ.get(ENV_EXECUTOR) or "local"
+    if args.parallel is not None and not 1 <= args.parallel <= 1024:
+        raise CliError(f"--parallel {args.parallel} must be from 1 to 1,024")
+    if name == "ray" and args.ray_gpus is not None:
+        return RayExecutor(address=args.ray_address, num_gpus=args.ray_gpus)
+    if name != "ray" and (args.ray_address or args.ray_gpus is not None):
+        raise CliError("--ray-address and --ray-gpus need --executor ray")
+    return get_executor(name, address=args.ray_address)
+
+
 def cmd_sweep(args: argparse.Namespace) -> dict:
     from .experiments import run_sweep
 
     train_cfgs = _train_configs(args, many=True)
     compress_cfgs = _compress_configs(args, many=True)
-    device = _device(args)
+    # on a cluster the device is the workers' (a CPU driver may send work to GPUs): checked there
+    device = args.device if (args.executor or os.environ.get("COMPRESSION_LAB_EXECUTOR")) == "ray" else _device(args)
     _check_csv_path(args.csv)
     store = _store(args)
     from .data import load_dataset
 
     load_dataset(train_cfgs[0].dataset)  # fail on an unavailable dataset before any work
+    executor = _executor(args)
+    parallel = args.parallel or (executor.cluster_cpus() if executor.name == "ray" else 1)
     total = len(train_cfgs) * (1 + len(compress_cfgs))
     with _progress(not args.json, total, "sweep") as update:
-        result = run_sweep(store, train_cfgs, compress_cfgs, device=device, on_progress=lambda d, t, _: update(d, t))
+        result = run_sweep(
+            store,
+            train_cfgs,
+            compress_cfgs,
+            device=device,
+            on_progress=lambda d, t, _: update(d, t),
+            executor=executor,
+            parallel=parallel,
+        )
     rows = [point.row() for point in result.points]
     skipped = [{"run_id": s.run_id, "compression": s.label, "reason": s.reason} for s in result.skipped]
     if args.csv and rows:

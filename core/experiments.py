@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ import torch
 
 from .config import METHODS, CompressConfig, TrainConfig
 from .data import Dataset, load_dataset
+from .executors import Executor
 from .models import build_model, fc_layers
 from .pipeline import get_or_compress, get_or_train
 from .pq import DoesNotFit, check_fits
@@ -161,6 +164,8 @@ def run_sweep(
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
     nested: bool = False,
+    executor: Executor | None = None,
+    parallel: int = 1,
 ) -> SweepResult:
     """Train every missing run of `train_cfgs`, then compress each run with every setting of
     `compress_cfgs` that fits its network (the others are skipped with the reason); all through `store`,
@@ -173,6 +178,11 @@ def run_sweep(
     so an unavailable dataset raises DatasetUnavailable before anything is computed. Each training and
     compression is a job of its own key (core/pipeline.py); `nested=True` when the sweep itself runs as
     a job, whose slot they share.
+
+    `executor` says where the work runs (core/executors.py; default: $COMPRESSION_LAB_EXECUTOR, else
+    this process). `parallel` runs that many runs' pipelines (train, then compress) at once: for a
+    cluster, where the driver only waits; on one machine keep 1 (concurrent torch work thrashes).
+    The result lists points in sweep order whatever the parallelism.
     """
     runs_by_id = {cfg.run_id(): cfg for cfg in train_cfgs}
     settings = list({cfg.key(): cfg for cfg in compress_cfgs}.values())
@@ -180,55 +190,86 @@ def run_sweep(
     total = len(runs_by_id) * (1 + len(settings))
     report: OnProgress = on_progress or (lambda done, total, text: None)
     stop: ShouldStop = should_stop or (lambda: False)
+    lock = threading.Lock()
+    counter = [0]
+    stopped = threading.Event()
 
-    points: list[CompressionRecord] = []
-    skipped: list[SkippedPoint] = []
-    runs: list[RunRecord] = []
-    new_runs = new_points = done = 0
+    def advance(steps: int, text: str) -> None:
+        with lock:
+            counter[0] += steps
+            done = counter[0]
+        report(done, total, text)
 
-    def finish(stopped: bool) -> SweepResult:
-        return SweepResult(points, skipped, runs, new_runs, new_points, stopped)
-
-    for index, (run_id, cfg) in enumerate(runs_by_id.items(), start=1):
+    def one_run(index: int, run_id: str, cfg: TrainConfig) -> _RunOutcome:
+        outcome = _RunOutcome()
         data = datasets[cfg.dataset]
         text = f"run {index}/{len(runs_by_id)} ({_run_text(cfg)})"
-        if stop():
-            return finish(True)
-        report(done, total, f"training {text}")
+        if stopped.is_set() or stop():
+            stopped.set()
+            return outcome
+        report(counter[0], total, f"training {text}")
         try:
             run, cached = get_or_train(
                 store,
                 cfg,
                 device=device,
-                on_step=_training_steps(report, done, total, text),
+                on_step=_training_steps(report, counter[0], total, text),
                 data=data,
                 nested=nested,
+                executor=executor,
             )
         except TrainingDiverged as error:
-            skipped.append(SkippedPoint(run_id, "training", str(error)))
-            done += 1 + len(settings)
-            report(done, total, f"skipped {text}: training diverged")
-            continue
-        runs.append(run)
-        new_runs += not cached
-        done += 1
-        report(done, total, f"{'loaded' if cached else 'trained'} {text}")
-
+            outcome.skipped.append(SkippedPoint(run_id, "training", str(error)))
+            advance(1 + len(settings), f"skipped {text}: training diverged")
+            return outcome
+        outcome.run, outcome.new_runs = run, int(not cached)
+        advance(1, f"{'loaded' if cached else 'trained'} {text}")
         for setting in settings:
-            if stop():
-                return finish(True)
+            if stopped.is_set() or stop():
+                stopped.set()
+                return outcome
             try:  # the one check that the setting fits is get_or_compress's, before any work
-                result, cached = get_or_compress(store, run, setting, device=device, data=data, nested=nested)
+                result, cached = get_or_compress(
+                    store, run, setting, device=device, data=data, nested=nested, executor=executor
+                )
             except DoesNotFit as error:
-                skipped.append(SkippedPoint(run_id, setting.label(), str(error)))
-                done += 1
-                report(done, total, f"skipped {setting.label()} on {text}: does not fit")
+                outcome.skipped.append(SkippedPoint(run_id, setting.label(), str(error)))
+                advance(1, f"skipped {setting.label()} on {text}: does not fit")
                 continue
-            points.append(result)
-            new_points += not cached
-            done += 1
-            report(done, total, f"{'loaded' if cached else 'compressed'} {setting.label()} on {text}")
-    return finish(False)
+            outcome.points.append(result)
+            outcome.new_points += not cached
+            advance(1, f"{'loaded' if cached else 'compressed'} {setting.label()} on {text}")
+        return outcome
+
+    jobs = [(index, run_id, cfg) for index, (run_id, cfg) in enumerate(runs_by_id.items(), start=1)]
+    if parallel <= 1 or len(jobs) <= 1:
+        outcomes = []
+        for job in jobs:
+            outcomes.append(one_run(*job))
+            if stopped.is_set():
+                break
+    else:
+        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="sweep") as pool:
+            outcomes = list(pool.map(lambda job: one_run(*job), jobs))
+    return SweepResult(
+        points=[p for o in outcomes for p in o.points],
+        skipped=[s for o in outcomes for s in o.skipped],
+        runs=[o.run for o in outcomes if o.run is not None],
+        new_runs=sum(o.new_runs for o in outcomes),
+        new_points=sum(o.new_points for o in outcomes),
+        stopped=stopped.is_set(),
+    )
+
+
+@dataclass
+class _RunOutcome:
+    """What one run's pipeline of a sweep produced."""
+
+    run: RunRecord | None = None
+    points: list[CompressionRecord] = field(default_factory=list)
+    skipped: list[SkippedPoint] = field(default_factory=list)
+    new_runs: int = 0
+    new_points: int = 0
 
 
 def point_rows(points: Iterable[CompressionRecord]) -> pd.DataFrame:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .compress import compress_run
 from .config import CompressConfig, TrainConfig
 from .data import Dataset
+from .executors import Executor, get_executor
 from .jobs import JobContext, JobManager, JobSpec, JobState, JobStatus
 from .pq import check_fits
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
-from .train import OnEpoch, OnStep, train
+from .train import OnEpoch, OnStep
 
 OnStatus = Callable[[JobStatus], None]
 
@@ -111,6 +111,7 @@ def _training(
     data: Dataset | None,
     on_epoch: OnEpoch | None,
     on_step: OnStep | None,
+    executor: Executor,
 ) -> Callable[[JobContext], None]:
     """The job's body: train, reporting each step and epoch (a report is where a cancel lands), publish."""
 
@@ -135,8 +136,12 @@ def _training(
             if on_epoch is not None:
                 on_epoch(metrics, histograms)
 
-        ctx.report(0, cfg.epochs, "loading the dataset")
-        record = train(cfg, device=device, on_epoch=epoch, on_step=step, data=data)
+        ctx.report(0, cfg.epochs, "loading the dataset" if executor.name == "local" else f"on {executor.name}")
+
+        def waiting() -> None:  # a remote executor: no steps to report, but a cancel must land
+            ctx.report(0, cfg.epochs, f"training on the {executor.name} cluster")
+
+        record = executor.train(cfg, device=device, on_epoch=epoch, on_step=step, data=data, poll=waiting)
         ctx.report(cfg.epochs, cfg.epochs, "storing the run")
         store.save_run(record)
 
@@ -151,9 +156,10 @@ def training_spec(
     on_epoch: OnEpoch | None = None,
     on_step: OnStep | None = None,
     local: _Local | None = None,
+    executor: Executor | None = None,
 ) -> JobSpec:
     run_id = cfg.run_id()
-    body = _training(store, cfg, device, data, on_epoch, on_step)
+    body = _training(store, cfg, device, data, on_epoch, on_step, executor or get_executor())
     return JobSpec(
         key=run_id,
         kind="train",
@@ -172,6 +178,7 @@ def get_or_train(
     data: Dataset | None = None,
     on_status: OnStatus | None = None,
     nested: bool = False,
+    executor: Executor | None = None,
 ) -> tuple[RunRecord, bool]:
     """(run, was_cached). On a miss, trains as a job (or waits for the thread or process already
     training it) and returns the stored run; was_cached is False only when this call trained it. A
@@ -183,7 +190,7 @@ def get_or_train(
     if store.load_run(cfg.run_id()) is not None:
         store.discard_run(cfg.run_id())  # its record reads, its weights do not: train it again
     local = _Local()
-    spec = training_spec(store, cfg, device, data, on_epoch, on_step, local)
+    spec = training_spec(store, cfg, device, data, on_epoch, on_step, local, executor)
     status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
     _outcome(status, local.errors, f"training run {cfg.run_id()}")
     record = store.load_run(cfg.run_id(), verify_weights=True)
@@ -208,15 +215,21 @@ def compression_spec(
     data: Dataset | None = None,
     on_step: OnStep | None = None,
     local: _Local | None = None,
+    executor: Executor | None = None,
 ) -> JobSpec:
+    chosen = executor or get_executor()
+
     def body(ctx: JobContext) -> None:
         def step(i: int, n: int) -> None:
             ctx.report(i, n, f"fine-tuning the centroids: step {i}/{n}")
             if on_step is not None:
                 on_step(i, n)
 
+        def waiting() -> None:
+            ctx.report(0, 1, f"compressing on the {chosen.name} cluster: {cfg.label()}")
+
         ctx.report(0, 1, f"compressing: {cfg.label()}")
-        record, blob = compress_run(run, cfg, data=data, device=device, on_step=step)
+        record, blob = chosen.compress(run, cfg, device=device, data=data, on_step=step, poll=waiting)
         store.save_compression(record, blob)
 
     return JobSpec(
@@ -237,6 +250,7 @@ def get_or_compress(
     on_step: OnStep | None = None,
     on_status: OnStatus | None = None,
     nested: bool = False,
+    executor: Executor | None = None,
 ) -> tuple[CompressionRecord, bool]:
     """(record with its file path, was_cached). Compresses as a job on a miss; raises DoesNotFit
     (before any work, and before any job) when the setting does not fit the run."""
@@ -245,7 +259,7 @@ def get_or_compress(
         return cached, True
     check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
     local = _Local()
-    spec = compression_spec(store, run, cfg, device, data, on_step, local)
+    spec = compression_spec(store, run, cfg, device, data, on_step, local, executor)
     status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
     _outcome(status, local.errors, f"compression {cfg.label()} of run {run.run_id}")
     record = store.load_compression(run.run_id, cfg)

@@ -116,7 +116,7 @@ def test_train_shows_a_stored_run_without_training(lab_store, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("a stored run must not be retrained")
 
-    monkeypatch.setattr("core.pipeline.train", no_training)
+    monkeypatch.setattr("core.executors.train", no_training)
     at = open_page("train", {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"})
     assert_clean(at)
     assert metric(at, "Test accuracy").endswith("%")
@@ -156,16 +156,16 @@ def test_training_survives_navigating_away_and_shows_its_progress_to_any_session
 
     release = threading.Event()
     started = threading.Event()
-    from core import pipeline
+    from core import executors
 
-    real_train = pipeline.train
+    real_train = executors.train
 
     def slow_train(cfg, **kwargs):
         started.set()
         release.wait(60)
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr("core.pipeline.train", slow_train)
+    monkeypatch.setattr("core.executors.train", slow_train)
     query = {"dataset": "digits", "hidden": "8", "epochs": "1"}
     cfg = TrainConfig(dataset="digits", hidden=(8,), epochs=1, reg="binary", lam=0.01)
     at = open_page("train", query)
@@ -186,9 +186,9 @@ def test_training_survives_navigating_away_and_shows_its_progress_to_any_session
 def test_cancel_stops_the_job_and_stores_nothing(empty_store, monkeypatch):
     import threading
 
-    from core import pipeline
+    from core import executors
 
-    real_train = pipeline.train
+    real_train = executors.train
     started = threading.Event()
 
     def watched_train(cfg, **kwargs):
@@ -199,7 +199,7 @@ def test_cancel_stops_the_job_and_stores_nothing(empty_store, monkeypatch):
             threading.Event().wait(0.05)
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr("core.pipeline.train", watched_train)
+    monkeypatch.setattr("core.executors.train", watched_train)
     query = {"dataset": "digits", "hidden": "12", "epochs": "1"}
     cfg = TrainConfig(dataset="digits", hidden=(12,), epochs=1, reg="binary", lam=0.01)
     at = open_page("train", query)
@@ -231,7 +231,7 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
     def diverge(cfg, **kwargs):
         raise TrainingDiverged("training diverged in epoch 1: the loss became nan; lower lam. Nothing was stored.")
 
-    monkeypatch.setattr("core.pipeline.train", diverge)
+    monkeypatch.setattr("core.executors.train", diverge)
     at = open_page("train", {"dataset": "digits", "epochs": "1", "lam": "1"})
     at.button(key="train_button").click().run()
     finish_job(empty_store, TrainConfig(dataset="digits", epochs=1, reg="binary", lam=1.0).run_id())
