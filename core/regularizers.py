@@ -1,7 +1,7 @@
 """Regularizers on the FC weight matrices (conv layers and biases are never regularized).
 
-Total loss = cross-entropy + lam * R(W); see METHOD.md. Every per-layer scale (alpha, var) is
-treated as a constant in the gradient (detached), as METHOD.md fixes for alpha.
+Total loss = cross-entropy + lam * R(W); see docs/method.md. Every per-layer scale (alpha, var) is
+treated as a constant in the gradient (detached), as docs/method.md fixes for alpha.
 
 Each term exists twice: `*_penalty` builds R with autograd (the definition, used by the tests and
 the Learn page's toy), and `Regularizer.add_gradient_` adds lam * dR/dW to the weights' gradients

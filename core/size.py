@@ -1,4 +1,4 @@
-"""The bit accounting: one function, exact to the bit (see METHOD.md, "Size accounting").
+"""The bit accounting: one function, exact to the bit (see docs/method.md, "Size accounting").
 
 FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
 model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)

@@ -1,4 +1,4 @@
-"""The regularizers: zero where METHOD.md says, gradients that match finite differences."""
+"""The regularizers: zero where docs/method.md says, gradients that match finite differences."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The size accounting against METHOD.md's worked example and by hand."""
+"""The size accounting against the worked example of docs/method.md and by hand."""
 
 from __future__ import annotations
 
