@@ -377,3 +377,104 @@ def test_learn_worked_example_and_toys(empty_store):
     assert metric(at, "R(W) after descent") != before
     at.select_slider(key="toy_k").set_value(16).run()
     assert_clean(at)
+
+
+# ------------------------------------------------------------------------------------------ links
+
+EVIL_LINK = "[text](https://evil.example/x)"
+EVIL_IMAGE = "![x](http://evil.example/t.png)"
+# (page, query, what the page must say: a parameter name in a notice, or text of an error)
+LINKS = [
+    ("train", {"epochs": "1e400"}, "epochs"),
+    ("train", {"epochs": "500"}, "epochs"),
+    ("train", {"epochs": "0"}, "epochs"),
+    ("train", {"epochs": "abc"}, "epochs"),
+    ("train", {"epochs": "99999999999999999999999"}, "epochs"),
+    ("train", {"lam": "0.07"}, "lam"),
+    ("train", {"lam": "-1"}, "lam"),
+    ("train", {"lam": "nan"}, "lam"),
+    ("train", {"lr": "abc"}, "lr"),
+    ("train", {"lr": "1e400"}, "lr"),
+    ("train", {"dataset": "mnsit"}, "dataset"),
+    ("train", {"dataset": ""}, "dataset"),
+    ("train", {"model": "vgg"}, "model"),
+    ("train", {"reg": "l1"}, "reg"),
+    ("train", {"seed": "-5"}, "seed"),
+    ("train", {"seed": "1e3"}, "seed"),
+    ("train", {"warmup": "999"}, "warmup"),
+    ("train", {"reg_levels": "1"}, "reg_levels"),
+    ("train", {"reg_d": "3"}, "reg_d"),
+    ("train", {"reg_k": "5"}, "reg_k"),
+    ("train", {"hidden": "30,abc"}, "hidden widths"),
+    ("train", {"hidden": "99999999"}, "hidden width"),
+    ("train", {"hidden": "[text](https://evil.example/x)"}, "hidden widths"),
+    ("compress", {"run": EVIL_LINK}, "not in this run store"),
+    ("compress", {"run": EVIL_IMAGE}, "not in this run store"),
+    ("compress", {"run": "0123"}, "not in this run store"),
+    ("compress", {"method": "foo"}, "method"),
+    ("compress", {"layout": "diagonal"}, "layout"),
+    ("compress", {"d": "3"}, "d="),
+    ("compress", {"d": "1e400"}, "d="),
+    ("compress", {"k": "3"}, "k="),
+    ("compress", {"k": "65,537"}, "k="),
+    ("compress", {"bits": "8"}, "bits"),
+    ("compress", {"ft": "99"}, "ft"),
+    ("compress", {"ft": "-1"}, "ft"),
+    ("frontier", {"x": "zzz"}, "x="),
+    ("frontier", {"dominated": "maybe"}, "dominated"),
+    ("frontier", {"dataset": "nope"}, "dataset"),
+    ("frontier", {"model": "nope"}, "model"),
+    ("compare", {"runs": EVIL_IMAGE}, "not in this run store"),
+    ("compare", {"runs": "<script>alert(1)</script>"}, "not in this run store"),
+    ("compare", {"runs": f"{PLAIN.run_id()},{BINARY.run_id()},{PLAIN.run_id()}"}, None),  # a repeat: no error
+    ("compare", {"runs": ",,,"}, None),
+]
+
+
+@pytest.mark.parametrize(
+    "page,query,said", LINKS, ids=[f"{p}-{'&'.join(f'{k}={v}' for k, v in q.items())}" for p, q, _ in LINKS]
+)
+def test_every_link_is_answered_without_an_exception(lab_store, page, query, said):
+    at = open_page(page, query)
+    assert_clean(at)
+    notices = (texts(at.warning) + " " + texts(at.error)).replace("\\", "")  # as rendered: escapes gone
+    if said is not None:
+        assert said in notices, notices
+    # text from the link is shown as characters, never as a link, an image or HTML
+    for element in [*at.warning, *at.error, *at.markdown, *at.caption]:
+        value = str(element.value)
+        assert "](http" not in value and "<script>" not in value, value
+
+
+def test_train_chart_follows_its_controls_through_a_setting_not_trained(lab_store):
+    """Pick layer 3 and epoch 1, move λ to a setting not trained (the histogram is not drawn), then
+    back: the radio, the slider and the chart title agree (they did not: the chart kept the old ones)."""
+    query = {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"}
+    at = open_page("train", query)
+    layer_key, epoch_key = f"hist_layer_{BINARY.run_id()}", f"hist_epoch_{BINARY.run_id()}"
+    at.radio(key=layer_key).set_value("fcs.2.weight").run()
+    at.slider(key=epoch_key).set_value(1).run()
+    at.select_slider(key="lam").set_value(0.2).run()  # not trained: no histogram on the page
+    assert "not been trained yet" in texts(at.info)
+    at.select_slider(key="lam").set_value(0.05).run()
+    assert_clean(at)
+    assert at.radio(key=layer_key).value == "fcs.2.weight" and at.slider(key=epoch_key).value == 1
+    spec = at.get("plotly_chart")[-1].proto.spec
+    assert "fcs.2.weight" in spec and "epoch 1" in spec
+
+
+def test_compress_chart_follows_its_controls_through_an_error(lab_store):
+    """Pick layer 3, choose a per-chunk k that does not fit (an error, no chart), then shared: the
+    layer radio and the chart agree."""
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "d": "2", "k": "8"})
+    layer_key = f"layer_{PLAIN.run_id()}"
+    at.radio(key=layer_key).set_value("fcs.2.weight").run()
+    at.radio(key="layout").set_value("per-chunk").run()
+    at.select_slider(key="k").set_value(64).run()
+    assert "does not fit" in texts(at.error)
+    at.radio(key="layout").set_value("shared").run()
+    at.select_slider(key="k").set_value(8).run()
+    assert_clean(at)
+    assert at.radio(key=layer_key).value == "fcs.2.weight"
+    spec = at.get("plotly_chart")[-1].proto.spec
+    assert "fcs.2.weight" in spec

@@ -37,13 +37,18 @@ def _number_text(text: str) -> float | None:
         return None
 
 
-def link_notice(key: str, accepts: Callable[[str], bool], used: object) -> None:
-    """If the URL carries `key` with a value the widget cannot take, say so (as plain text)."""
+def link_notice(key: str, accepts: Callable[[str], bool], used: object) -> bool:
+    """If the URL carries `key` with a value the widget cannot take, say so (as plain text), drop it
+    from the URL and return False: the widget must then be drawn unbound for this run, since
+    Streamlit would parse the value itself (and `epochs=1e400` raises inside Streamlit)."""
     raw = st.query_params.get(key)
     if raw is None or key in st.session_state:
-        return  # no link value, or the widget already holds the user's own choice
-    if not accepts(raw):
-        st.warning(f"The link's {plain(key)}={plain(raw[:60])} cannot be used here; showing {plain(used)} instead.")
+        return True  # no link value, or the widget already holds the user's own choice
+    if accepts(raw):
+        return True
+    st.warning(f"The link's {plain(key)}={plain(raw[:60])} cannot be used here; showing {plain(used)} instead.")
+    del st.query_params[key]
+    return False
 
 
 def in_options(options: Sequence[Any]) -> Callable[[str], bool]:
@@ -52,7 +57,7 @@ def in_options(options: Sequence[Any]) -> Callable[[str], bool]:
     def accepts(raw: str) -> bool:
         if raw in (str(o) for o in options):
             return True
-        number = _number_text(raw)
+        number = _number_text(raw.replace(",", ""))  # 65,536 as the slider shows it
         return number is not None and any(
             isinstance(o, int | float) and not isinstance(o, bool) and number == o for o in options
         )
@@ -62,26 +67,24 @@ def in_options(options: Sequence[Any]) -> Callable[[str], bool]:
 
 def int_in(low: int, high: int) -> Callable[[str], bool]:
     def accepts(raw: str) -> bool:
-        return raw.strip().lstrip("-").isdigit() and low <= int(raw) <= high
+        text = raw.strip()
+        return len(text) <= 12 and text.lstrip("-").isdigit() and low <= int(text) <= high
 
     return accepts
 
 
 def selectbox(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
-    if bind:
-        link_notice(key, in_options(options), default)
+    bind = bind and link_notice(key, in_options(options), default)
     return st.selectbox(label, options, index=list(options).index(default), key=key, bind=_bind(bind), **kwargs)
 
 
 def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
-    if bind:
-        link_notice(key, in_options(options), default)
+    bind = bind and link_notice(key, in_options(options), default)
     return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
 
 
 def number_input(label: str, low: int, high: int, default: int, key: str, bind: bool, **kwargs: Any) -> int:
-    if bind:
-        link_notice(key, int_in(low, high), default)
+    bind = bind and link_notice(key, int_in(low, high), default)
     return int(st.number_input(label, low, high, default, key=key, bind=_bind(bind), **kwargs))
 
 
@@ -162,3 +165,13 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         lr=float(lr),
         seed=seed,
     )
+
+
+def radio(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
+    bind = bind and link_notice(key, in_options(options), default)
+    return st.radio(label, options, index=list(options).index(default), key=key, bind=_bind(bind), **kwargs)
+
+
+def toggle(label: str, default: bool, key: str, bind: bool, **kwargs: Any) -> bool:
+    bind = bind and link_notice(key, lambda raw: raw.lower() in ("true", "false"), default)
+    return bool(st.toggle(label, value=default, key=key, bind=_bind(bind), **kwargs))

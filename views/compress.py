@@ -34,7 +34,7 @@ from ui.common import (
     stored_compression,
 )
 from ui.jobs import job_progress_ui, last_failure_ui, manager
-from ui.widgets import QP, in_options, link_notice, select_slider, selectbox
+from ui.widgets import number_input, radio, select_slider, selectbox
 
 
 def compress_config_ui() -> CompressConfig:
@@ -50,12 +50,12 @@ def compress_config_ui() -> CompressConfig:
             help="float: no compression (reference); binarize: sign(W)·α, 1 bit a weight; "
             "kmeans: scalar k-means (d = 1); pq: product quantization.",
         )
-        link_notice("layout", in_options(LAYOUTS), "shared")
-        layout = st.radio(
+        layout = radio(
             "Codebook layout",
             LAYOUTS,
-            key="layout",
-            bind=QP,
+            "shared",
+            "layout",
+            True,
             horizontal=True,
             disabled=method != "pq",
             help="shared: one codebook per layer; per-chunk: one per chunk position (needs k ≤ rows).",
@@ -73,13 +73,11 @@ def compress_config_ui() -> CompressConfig:
             help="A code is log2(k) bits per subvector.",
         )
     with col3:
-        link_notice("bits", in_options((32, 16)), 32)
-        centroid_bits = st.radio(
-            "Centroid precision (bits)", (32, 16), key="bits", bind=QP, horizontal=True, disabled=method == "float"
+        centroid_bits = radio(
+            "Centroid precision (bits)", (32, 16), 32, "bits", True, horizontal=True, disabled=method == "float"
         )
-        link_notice("ft", lambda raw: raw.isdigit() and int(raw) <= 20, 0)
-        finetune_epochs = st.number_input(
-            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, key="ft", bind=QP, disabled=method == "float"
+        finetune_epochs = number_input(
+            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=method == "float"
         )
     return CompressConfig(
         method=method,

@@ -16,7 +16,7 @@ from core.pipeline import submit_sweep
 from core.records import CompressionRecord
 from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions, fmt_k, fmt_lam, plain, show_error, store
 from ui.jobs import job_progress_ui, last_failure_ui, manager
-from ui.widgets import QP, train_fields_ui
+from ui.widgets import radio, selectbox, toggle, train_fields_ui
 
 
 def sweep_form() -> None:
@@ -84,15 +84,15 @@ def frontier(points: list[CompressionRecord]) -> None:
         p.train_config.dataset == d for p in points))  # fmt: skip
     col1, col2, col3 = st.columns([2, 3, 2])
     with col1:
-        dataset = st.selectbox("Dataset", datasets, key="dataset", bind=QP)
+        dataset = selectbox("Dataset", datasets, datasets[0], "dataset", True)
         models = sorted({p.train_config.model for p in points if p.train_config.dataset == dataset})
-        model = st.selectbox("Model", models, key="model", bind=QP)
+        model = selectbox("Model", models, models[0], "model", True)
     with col2:
-        x_axis = st.radio(
-            "Size axis (log scale)", list(SIZE_AXES), format_func=lambda k: SIZE_AXES[k][0], key="x", bind=QP
+        x_axis = radio(
+            "Size axis (log scale)", list(SIZE_AXES), "fc_ratio", "x", True, format_func=lambda k: SIZE_AXES[k][0]
         )
     with col3:
-        show_dominated = st.toggle("Show dominated points", value=True, key="dominated", bind=QP)
+        show_dominated = toggle("Show dominated points", True, "dominated", True)
 
     shown = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
     rows = [p.row() for p in shown]

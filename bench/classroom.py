@@ -1,0 +1,190 @@
+"""A classroom on one machine, in real browsers: many sessions press Train at once.
+
+In Chromium (Debian's binary, through Playwright), against one `streamlit run app.py` on a fresh run
+store with the job queue's default bound:
+
+  A. `--sessions` browser sessions (default 10) open the Train page on the same default settings
+     (mnist-5k, LeNet-300-100, binary λ=0.01, 5 epochs) and all press Train within a few seconds:
+     how many trainings ran (a monitor reads the job status files every 0.2 s), and when each
+     session showed the stored result.
+  B. each session trains a different small configuration (mnist-5k, 2 epochs, seed i): the most
+     jobs running at once (against the bound), whether every run was stored (none lost), and the
+     time each session waited.
+  Meanwhile (in B) one more session loads the Home page again and again: its page-load times,
+  median and worst, while the queue is busy.
+
+    python bench/classroom.py                 # ~5 min on 2 cores; writes bench/results/classroom.{json,md}
+    python bench/classroom.py --sessions 4    # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from playwright.sync_api import sync_playwright
+
+from core.config import TrainConfig
+from core.jobs import JobManager, JobState, default_max_running
+from core.store import RunStore
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, LONG, streamlit_app
+
+DEFAULT = TrainConfig(dataset="mnist-5k", reg="binary", lam=0.01)  # the Train page's defaults
+DONE_TEXT = "shown from the store"
+
+
+class Monitor(threading.Thread):
+    """Reads the job status files every 0.2 s: which trainings ran, and how many at once."""
+
+    def __init__(self, root: Path):
+        super().__init__(daemon=True)
+        self.manager = JobManager(root, tune_torch_threads=False)
+        self.stop = threading.Event()
+        self.started: dict[str, float] = {}  # key -> when it started running
+        self.max_running = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            running = [j for j in self.manager.jobs(finished_within_s=1e9) if j.state is JobState.RUNNING]
+            self.max_running = max(self.max_running, len(running))
+            for job in self.manager.jobs(finished_within_s=1e9):
+                if job.kind == "train" and job.started is not None:
+                    self.started.setdefault(f"{job.key}@{job.started}", job.started)
+            self.stop.wait(0.2)
+
+
+def open_train(page, url: str, query: str):
+    """Open the Train page on `query`; its Train button (None when the run is already stored)."""
+    page.goto(f"{url}/train?{query}")
+    button = page.get_by_role("button", name="Train", exact=True)
+    button.or_(page.get_by_text(DONE_TEXT)).first.wait_for()
+    return button if button.count() else None
+
+
+def phase(pages, url: str, queries: list[str]) -> tuple[list[float], float]:
+    """Every page opens its query; then all press Train, one right after the other; returns the
+    seconds from the first press until each page shows its stored run, and the spread of the presses."""
+    buttons = [open_train(page, url, query) for page, query in zip(pages, queries)]
+    first = time.perf_counter()
+    for button in buttons:
+        if button is not None:
+            button.click()
+    pressed = time.perf_counter() - first
+    results = []
+    for page in pages:  # each page's own job panel polls; here we only read when it shows the run
+        page.get_by_text(DONE_TEXT).first.wait_for(timeout=LONG * 10)
+        results.append(time.perf_counter() - first)
+    return results, pressed
+
+
+def home_loads(url: str, stop: threading.Event, times: list[float]) -> None:
+    """Another user loading Home while the queue is busy, in a browser of its own (Playwright's sync
+    API belongs to the thread that started it): seconds from navigation to a drawn page."""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.set_default_timeout(LONG * 4)
+        while not stop.is_set():
+            started = time.perf_counter()
+            page.goto(url)
+            page.get_by_text("Where to go").wait_for()
+            times.append(time.perf_counter() - started)
+            page.wait_for_timeout(500)
+        browser.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = args.sessions
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "store"
+        monitor = Monitor(root)
+        with streamlit_app(root, Path(tmp) / "streamlit.log") as url, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in range(n)]
+            pages = [c.new_page() for c in contexts]
+            for page in pages:
+                page.set_default_timeout(LONG * 10)
+            monitor.start()
+
+            # A. everyone on the same defaults
+            same, pressed_a = phase(pages, url, [""] * n)
+            trainings_a = sum(1 for key in monitor.started if key.startswith(DEFAULT.run_id()))
+
+            # B. everyone on a different small configuration; one more user loads Home meanwhile
+            stop = threading.Event()
+            loads: list[float] = []
+            watcher = threading.Thread(target=home_loads, args=(url, stop, loads), daemon=True)
+            watcher.start()
+            queries = [f"epochs=2&seed={i + 1}" for i in range(n)]
+            try:
+                different, pressed_b = phase(pages, url, queries)
+            finally:
+                stop.set()
+                watcher.join(timeout=120)
+            monitor.stop.set()
+            browser.close()
+
+        store = RunStore(root)
+        wanted = [TrainConfig(dataset="mnist-5k", reg="binary", lam=0.01, epochs=2, seed=i + 1) for i in range(n)]
+        stored = sum(store.load_run(cfg.run_id()) is not None for cfg in wanted)
+    result = {
+        "sessions": n,
+        "max_running_bound": default_max_running(),
+        "A_same_defaults": {
+            "trainings_that_ran": trainings_a,
+            "press_spread_s": round(pressed_a, 2),
+            "seconds_to_result": [round(t, 2) for t in same],
+        },
+        "B_different_configs": {
+            "max_running_at_once": monitor.max_running,
+            "runs_stored": stored,
+            "press_spread_s": round(pressed_b, 2),
+            "seconds_to_result": [round(t, 2) for t in different],
+        },
+        "home_page_loads_s": {
+            "count": len(loads),
+            "median": round(statistics.median(loads), 2) if loads else None,
+            "worst": round(max(loads), 2) if loads else None,
+        },
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    (out / "classroom.json").write_text(json.dumps(result, indent=1))
+    a, b, home = result["A_same_defaults"], result["B_different_configs"], result["home_page_loads_s"]
+    (out / "classroom.md").write_text(
+        f"# Classroom load ({n} Chromium sessions, one server, {result['machine']})\n\n"
+        f"Job queue bound: {result['max_running_bound']} job(s) computing at once.\n\n"
+        f"| | A: same defaults | B: a different config each |\n|---|---|---|\n"
+        f"| presses spread over | {a['press_spread_s']} s | {b['press_spread_s']} s |\n"
+        f"| trainings that ran | {a['trainings_that_ran']} | {b['runs_stored']} stored of {n} |\n"
+        f"| most jobs running at once | 1 | {b['max_running_at_once']} |\n"
+        f"| seconds to each session's result (min / median / max) | {min(a['seconds_to_result'])} / "
+        f"{statistics.median(a['seconds_to_result'])} / {max(a['seconds_to_result'])} | "
+        f"{min(b['seconds_to_result'])} / {statistics.median(b['seconds_to_result'])} / "
+        f"{max(b['seconds_to_result'])} |\n\n"
+        f"Home page loads by another user during B: {home['count']} loads, median {home['median']} s, "
+        f"worst {home['worst']} s.\n"
+    )
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
