@@ -445,11 +445,14 @@ def cmd_gc(args: argparse.Namespace) -> dict:
         raise CliError(f"--older-than {args.older_than} must be a number of seconds >= 0")
     store = _store(args)
     report = store.gc(older_than_s=args.older_than)
+    from .jobs import JobManager
+
+    old_jobs = JobManager(store.root, tune_torch_threads=False).cleanup(older_than_s=max(args.older_than, 60.0))
     if not args.json:
         for path in report.removed:
             print(f"removed {path}")
-        print(f"freed {report.bytes_freed:,} bytes in {store.root}")
-    return {"removed": list(report.removed), "bytes_freed": report.bytes_freed}
+        print(f"freed {report.bytes_freed:,} bytes in {store.root}; {old_jobs} finished job entries removed")
+    return {"removed": list(report.removed), "bytes_freed": report.bytes_freed, "job_entries_removed": old_jobs}
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {

@@ -59,6 +59,8 @@ def job_manager(store: RunStore) -> JobManager:
     with _MANAGERS_LOCK:
         if key not in _MANAGERS:
             _MANAGERS[key] = JobManager(store.root)
+            # what a killed writer (kill -9 mid-publication) left behind goes at the first job
+            store.clean_temporaries()
         return _MANAGERS[key]
 
 

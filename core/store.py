@@ -304,13 +304,33 @@ class RunStore:
     def size_bytes(self) -> int:
         return _size(self.root) if self.root.is_dir() else 0
 
+    def clean_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
+        """Remove what killed writers left (hidden `.tmp` files and folders older than
+        `older_than_s`): cheap, reads no entry; run at every process's first job."""
+        removed: list[str] = []
+        freed = 0
+        now = time.time()
+        parents = [self.root, self.root / "runs", self.root / "compress"]
+        compress = self.root / "compress"
+        if compress.is_dir():
+            parents += [p for p in compress.iterdir() if p.is_dir() and _is_id(p.name)]
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            for path in list(parent.iterdir()):
+                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
+                    freed += _size(path)
+                    removed.append(str(path.relative_to(self.root)))
+                    self._discard(path)
+        return GcReport(tuple(removed), freed)
+
     def gc(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
         """Remove what no reader will ever serve: temporaries left by killed writers (older than
         `older_than_s`), entries that fail verification (corrupt, edited, or of an old format or
         CODE_VERSION), and compressions whose run is gone."""
-        removed: list[str] = []
-        freed = 0
-        now = time.time()
+        temporaries = self.clean_temporaries(older_than_s)
+        removed: list[str] = list(temporaries.removed)
+        freed = temporaries.bytes_freed
 
         def drop(path: Path) -> None:
             nonlocal freed
@@ -318,16 +338,6 @@ class RunStore:
             removed.append(str(path.relative_to(self.root)))
             self._discard(path)
 
-        for parent in (self.root / "runs", self.root / "compress", self.root):
-            if not parent.is_dir():
-                continue
-            for path in list(parent.iterdir()):
-                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
-                    drop(path)
-        for folder in list((self.root / "compress").iterdir()) if (self.root / "compress").is_dir() else []:
-            for path in list(folder.iterdir()) if folder.is_dir() else []:
-                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
-                    drop(path)
         live_runs = set()
         for folder in self._run_folders():
             if self.load_run(folder.name, verify_weights=True) is None:
@@ -342,14 +352,18 @@ class RunStore:
                 drop(folder)
                 continue
             for path in list(folder.iterdir()):
-                if is_temporary(path) or not _is_id(path.stem):
+                if path.name.startswith(".") or not _is_id(path.stem):
                     continue
                 if path.suffix == ".json" and self._load_compression(folder.name, path.stem) is None:
                     drop(path)
                     drop_file = path.with_suffix(".safetensors")
                     if drop_file.exists():
                         drop(drop_file)
-                elif path.suffix == ".safetensors" and not path.with_suffix(".json").exists():
+                elif (
+                    path.suffix == ".safetensors"
+                    and not path.with_suffix(".json").exists()
+                    and time.time() - _mtime(path) / 1e9 > older_than_s  # a writer publishes its JSON next
+                ):
                     drop(path)
         return GcReport(tuple(removed), freed)
 

@@ -170,20 +170,56 @@ def test_an_edited_run_json_is_never_served(store):
     assert not cached and again.test_accuracy == run.test_accuracy
 
 
-@pytest.mark.parametrize(
-    "edit",
-    [
-        lambda e: e["record"].update(history=[]),  # crashed every page before
-        lambda e: e["record"].update(histograms="x"),
-        lambda e: e.update(record=[]),
-        lambda e: e.pop("checksum"),
-        lambda e: e.update(format="compression-lab-store/1"),
-    ],
-)
+RUN_EDITS = {
+    "history empty (crashed every page before)": lambda e: e["record"].update(history=[]),
+    "histograms not a list": lambda e: e["record"].update(histograms="x"),
+    "record not an object": lambda e: e.update(record=[]),
+    "checksum removed": lambda e: e.pop("checksum"),
+    "old store format": lambda e: e.update(format="compression-lab-store/1"),
+    "accuracy raised": lambda e: e["record"]["history"][-1].update(test_accuracy=0.999),
+    "config lr changed": lambda e: e["record"]["config"].update(lr=0.5),
+    "run id changed": lambda e: e["record"].update(run_id="0" * 16),
+    "layer shape changed": lambda e: e["record"]["layers"][0].update(shape=[1, 1]),
+    "histogram counts changed": lambda e: e["record"]["histograms"][0][0]["counts"].append(5),
+    "weights checksum changed": lambda e: e.update(weights_sha256="0" * 64),
+    "device renamed": lambda e: e["record"].update(device="[x](http://evil)"),
+    "seconds made text": lambda e: e["record"].update(seconds="fast"),
+    "an epoch dropped": lambda e: e["record"]["history"].pop(),
+    "n_classes zero": lambda e: e["record"].update(n_classes=0),
+}
+
+
+@pytest.mark.parametrize("edit", RUN_EDITS.values(), ids=RUN_EDITS.keys())
 def test_a_broken_run_json_never_breaks_a_listing(store, edit):
+    """An edit that keeps the JSON valid is detected (the checksum covers the record and the weights'
+    hash together), counts as missing, and is recomputed; nothing is served, nothing crashes."""
     run, _ = get_or_train(store, TrainConfig(**TINY))
     _edit_json(store.root / "runs" / run.run_id / "run.json", edit)
     assert store.list_runs() == [] and store.load_run(run.run_id) is None
+    again, cached = get_or_train(store, TrainConfig(**TINY))
+    assert not cached and again.test_accuracy == run.test_accuracy
+
+
+COMPRESSION_EDITS = {
+    "accuracy raised": lambda e: e["record"].update(accuracy=0.999),
+    "size edited": lambda e: e["record"]["size"].update(fc_ratio=99.0),
+    "file checksum changed": lambda e: e.update(file_sha256="0" * 64),
+    "run id changed": lambda e: e["record"].update(run_id="0" * 16),
+    "config edited": lambda e: e["record"]["compress_config"].update(n_centroids=8),
+    "record emptied": lambda e: e.update(record={}),
+}
+
+
+@pytest.mark.parametrize("edit", COMPRESSION_EDITS.values(), ids=COMPRESSION_EDITS.keys())
+def test_an_edited_compression_is_never_served(store, edit):
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    cfg = CompressConfig(method="kmeans", n_centroids=4)
+    get_or_compress(store, run, cfg)
+    json_path, _ = store.compression_paths(run.run_id, cfg.key())
+    _edit_json(json_path, edit)
+    assert store.load_compression(run.run_id, cfg) is None and store.list_compressions() == []
+    _, cached = get_or_compress(store, run, cfg)
+    assert not cached and len(store.list_compressions()) == 1
 
 
 def test_a_run_copied_under_another_id_is_not_served(store):
@@ -235,3 +271,22 @@ def test_delete_run_takes_its_compressions(store):
     get_or_compress(store, run, CompressConfig(method="binarize"))
     assert store.delete_run(run.run_id) > 0
     assert store.list_runs() == [] and store.list_compressions() == []
+
+
+def test_what_a_killed_writer_left_goes_at_the_first_job(store):
+    """kill -9 between the writes leaves hidden temporaries; the next process's first job removes them."""
+    import os
+
+    from core import pipeline
+
+    (store.root / "runs").mkdir(parents=True)
+    left = store.root / "runs" / ".0123456789abcdef.999.dead.tmp"
+    left.mkdir()
+    (left / "model.safetensors").write_bytes(b"x" * 100)
+    half = store.root / "runs" / ".run.json.999.dead.tmp"
+    half.write_bytes(b"{")
+    for path in (left, half):
+        os.utime(path, (1, 1))
+    pipeline._MANAGERS.clear()  # a fresh process
+    get_or_train(store, TrainConfig(**TINY))
+    assert not left.exists() and not half.exists()
