@@ -17,7 +17,7 @@ from core.jobs import JobManager, JobState, JobStatus
 from core.pipeline import job_manager
 from ui.common import plain, store
 
-POLL_S = 1.0
+POLL_S = 2.0  # seconds between two looks at a job: each look is a script run in every session
 
 
 def manager() -> JobManager:
