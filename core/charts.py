@@ -44,23 +44,52 @@ FONT_SIZE = 16
 
 # Frontier x axes: column of CompressionRecord.row(), axis title, and whether larger is better.
 SIZE_AXES: dict[str, tuple[str, bool]] = {
-    "fc_ratio": ("FC compression ratio (x, float32 FC bits / compressed FC bits)", True),
-    "model_ratio": ("model compression ratio (x, whole model)", True),
-    "fc_bits": ("compressed FC size (bits)", False),
-    "model_bits": ("compressed model size (bits)", False),
+    "fc_ratio": ("FC compression ratio (float32 FC bits / compressed FC bits; log scale)", True),
+    "model_ratio": ("model compression ratio (whole model; log scale)", True),
+    "fc_bits": ("compressed FC size (bits; log scale)", False),
+    "model_bits": ("compressed model size (bits; log scale)", False),
 }
 
 
+# Marks that must read on a light and a dark background alike (the pages draw every chart with
+# Streamlit's theme, which follows the viewer's light or dark setting).
+NEUTRAL = "#888888"
+
+
 def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
+    """Size, font and margins; no template: Streamlit's theme gives the colours of light or dark mode.
+    Legends sit under the plot, so a phone-width screen keeps the plot its full width."""
     fig.update_layout(
-        title=title,
+        title=dict(text=title, x=0, xanchor="left") if title else None,
         height=height,
         font=dict(size=FONT_SIZE),
-        margin=dict(l=70, r=20, t=100 if title else 40, b=60),
-        legend=dict(font=dict(size=FONT_SIZE - 2)),
-        template="plotly_white",
+        margin=dict(l=60, r=10, t=70 if title else 30, b=50),
+        legend=dict(font=dict(size=FONT_SIZE - 2), orientation="h", yanchor="top", y=-0.2, x=0),
     )
     return fig
+
+
+def log_ticks(low: float, high: float, unit: str = "x") -> tuple[list[float], list[str]]:
+    """Ticks of a log axis at 1, 2, 5, 10, 20, 50, ... between `low` and `high`, labelled as numbers
+    a reader can take in at once: '1x', '20x', '500x' for ratios, '50k', '2M' for bits."""
+    if not (low > 0 and high > 0 and math.isfinite(low) and math.isfinite(high)):
+        return [], []
+    values: list[float] = []
+    decade = 10.0 ** math.floor(math.log10(low))
+    while decade <= high * 10:
+        for step in (1, 2, 5):
+            value = step * decade
+            if low / 1.5 <= value <= high * 1.5:
+                values.append(value)
+        decade *= 10
+    return values, [_short(v) + (unit if unit == "x" else "") for v in values]
+
+
+def _short(value: float) -> str:
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if value >= limit:
+            return f"{value / limit:g}{suffix}"
+    return f"{value:g}"
 
 
 def method_color(method: str) -> str:
@@ -110,12 +139,98 @@ def _bin_centers(limit: float, n_bins: int) -> list[float]:
 
 
 def weight_histogram(
-    layer: LayerHistogram, title: str | None = None, color: str = "#0072B2", show_alpha: bool = True, height: int = 380
+    layer: LayerHistogram,
+    title: str | None = None,
+    color: str = "#0072B2",
+    show_alpha: bool = True,
+    height: int = 380,
+    x_range: tuple[float, float] | None = None,
 ) -> go.Figure:
-    """One FC layer's weight histogram with ±alpha drawn."""
-    return weight_histograms_overlay(
-        {"weights": layer}, title=title, colors=[color], show_alpha=show_alpha, height=height, legend=False
+    """One FC layer's weight histogram with ±alpha drawn, on a fixed x range when given (one range for
+    every epoch of a layer, so scrubbing the epochs never moves the axis)."""
+    fig = weight_histograms_overlay(
+        {"weights": layer}, title=title, colors=[color], show_alpha=show_alpha, height=height, legend=True
     )
+    if x_range is not None:
+        fig.update_xaxes(range=list(x_range))
+    return fig
+
+
+def histogram_range(layers: Sequence[LayerHistogram]) -> tuple[float, float]:
+    """One symmetric x range that holds every histogram given (a layer over its epochs, or several runs)."""
+    limit = max((layer.limit for layer in layers), default=1.0)
+    return (-1.05 * limit, 1.05 * limit)
+
+
+def histogram_animation(
+    frames: Sequence[LayerHistogram],
+    labels: Sequence[str],
+    title: str | None = None,
+    color: str = "#0072B2",
+    height: int = 440,
+    start: int | None = None,
+) -> go.Figure:
+    """A layer's histogram at every epoch as Plotly frames, with a play button and an epoch slider:
+    the collapse onto ±α played as an animation, on one fixed x and y range."""
+    x_range = histogram_range(frames)
+    y_max = max(100.0 * max(f.counts) / (sum(f.counts) or 1) for f in frames) * 1.1
+
+    def traces(layer: LayerHistogram) -> list:
+        total = sum(layer.counts) or 1
+        bars = go.Bar(
+            x=_bin_centers(layer.limit, len(layer.counts)),
+            y=[100.0 * c / total for c in layer.counts],
+            width=2 * layer.limit / len(layer.counts),
+            marker_color=color,
+            name="weights",
+            hovertemplate="w ≈ %{x:.3g}<br>%{y:.2f}% of weights<extra></extra>",
+        )
+        alpha = go.Scatter(
+            x=[-layer.alpha, -layer.alpha, None, layer.alpha, layer.alpha],
+            y=[0, y_max, None, 0, y_max],
+            mode="lines",
+            line=dict(color=NEUTRAL, dash="dash", width=2),
+            name=f"±α = ±{layer.alpha:.3g}",
+        )
+        return [bars, alpha]
+
+    first = len(frames) - 1 if start is None else start
+    fig = go.Figure(
+        data=traces(frames[first]),
+        frames=[go.Frame(data=traces(layer), name=label) for layer, label in zip(frames, labels)],
+    )
+    steps = [
+        dict(
+            method="animate",
+            label=label,
+            args=[[label], dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))],
+        )
+        for label in labels
+    ]
+    play = dict(frame=dict(duration=500, redraw=True), transition=dict(duration=200), fromcurrent=False)
+    pause = dict(frame=dict(duration=0, redraw=False), mode="immediate")
+    fig.update_layout(
+        updatemenus=[
+            dict(
+                type="buttons",
+                showactive=False,
+                x=0,
+                y=-0.32,
+                xanchor="left",
+                yanchor="top",
+                buttons=[
+                    dict(label="▶ play", method="animate", args=[None, play]),
+                    dict(label="❚❚ pause", method="animate", args=[[None], pause]),
+                ],
+            )
+        ],
+        sliders=[dict(active=first, steps=steps, x=0.3, y=-0.22, len=0.7, currentvalue=dict(prefix="epoch "))],
+    )
+    fig.update_xaxes(title_text="weight value", range=list(x_range))
+    fig.update_yaxes(title_text="share of weights (%)", range=[0, y_max])
+    fig = _style(fig, title, height)
+    fig.update_layout(legend=dict(y=1.0, yanchor="bottom"), margin=dict(b=130))
+    return fig
 
 
 def weight_histograms_overlay(
@@ -145,20 +260,18 @@ def weight_histograms_overlay(
             )
         )
         if show_alpha:
+            # ±alpha as dashed lines, its value in the legend: no floating labels to overlap
+            line_color = NEUTRAL if len(layers) == 1 else color
             for sign in (-1, 1):
-                # one histogram: black lines stand out against the bars; several: each in its colour
-                line_color = "black" if len(layers) == 1 else color
                 fig.add_vline(x=sign * layer.alpha, line=dict(color=line_color, dash="dash", width=2))
-            fig.add_annotation(
-                x=layer.alpha,
-                y=1 - 0.08 * index,
-                yref="paper",
-                text=f" +α={layer.alpha:.3g}",
-                showarrow=False,
-                xanchor="left",
-                yanchor="top",
-                font=dict(color="black" if len(layers) == 1 else color),
-                bgcolor="rgba(255,255,255,0.7)",
+            fig.add_trace(
+                go.Scatter(
+                    x=[None],
+                    y=[None],
+                    mode="lines",
+                    line=dict(color=line_color, dash="dash", width=2),
+                    name=f"±α = ±{layer.alpha:.3g}" + (f" ({label})" if len(layers) > 1 else ""),
+                )
             )
     fig.update_layout(barmode="overlay", showlegend=legend)
     fig.update_xaxes(title_text="weight value")
@@ -284,35 +397,63 @@ def bits_breakdown(size: SizeReport, title: str | None = None, height: int = 300
 # ------------------------------------------------------------------------------------ frontier
 
 
+def run_group_labels(points: Sequence[CompressionRecord]) -> list[str]:
+    """A legend label per point that tells runs apart: method and regularizer, plus the epochs, the
+    seed and the network where the points differ in them (and only there)."""
+    configs = [p.train_config for p in points]
+    differs = {
+        name: len({getattr(c, name) for c in configs}) > 1 for name in ("epochs", "seed", "model", "hidden", "dataset")
+    }
+    labels = []
+    for point, cfg in zip(points, configs):
+        parts = [point.compress_config.method, cfg.label()]
+        if differs["dataset"]:
+            parts.append(cfg.dataset)
+        if differs["model"] or differs["hidden"]:
+            parts.append(cfg.model + (" " + "-".join(map(str, cfg.hidden)) if cfg.model == "mlp" else ""))
+        if differs["epochs"]:
+            parts.append(f"{cfg.epochs} ep")
+        if differs["seed"]:
+            parts.append(f"seed {cfg.seed}")
+        labels.append(" · ".join(parts))
+    return labels
+
+
 def frontier_figure(
     points: Sequence[CompressionRecord],
     pareto: Sequence[bool] | None = None,
     x: str = "fc_ratio",
     show_dominated: bool = True,
     title: str | None = None,
-    height: int = 560,
+    height: int = 600,
 ) -> go.Figure:
-    """Accuracy against size for every (run, compression) point: colour = method, symbol =
-    regularizer and lam, the Pareto-optimal set (`pareto`, one flag a point, as the caller
-    computed it with `core.experiments.pareto_mask`; computed here when not given) joined by a line."""
-    df = pd.DataFrame([p.row() for p in points])
+    """Accuracy against size for every (run, compression) point: colour = method, symbol = the run
+    (regularizer and λ, and epochs / seed where they differ), the Pareto-optimal set (`pareto`, one
+    flag a point, as the caller computed it with `core.experiments.pareto_mask`; computed here when
+    not given) ringed and joined by a line. Each marker's customdata[0] is its index in `points`, so
+    a selection maps back to the record."""
     axis_title, larger_is_better = SIZE_AXES[x]
     fig = go.Figure()
-    if df.empty:
-        fig.add_annotation(text="no compressions stored yet", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    if not points:
+        fig.add_annotation(text="no compressions to show", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
         return _style(fig, title, height)
-    df = df.copy()
+    df = pd.DataFrame([p.row() for p in points])
+    df["index"] = range(len(points))
     df["acc_pct"] = 100.0 * df["accuracy"]
-    df["regularizer"] = df["reg_label"]
+    df["drop_pts"] = 100.0 * df["accuracy_drop"]
+    df["group"] = run_group_labels(points)
     df["pareto"] = (
         list(pareto) if pareto is not None else pareto_mask(df[x].tolist(), df["accuracy"].tolist(), larger_is_better)
     )
-    reg_order = sorted(df["regularizer"].unique(), key=lambda s: (s != "none (λ=0)", s))
-    symbols = {label: REG_SYMBOLS[i % len(REG_SYMBOLS)] for i, label in enumerate(reg_order)}
+    groups = sorted(df["group"].unique(), key=lambda g: ("none (λ=0)" not in g, g))
+    runs = sorted({g.split(" · ", 1)[1] for g in groups})
+    symbols = {run: REG_SYMBOLS[i % len(REG_SYMBOLS)] for i, run in enumerate(runs)}
     shown = df if show_dominated else df[df["pareto"]]
+    fields = ["index", "label", "reg_label", "epochs", "seed", "float_accuracy", "drop_pts", "fc_ratio",
+              "model_ratio", "fc_bits", "file_bytes", "run_id"]  # fmt: skip
     for method in [m for m in METHOD_COLORS if m in set(shown["method"])]:
-        for regularizer in reg_order:
-            part = shown[(shown["method"] == method) & (shown["regularizer"] == regularizer)]
+        for group in groups:
+            part = shown[(shown["method"] == method) & (shown["group"] == group)]
             if part.empty:
                 continue
             fig.add_trace(
@@ -320,36 +461,20 @@ def frontier_figure(
                     x=part[x],
                     y=part["acc_pct"],
                     mode="markers",
-                    name=f"{method} · {regularizer}",
+                    name=group,
                     marker=dict(
                         color=method_color(method),
-                        symbol=symbols[regularizer],
+                        symbol=symbols[group.split(" · ", 1)[1]],
                         size=13,
-                        line=dict(width=1.5, color=["black" if p else "white" for p in part["pareto"]]),
+                        line=dict(width=[3 if p else 0 for p in part["pareto"]], color=NEUTRAL),
                     ),
-                    customdata=part[
-                        [
-                            "label",
-                            "dataset",
-                            "model",
-                            "regularizer",
-                            "epochs",
-                            "seed",
-                            "float_accuracy",
-                            "accuracy_drop",
-                            "fc_ratio",
-                            "model_ratio",
-                            "fc_bits",
-                            "file_bytes",
-                            "run_id",
-                        ]
-                    ].values,
+                    customdata=part[fields].values,
                     hovertemplate=(
-                        "<b>%{customdata[0]}</b><br>run %{customdata[12]}: %{customdata[1]} %{customdata[2]}, "
-                        "%{customdata[3]}, %{customdata[4]} epochs, seed %{customdata[5]}<br>"
-                        "accuracy %{y:.2f}% (float %{customdata[6]:.2%}, drop %{customdata[7]:.2%})<br>"
-                        "FC ratio %{customdata[8]:.2f}x · model ratio %{customdata[9]:.2f}x<br>"
-                        "FC bits %{customdata[10]:,} · file %{customdata[11]:,} bytes<extra></extra>"
+                        "<b>%{customdata[1]}</b> · run %{customdata[11]}<br>"
+                        "%{customdata[2]}, %{customdata[3]} epochs, seed %{customdata[4]}<br>"
+                        "accuracy %{y:.2f}% (float %{customdata[5]:.2%}, drop %{customdata[6]:.2f} points)<br>"
+                        "FC ratio %{customdata[7]:.2f}x · model ratio %{customdata[8]:.2f}x<br>"
+                        "FC bits %{customdata[9]:,} · file %{customdata[10]:,} bytes<extra></extra>"
                     ),
                 )
             )
@@ -360,11 +485,12 @@ def frontier_figure(
             y=front["acc_pct"],
             mode="lines",
             name="Pareto front",
-            line=dict(color="black", width=2, dash="dot"),
+            line=dict(color=NEUTRAL, width=2, dash="dot"),
             hoverinfo="skip",
         )
     )
-    fig.update_xaxes(title_text=axis_title, type="log")
+    tickvals, ticktext = log_ticks(float(shown[x].min()), float(shown[x].max()), "x" if "ratio" in x else "")
+    fig.update_xaxes(title_text=axis_title, type="log", tickvals=tickvals, ticktext=ticktext)
     fig.update_yaxes(title_text="test accuracy (%)")
     return _style(fig, title, height)
 

@@ -218,6 +218,7 @@ def compression_spec(
     on_step: OnStep | None = None,
     local: _Local | None = None,
     executor: Executor | None = None,
+    transient: bool = False,
 ) -> JobSpec:
     chosen = executor or get_executor()
 
@@ -232,7 +233,7 @@ def compression_spec(
 
         ctx.report(0, 1, f"compressing: {cfg.label()}")
         record, blob = chosen.compress(run, cfg, device=device, data=data, on_step=step, poll=waiting)
-        store.save_compression(record, blob)
+        store.save_compression(record, blob, transient=transient)
 
     return JobSpec(
         key=compression_key(run.run_id, cfg),
@@ -253,15 +254,21 @@ def get_or_compress(
     on_status: OnStatus | None = None,
     nested: bool = False,
     executor: Executor | None = None,
+    transient: bool = False,
 ) -> tuple[CompressionRecord, bool]:
     """(record with its file path, was_cached). Compresses as a job on a miss; raises DoesNotFit
-    (before any work, and before any job) when the setting does not fit the run."""
+    (before any work, and before any job) when the setting does not fit the run. `transient` for a
+    setting a slider only passes over (kept off the Frontier until settled); any other request for
+    it (the CLI, a sweep) settles it."""
     cached = store.load_compression(run.run_id, cfg)
     if cached is not None:
+        if cached.transient and not transient:
+            store.settle_compression(run.run_id, cached.key)
+            cached = cached.with_file(cached.file_path, transient=False)
         return cached, True
     check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
     local = _Local()
-    spec = compression_spec(store, run, cfg, device, data, on_step, local, executor)
+    spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
     status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
     _outcome(status, local.errors, f"compression {cfg.label()} of run {run.run_id}")
     record = store.load_compression(run.run_id, cfg)

@@ -280,6 +280,9 @@ class CompressionRecord:
     layer_mse: tuple[tuple[str, float], ...] = ()  # reconstruction MSE per coded weight (state-dict key)
     seconds: float = 0.0
     file_path: str | None = field(default=None, compare=False)  # where the store keeps the file
+    # computed while a slider passed over it on the Compress page and not settled on: in the store
+    # (moving back is instant) but kept off the Frontier until a user stays on it
+    transient: bool = field(default=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -329,7 +332,7 @@ class CompressionRecord:
             "seconds": self.seconds,
         }
 
-    def with_file(self, path: str | None) -> CompressionRecord:
+    def with_file(self, path: str | None, transient: bool = False) -> CompressionRecord:
         return CompressionRecord(
             self.run_id,
             self.train_config,
@@ -341,6 +344,7 @@ class CompressionRecord:
             self.layer_mse,
             self.seconds,
             path,
+            transient,
         )
 
     def to_json(self) -> dict:
@@ -358,7 +362,9 @@ class CompressionRecord:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], file_path: str | None = None) -> CompressionRecord:
+    def from_json(
+        cls, data: Mapping[str, Any], file_path: str | None = None, transient: bool = False
+    ) -> CompressionRecord:
         train_config = TrainConfig.from_dict(data["train_config"])
         run_id = data["run_id"]
         if run_id != train_config.run_id():
@@ -384,4 +390,5 @@ class CompressionRecord:
             layer_mse=tuple((str(k), _number(v, "layer_mse")) for k, v in mse.items()),
             seconds=_number(data.get("seconds", 0.0), "seconds"),
             file_path=file_path,
+            transient=transient,
         )

@@ -46,6 +46,7 @@ ENV_VAR = "COMPRESSION_LAB_CACHE"
 STORE_FORMAT = "compression-lab-store/2"
 MAX_JSON_BYTES = 64 << 20  # a run.json is tens of kB; anything this large is not ours
 STALE_TEMPORARY_S = 3600.0  # a temporary older than this was left by a killed writer
+TRANSIENT_SUFFIX = ".transient"  # beside <key>.json: a compression only passed over (see save_compression)
 
 
 def default_root() -> Path:
@@ -239,7 +240,8 @@ class RunStore:
             blob = file_path.read_bytes()
             if sha256(blob) != file_sha:
                 return None
-            record = CompressionRecord.from_json(record_json, file_path=str(file_path))
+            transient = json_path.with_suffix(TRANSIENT_SUFFIX).exists()
+            record = CompressionRecord.from_json(record_json, file_path=str(file_path), transient=transient)
             if record.run_id != run_id or record.key != key or record.file_bytes != len(blob):
                 return None  # copied under another run or another setting's key
             _, meta = read_payload(blob, source=str(file_path))
@@ -249,14 +251,23 @@ class RunStore:
         except (*_READ_ERRORS, NotACompressedModel):
             return None
 
-    def save_compression(self, record: CompressionRecord, blob: bytes) -> CompressionRecord:
+    def save_compression(self, record: CompressionRecord, blob: bytes, transient: bool = False) -> CompressionRecord:
         """Publish the file, then the JSON that vouches for it: a reader that finds the JSON finds
-        the file it describes (or a newer identical one from a concurrent writer)."""
+        the file it describes (or a newer identical one from a concurrent writer). `transient`: the
+        setting was only passed over (a slider on the Compress page): marked so before the JSON
+        lands, so it never shows on the Frontier unless `settle_compression` keeps it."""
         json_path, file_path = self.compression_paths(record.run_id, record.key)
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(file_path, blob)
+        if transient and not json_path.exists():  # an entry already there stays as it is
+            write_atomic(json_path.with_suffix(TRANSIENT_SUFFIX), b"")
         write_atomic(json_path, _envelope(record.to_json(), sha256(blob), "file_sha256"))
-        return record.with_file(str(file_path))
+        return record.with_file(str(file_path), transient=json_path.with_suffix(TRANSIENT_SUFFIX).exists())
+
+    def settle_compression(self, run_id: str, key: str) -> None:
+        """A user stayed on this setting (or a sweep or the CLI asked for it): it goes on the Frontier."""
+        json_path, _ = self.compression_paths(run_id, key)
+        json_path.with_suffix(TRANSIENT_SUFFIX).unlink(missing_ok=True)
 
     def _compression_keys(self, run_id: str | None) -> Iterator[tuple[str, str]]:
         base = self.root / "compress"
@@ -295,7 +306,7 @@ class RunStore:
     def delete_compression(self, run_id: str, key: str) -> int:
         json_path, file_path = self.compression_paths(run_id, key)
         freed = 0
-        for path in (json_path, file_path):  # the JSON first: without it the file is never served
+        for path in (json_path, file_path, json_path.with_suffix(TRANSIENT_SUFFIX)):  # the JSON first
             if path.exists():
                 freed += _size(path)
                 path.unlink(missing_ok=True)
@@ -360,7 +371,7 @@ class RunStore:
                     if drop_file.exists():
                         drop(drop_file)
                 elif (
-                    path.suffix == ".safetensors"
+                    path.suffix in (".safetensors", TRANSIENT_SUFFIX)
                     and not path.with_suffix(".json").exists()
                     and time.time() - _mtime(path) / 1e9 > older_than_s  # a writer publishes its JSON next
                 ):
