@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# The same sweep, local executor and a local Ray cluster ({result['machine']})",
         "",
         f"`python -m core sweep {result['sweep']}`: {result['points']} points, identical on both executors "
-        f"(run ids, keys, accuracies, sizes). Ray: a head on 127.0.0.1 with {args.num_cpus} CPUs, one CPU a task, "
-        f"as many runs in flight as CPUs.",
+        f"(run ids, keys, accuracies, sizes). Ray: a head on 127.0.0.1 with {args.num_cpus} CPUs, "
+        f"each task with the torch threads (and CPUs) a local job uses, so the numbers match bit for bit.",
         "",
         "| round | first | local (s) | ray (s) | ray / local |",
         "|---|---|---|---|---|",

@@ -359,7 +359,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
 
     load_dataset(train_cfgs[0].dataset)  # fail on an unavailable dataset before any work
     executor = _executor(args)
-    parallel = args.parallel or (executor.cluster_cpus() if executor.name == "ray" else 1)
+    parallel = args.parallel or (executor.parallel_tasks() if executor.name == "ray" else 1)
     total = len(train_cfgs) * (1 + len(compress_cfgs))
     with _progress(not args.json, total, "sweep") as update:
         result = run_sweep(

@@ -135,13 +135,7 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(
-        self,
-        address: str | None = None,
-        num_gpus: float | None = None,
-        num_cpus: float = 1.0,
-        threads_per_task: int = 1,
-    ):
+    def __init__(self, address: str | None = None, num_gpus: float | None = None, threads_per_task: int | None = None):
         try:
             import ray
         except ImportError:
@@ -151,14 +145,23 @@ class RayExecutor:
         self._ray = ray
         if num_gpus is None:
             num_gpus = float(os.environ.get(ENV_RAY_GPUS, "0") or 0)
-        if not (0 <= num_gpus <= 8 and 0 < num_cpus <= 256):
-            raise ValueError(f"num_gpus={num_gpus} must be in [0, 8] (fractions share a GPU) and num_cpus > 0")
-        self.num_gpus, self.num_cpus, self.threads = float(num_gpus), float(num_cpus), int(threads_per_task)
+        if not 0 <= num_gpus <= 8:
+            raise ValueError(f"num_gpus={num_gpus} must be in [0, 8] (fractions share a GPU)")
+        self.num_gpus = float(num_gpus)
+        self.fixed_threads = threads_per_task
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         _ray_init(ray, self.address)
-        options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "max_retries": 0}
-        self._train = ray.remote(_remote_train).options(**options)
-        self._compress = ray.remote(_remote_compress).options(**options)
+        self._train_fn = ray.remote(_remote_train)
+        self._compress_fn = ray.remote(_remote_compress)
+
+    def _threads(self) -> int:
+        """Torch threads of a task: those this driver's own jobs use. Parallel reductions sum in an
+        order that depends on the thread count, so the same count is what makes a task's weights and
+        accuracy equal the local executor's, bit for bit; the task reserves that many CPUs."""
+        return self.fixed_threads or torch.get_num_threads()
+
+    def _options(self) -> dict[str, Any]:
+        return {"num_cpus": self._threads(), "num_gpus": self.num_gpus, "max_retries": 0}
 
     @property
     def device(self) -> str:
@@ -166,6 +169,10 @@ class RayExecutor:
 
     def cluster_cpus(self) -> int:
         return int(self._ray.cluster_resources().get("CPU", 1))
+
+    def parallel_tasks(self) -> int:
+        """How many tasks the cluster runs at once with this executor's CPUs a task."""
+        return max(1, self.cluster_cpus() // self._threads())
 
     def _get(self, ref: Any, poll: Poll | None) -> Any:
         """Wait for a task, waking up to `poll` (which raises on a cancel: the task is cancelled too)."""
@@ -193,7 +200,7 @@ class RayExecutor:
         from safetensors.torch import load
 
         target = str(device) if device is not None else self.device
-        ref = self._train.remote(cfg.to_json(), target, self.threads)
+        ref = self._train_fn.options(**self._options()).remote(cfg.to_json(), target, self._threads())
         record_json, weights = _unwrap(self._get(ref, poll))
         return RunRecord.from_json(record_json, weights=MemoryWeights(load(weights)))
 
@@ -209,7 +216,9 @@ class RayExecutor:
         from safetensors.torch import save
 
         target = str(device) if device is not None else self.device
-        ref = self._compress.remote(run.to_json(), save(run.state_dict()), cfg.to_json(), target, self.threads)
+        ref = self._compress_fn.options(**self._options()).remote(
+            run.to_json(), save(run.state_dict()), cfg.to_json(), target, self._threads()
+        )
         record_json, blob = _unwrap(self._get(ref, poll))
         return CompressionRecord.from_json(record_json), blob
 

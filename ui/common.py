@@ -235,3 +235,25 @@ def kept(key: str) -> bool:
 
 def keep(key: str, value: object) -> None:
     st.session_state[f"_kept_{key}"] = value
+
+
+# ------------------------------------------------------------------------------------ numbers
+# One format for each kind of number, on every page.
+
+
+def fmt_pct(fraction: float) -> str:
+    """An accuracy: '93.10%'."""
+    return f"{100 * fraction:.2f}%"
+
+
+def fmt_points(drop: float) -> str:
+    """An accuracy drop (a fraction) in percentage points: '1.23 points' (negative: a gain)."""
+    return f"{100 * drop:.2f} points"
+
+
+def fmt_bytes(n: int) -> str:
+    """A size that fits a metric card: '812 B', '61.6 kB', '3.2 MB'."""
+    for limit, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if n >= limit:
+            return f"{n / limit:.1f} {unit}"
+    return f"{n} B"

@@ -14,9 +14,23 @@ from core.experiments import compression_grid, pareto_mask, train_grid
 from core.jobs import JobState
 from core.pipeline import submit_sweep
 from core.records import CompressionRecord
-from ui.common import D_OPTIONS, K_OPTIONS, LAM_OPTIONS, compressions, fmt_k, fmt_lam, plain, show_error, store
+from ui.common import (
+    D_OPTIONS,
+    K_OPTIONS,
+    LAM_OPTIONS,
+    compressions,
+    fmt_bytes,
+    fmt_k,
+    fmt_lam,
+    fmt_pct,
+    fmt_points,
+    plain,
+    show_error,
+    store,
+)
+from ui.detail import point_detail_ui, point_id
 from ui.jobs import job_progress_ui, last_failure_ui, manager
-from ui.widgets import radio, selectbox, toggle, train_fields_ui
+from ui.widgets import number_input, radio, selectbox, toggle, train_fields_ui
 
 
 def sweep_form() -> None:
@@ -79,7 +93,26 @@ def sweep_status() -> None:
         last_failure_ui(key)
 
 
-def frontier(points: list[CompressionRecord]) -> None:
+def multiselect_filter(label: str, options: list, key: str, format_func=str) -> list:
+    """A filter over the values present (every one chosen by default), kept in the URL (?key=a,b)."""
+    raw = st.query_params.get(key)
+    if key not in st.session_state:
+        wanted = [o for o in options if raw is not None and str(o) in raw.split(",")]
+        if raw is not None and not wanted:
+            st.warning(f"The link's {plain(key)}={plain(raw[:60])} matches none of these points; showing all.")
+        st.session_state[key] = wanted or list(options)
+    st.session_state[key] = [o for o in st.session_state[key] if o in options] or list(options)
+    chosen = st.multiselect(label, options, key=key, format_func=format_func)
+    if set(chosen) == set(options):
+        st.query_params.pop(key, None)
+    else:
+        st.query_params[key] = ",".join(str(o) for o in chosen)
+    return chosen
+
+
+def filters(points: list[CompressionRecord]) -> tuple[list[CompressionRecord], str, bool]:
+    """The chart's controls: dataset and model, filters by run configuration, an accuracy floor,
+    the size axis; returns the points to draw, the axis and whether dominated points show."""
     datasets = sorted({p.train_config.dataset for p in points}, key=lambda d: -sum(
         p.train_config.dataset == d for p in points))  # fmt: skip
     col1, col2, col3 = st.columns([2, 3, 2])
@@ -93,46 +126,84 @@ def frontier(points: list[CompressionRecord]) -> None:
         )
     with col3:
         show_dominated = toggle("Show dominated points", True, "dominated", True)
+    block = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
+    n_classes = 10  # every dataset here has ten classes: chance is 10 %
+    with st.expander("Filter the runs and the points", expanded=False):
+        f1, f2, f3, f4 = st.columns(4)
+        with f1:
+            regs = multiselect_filter("Regularizer and λ", sorted({p.train_config.label() for p in block}), "f_reg")
+        with f2:
+            epochs = multiselect_filter("Epochs", sorted({p.train_config.epochs for p in block}), "f_epochs")
+        with f3:
+            seeds = multiselect_filter("Seeds", sorted({p.train_config.seed for p in block}), "f_seed")
+        with f4:
+            methods = multiselect_filter("Methods", sorted({p.compress_config.method for p in block}), "f_method")
+        floor = number_input(
+            "Hide points below this accuracy (%)", 0, 100, 100 // n_classes + 5, "min_acc", True,
+            help=f"Chance is {100 // n_classes}% here; points near it are failed compressions that only stretch "
+            "the axis and sit on the front for no good reason. 0 shows every point.",
+        )  # fmt: skip
+    shown = [
+        p
+        for p in block
+        if p.train_config.label() in regs
+        and p.train_config.epochs in epochs
+        and p.train_config.seed in seeds
+        and p.compress_config.method in methods
+        and 100 * p.accuracy >= floor
+    ]
+    hidden = len(block) - len(shown)
+    if hidden:
+        st.caption(f"{hidden} of {len(block)} points of {plain(dataset)} · {plain(model)} are filtered out.")
+    return shown, x_axis, show_dominated
 
-    shown = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
+
+def frontier(points: list[CompressionRecord]) -> None:
+    shown, x_axis, show_dominated = filters(points)
+    if not shown:
+        st.info("No point passes these filters: widen them above.")
+        return
     rows = [p.row() for p in shown]
     mask = pareto_mask([r[x_axis] for r in rows], [r["accuracy"] for r in rows], SIZE_AXES[x_axis][1])
-    st.plotly_chart(
-        frontier_figure(
-            shown,
-            mask,
-            x=x_axis,
-            show_dominated=show_dominated,
-            title=f"{dataset} · {model}: accuracy against size ({len(shown)} points)",
-        ),
-        theme=None,
-        key="chart_frontier",
-    )
+    event = st.plotly_chart(
+        frontier_figure(shown, mask, x=x_axis, show_dominated=show_dominated,
+                        title=f"Accuracy against size ({len(shown)} points)"),
+        key="chart_frontier", on_select="rerun", selection_mode="points",
+    )  # fmt: skip
     st.caption(
-        "Colour: method (same on every page). Symbol: regularizer and λ. Black outline and dotted line: "
-        "the Pareto-optimal set (no other point is both smaller and more accurate). Hover for the full config."
+        "Colour: method (the same on every page). Symbol: the run (regularizer and λ; epochs and seed where "
+        "they differ). Ringed and joined by the dotted line: the Pareto-optimal set (no other point is both "
+        "smaller and more accurate). Click a point, or a row below, to open it."
     )
-    front = sorted((r for r, on in zip(rows, mask) if on), key=lambda r: r[x_axis])
+    picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
+    front = sorted((i for i, on in enumerate(mask) if on), key=lambda i: rows[i][x_axis])
     st.subheader(f"Pareto-optimal points ({len(front)})")
-    st.dataframe(
+    table = st.dataframe(
         [
             {
-                "compression": r["label"],
-                "regularizer": r["reg_label"],
-                "accuracy (%)": round(100 * r["accuracy"], 2),
-                "float accuracy (%)": round(100 * r["float_accuracy"], 2),
-                "drop (points)": round(100 * r["accuracy_drop"], 2),
-                "FC ratio": round(r["fc_ratio"], 2),
-                "model ratio": round(r["model_ratio"], 2),
-                "FC bits": r["fc_bits"],
-                "file bytes": r["file_bytes"],
-                "run": r["run_id"],
+                "compression": rows[i]["label"],
+                "run": rows[i]["reg_label"],
+                "accuracy": fmt_pct(rows[i]["accuracy"]),
+                "drop": fmt_points(rows[i]["accuracy_drop"]),
+                "FC ratio": f"{rows[i]['fc_ratio']:.2f}x",
+                "model ratio": f"{rows[i]['model_ratio']:.2f}x",
+                "file": fmt_bytes(rows[i]["file_bytes"]),
+                "run id": rows[i]["run_id"][:6],
             }
-            for r in front
+            for i in front
         ],
-        hide_index=True,
-        key="pareto_table",
-    )
+        hide_index=True, key="pareto_table", on_select="rerun", selection_mode="single-row",
+    )  # fmt: skip
+    picked += [front[r] for r in (table.selection.rows if table else [])]
+    if picked:
+        st.query_params["point"] = point_id(shown[int(picked[-1])])
+    wanted = st.query_params.get("point")
+    if wanted:
+        match = [p for p in points if point_id(p) == wanted]
+        if match:
+            point_detail_ui(match[0])
+        else:
+            st.warning(f"The link's point={plain(wanted[:60])} is not a stored compression; pick a point above.")
 
 
 def page() -> None:
@@ -150,7 +221,7 @@ def page() -> None:
 
 
 def frontier_section() -> None:
-    points = compressions()
+    points = [p for p in compressions() if not p.transient]
     if not points:
         st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
         return
