@@ -6,6 +6,8 @@ Streamlit executes the file as the page.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 PAGES = (
@@ -16,7 +18,10 @@ PAGES = (
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
     st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:"),
+    st.Page("views/store.py", title="Store", icon=":material/inventory_2:"),
 )
 
-st.set_page_config(page_title="Compression on the Fly Lab", page_icon=":material/compress:", layout="wide")
+# A local icon: nothing is fetched from outside to draw the tab (the app works offline).
+ICON = Path(__file__).resolve().parent / "static" / "favicon.png"
+st.set_page_config(page_title="Compression on the Fly Lab", page_icon=str(ICON), layout="wide")
 st.navigation(list(PAGES)).run()

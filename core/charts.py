@@ -519,7 +519,7 @@ def toy_weights_figure(
         )
     )
     for sign in (-1, 1):
-        fig.add_vline(x=sign * alpha, line=dict(color="black", dash="dash", width=2))
+        fig.add_vline(x=sign * alpha, line=dict(color=NEUTRAL, dash="dash", width=2))
     fig.update_layout(barmode="overlay", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     fig.update_xaxes(title_text="weight value (±α dashed)")
     fig.update_yaxes(title_text="share of weights (%)")
@@ -529,27 +529,34 @@ def toy_weights_figure(
 def toy_pq_figure(
     points: Sequence[Sequence[float]], centroids: Sequence[Sequence[float]], codes: Sequence[int], height: int = 460
 ) -> go.Figure:
-    """2-D points coloured by their centroid, centroids as crosses."""
+    """2-D points coloured by their centroid (one legend entry a cluster, in its colour), the
+    centroids as crosses in their cluster's colour."""
     fig = go.Figure()
     palette = RUN_COLORS
-    fig.add_trace(
-        go.Scatter(
-            x=[p[0] for p in points],
-            y=[p[1] for p in points],
-            mode="markers",
-            name="points (2-D subvectors)",
-            marker=dict(color=[palette[c % len(palette)] for c in codes], size=6, opacity=0.6),
+    for cluster, centroid in enumerate(centroids):
+        members = [p for p, c in zip(points, codes) if c == cluster]
+        color = palette[cluster % len(palette)]
+        fig.add_trace(
+            go.Scatter(
+                x=[p[0] for p in members],
+                y=[p[1] for p in members],
+                mode="markers",
+                name=f"cluster {cluster + 1} ({len(members)} points)",
+                legendgroup=str(cluster),
+                marker=dict(color=color, size=6, opacity=0.6),
+            )
         )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[c[0] for c in centroids],
-            y=[c[1] for c in centroids],
-            mode="markers",
-            name=f"centroids (k={len(centroids)})",
-            marker=dict(color="black", size=14, symbol="x"),
+        fig.add_trace(
+            go.Scatter(
+                x=[centroid[0]],
+                y=[centroid[1]],
+                mode="markers",
+                name=f"centroid {cluster + 1}",
+                legendgroup=str(cluster),
+                showlegend=False,
+                marker=dict(color=color, size=16, symbol="x", line=dict(width=2, color=NEUTRAL)),
+            )
         )
-    )
     fig.update_xaxes(title_text="first coordinate")
     fig.update_yaxes(title_text="second coordinate", scaleanchor="x", scaleratio=1)
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))

@@ -3,6 +3,7 @@ change what is shown. The app is driven through app.py (st.navigation) with swit
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from core.train import TrainingDiverged
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGES = ("train", "compress", "frontier", "compare", "learn", "jobs")
+PAGES = ("train", "compress", "frontier", "compare", "learn", "jobs", "store")
 TIMEOUT = 60
 TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, batch_size=64, seed=0)
 BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
@@ -459,8 +460,9 @@ def test_train_chart_follows_its_controls_through_a_setting_not_trained(lab_stor
     at.select_slider(key="lam").set_value(0.05).run()
     assert_clean(at)
     assert at.radio(key=layer_key).value == "fcs.2.weight" and at.slider(key=epoch_key).value == 1
-    spec = at.get("plotly_chart")[-1].proto.spec
-    assert "fcs.2.weight" in spec and "epoch 1" in spec
+    figure = json.loads(at.get("plotly_chart")[-1].proto.spec)
+    assert "fcs.2.weight" in figure["layout"]["title"]["text"]
+    assert figure["layout"]["sliders"][0]["active"] == 1  # the animation starts at the chosen epoch
 
 
 def test_compress_chart_follows_its_controls_through_an_error(lab_store):
@@ -478,3 +480,129 @@ def test_compress_chart_follows_its_controls_through_an_error(lab_store):
     assert at.radio(key=layer_key).value == "fcs.2.weight"
     spec = at.get("plotly_chart")[-1].proto.spec
     assert "fcs.2.weight" in spec
+
+
+# ------------------------------------------------------------------------- frontier, detail, store
+
+
+@pytest.fixture
+def own_store(tmp_path, monkeypatch) -> Path:
+    """A store of its own (tests that delete): two tiny runs, three compressions each."""
+    root = tmp_path / "own-store"
+    store = RunStore(root)
+    for cfg in (PLAIN, BINARY):
+        run, _ = get_or_train(store, cfg)
+        for ccfg in (CompressConfig(method="binarize"), CompressConfig(method="pq", subvector_size=2, n_centroids=8)):
+            get_or_compress(store, run, ccfg)
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
+    return root
+
+
+def plotly_values(data) -> list:
+    """A Plotly array from a figure's JSON: a list, or Plotly's typed array ({"dtype", "bdata"})."""
+    if isinstance(data, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)
+
+
+def frontier_points(at: AppTest) -> int:
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    return sum(len(plotly_values(t.get("x", []))) for t in figure["data"] if t.get("mode") == "markers")
+
+
+def test_frontier_filters_hide_points_and_live_in_the_url(lab_store):
+    at = open_page("frontier", {"min_acc": "0"})
+    assert_clean(at)
+    points = [p for p in RunStore(lab_store).list_compressions() if not p.transient]
+    assert frontier_points(at) == len(points)
+    at.multiselect(key="f_method").set_value(["pq"]).run()
+    assert_clean(at)
+    pq = [p for p in points if p.compress_config.method == "pq"]
+    assert frontier_points(at) == len(pq) and at.query_params["f_method"] == "pq"
+    at.multiselect(key="f_reg").set_value(["none (λ=0)"]).run()
+    plain_pq = [p for p in pq if p.train_config.reg == "none"]
+    assert 0 < frontier_points(at) == len(plain_pq) < len(points)
+    # the same view from its link
+    again = open_page("frontier", {"min_acc": "0", "f_method": "pq", "f_reg": "none (λ=0)"})
+    assert frontier_points(again) == len(plain_pq)
+    # the accuracy floor hides what sits near chance; at 100 % nothing is left
+    at.number_input(key="min_acc").set_value(100).run()
+    assert_clean(at)
+    assert "No point passes these filters" in texts(at.info)
+
+
+def test_frontier_legend_tells_runs_apart(own_store):
+    other = TrainConfig(**{**TINY, "seed": 1})
+    store = RunStore(own_store)
+    run, _ = get_or_train(store, other)
+    get_or_compress(store, run, CompressConfig(method="binarize"))
+    at = open_page("frontier", {"min_acc": "0"})
+    names = [trace.get("name", "") for trace in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]]
+    assert any("seed 1" in n for n in names) and any("seed 0" in n for n in names)
+    ticks = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]["ticktext"]
+    assert all(t.endswith("x") for t in ticks)  # 1x, 2x, 5x, 10x, ... not "2 3 4 5"
+
+
+def test_a_point_link_opens_its_detail_file_and_compress_link(lab_store):
+    point = next(p for p in RunStore(lab_store).list_compressions() if p.compress_config.method == "pq")
+    at = open_page("frontier", {"min_acc": "0", "point": f"{point.run_id}-{point.key}"})
+    assert_clean(at)
+    assert point.label() in texts(at.subheader)
+    assert at.get("download_button")
+    links = [link for link in at.get("page_link") if "Compress" in str(link.proto.label)]
+    assert links and f"run={point.run_id}" in str(links[0].proto.query_string)
+    bad = open_page("frontier", {"min_acc": "0", "point": "[x](http://evil)"})
+    assert_clean(bad)
+    assert "not a stored compression" in texts(bad.warning)
+
+
+def test_delete_a_compression_from_its_detail_and_a_run_from_the_store_page(own_store):
+    store = RunStore(own_store)
+    point = store.list_compressions()[0]
+    at = open_page("frontier", {"min_acc": "0", "point": f"{point.run_id}-{point.key}"})
+    at.button(key="detail_delete").click().run()
+    assert_clean(at)
+    assert store.load_compression(point.run_id, point.compress_config) is None
+    assert len(store.list_compressions()) == 3
+    page = open_page("store")
+    assert "Runs" in [m.label for m in page.metric] and metric(page, "Runs") == "2"
+    page.button(key=f"delete_{PLAIN.run_id()}").click().run()
+    assert_clean(page)
+    assert store.load_run(PLAIN.run_id()) is None and [r.run_id for r in store.list_runs()] == [BINARY.run_id()]
+    assert all(c.run_id == BINARY.run_id() for c in store.list_compressions())
+
+
+def test_view_state_lives_in_the_url(lab_store):
+    query = {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"}
+    at = open_page("train", {**query, "layer": "fcs.1.weight", "epoch": "1"})
+    assert_clean(at)
+    assert at.radio(key=f"hist_layer_{BINARY.run_id()}").value == "fcs.1.weight"
+    assert at.slider(key=f"hist_epoch_{BINARY.run_id()}").value == 1
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "d": "2", "k": "8", "layer": "fcs.2.weight"})
+    assert at.radio(key=f"layer_{PLAIN.run_id()}").value == "fcs.2.weight"
+    at = open_page("learn", {"toy_k": "16", "toy_lam": "3", "ex_d": "4", "ex_k": "16"})
+    assert_clean(at)
+    assert at.select_slider(key="toy_k").value == 16 and at.select_slider(key="ex_d").value == 4
+    assert at.query_params["toy_k"] == "16"
+
+
+def test_a_setting_only_passed_over_stays_off_the_frontier_until_settled(own_store):
+    store = RunStore(own_store)
+    run = store.load_run(PLAIN.run_id())
+    glimpsed = CompressConfig(method="pq", subvector_size=2, n_centroids=4)
+    record, _ = get_or_compress(store, run, glimpsed, transient=True)
+    assert record.transient
+    at = open_page("frontier", {"min_acc": "0"})
+    assert frontier_points(at) == 4  # the 4 settled ones, not the one a slider passed over
+    store.settle_compression(run.run_id, record.key)  # what the Compress page does after 2 s on it
+    at = open_page("frontier", {"min_acc": "0"})
+    assert frontier_points(at) == 5
+    # a sweep or the CLI asking for a transient setting settles it too
+    other = CompressConfig(method="kmeans", n_centroids=4)
+    get_or_compress(store, run, other, transient=True)
+    again, cached = get_or_compress(store, run, other)
+    assert cached and not again.transient and not store.load_compression(run.run_id, other).transient

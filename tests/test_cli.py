@@ -273,3 +273,35 @@ def test_four_concurrent_identical_trainings_train_once(tmp_path):
     results = [json.loads(out) for out, _ in outputs]
     assert len({r["run_id"] for r in results}) == 1
     assert sorted(r["cached"] for r in results) == [False, True, True, True]  # exactly one trained
+
+
+def test_rm_deletes_what_it_names_and_gc_reports_the_space(capsys, tmp_path):
+    cache = str(tmp_path / "cache")
+    ids = []
+    for seed in ("0", "1"):
+        code, out, _ = run_cli(capsys, *TRAIN, "--seed", seed, "--cache-dir", cache, "--json")
+        ids.append(json.loads(out)["run_id"])
+    code, out, _ = run_cli(capsys, "compress", ids[0], "--method", "binarize", "--cache-dir", cache, "--json")
+    key = json.loads(out)["key"]
+    run_cli(capsys, "compress", ids[0], "--method", "kmeans", "-k", "4", "--cache-dir", cache, "--json")
+    # one compression by RUN/KEY prefix
+    code, out, _ = run_cli(capsys, "rm", f"{ids[0][:6]}/{key[:6]}", "--cache-dir", cache, "--json")
+    assert code == 0 and json.loads(out)["deleted"] == [f"{ids[0]}/{key}"] and json.loads(out)["bytes_freed"] > 0
+    from core.store import RunStore
+
+    store = RunStore(cache)
+    assert [c.compress_config.method for c in store.list_compressions()] == ["kmeans"]
+    # a whole run, with its compressions; the other run stays
+    code, out, _ = run_cli(capsys, "rm", ids[0], "--cache-dir", cache)
+    assert code == 0 and "freed" in out
+    assert [r.run_id for r in store.list_runs()] == [ids[1]] and store.list_compressions() == []
+    # gc: a stale temporary and a run whose JSON was edited go, with the space they took
+    stale = Path(cache) / "runs" / ".x.1.dead.tmp"
+    stale.write_bytes(b"x" * 5000)
+    os.utime(stale, (1, 1))
+    run_json = Path(cache) / "runs" / ids[1] / "run.json"
+    run_json.write_text(run_json.read_text().replace('"seconds": ', '"seconds": 1'))
+    code, out, _ = run_cli(capsys, "gc", "--cache-dir", cache, "--json")
+    report = json.loads(out)
+    assert code == 0 and "runs/.x.1.dead.tmp" in report["removed"] and f"runs/{ids[1]}" in report["removed"]
+    assert report["bytes_freed"] > 5000 and store.list_runs() == []

@@ -91,14 +91,16 @@ def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | 
     return next((c for c in compressions() if c.run_id == run_id and c.key == key), None)
 
 
-def compute_compression(run: RunRecord, cfg: CompressConfig, on_step=None) -> CompressionRecord:
+def compute_compression(
+    run: RunRecord, cfg: CompressConfig, on_step=None, transient: bool = False
+) -> CompressionRecord:
     """Compress now (the setting is not stored yet) and return the stored record.
 
     Raises ValueError when the setting does not fit the run, DatasetUnavailable when the run's
     dataset (needed for the accuracy) cannot be loaded, CorruptEntry when its weights are bad."""
     from core.pipeline import get_or_compress
 
-    record, _ = get_or_compress(store(), run, cfg, on_step=on_step)
+    record, _ = get_or_compress(store(), run, cfg, on_step=on_step, transient=transient)
     return record
 
 
@@ -257,3 +259,23 @@ def fmt_bytes(n: int) -> str:
         if n >= limit:
             return f"{n / limit:.1f} {unit}"
     return f"{n} B"
+
+
+def url_choice(key: str, param: str, options: list, default: object, parse=str) -> None:
+    """Seed a widget's state (`key`) from the URL parameter `param` the first time it is drawn (or
+    after its state was forgotten): a link reproduces the view. A value that is not an option gets
+    a notice and the default. Call before the widget; write the chosen value back with `st.query_params`."""
+    if kept(key) and st.session_state[key] in options:
+        return
+    raw = st.query_params.get(param)
+    value = default
+    if raw is not None:
+        try:
+            parsed = parse(raw)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed in options:
+            value = parsed
+        else:
+            st.warning(f"The link's {plain(param)}={plain(raw[:60])} cannot be used here; showing {plain(default)}.")
+    st.session_state[key] = value

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.charts import RUN_COLORS, frontier_figure, training_curves, weight_histogram
+from core.charts import RUN_COLORS, frontier_figure, histogram_range, training_curves, weight_histogram
 from core.experiments import best_within_budget, pareto_mask
 from core.records import RunRecord
 from ui.common import compressions, keep, kept, runs, runs_multiselect_ui
@@ -44,6 +44,8 @@ def histograms(chosen: list[RunRecord], names: list[str]) -> None:
             st.session_state["cmp_epoch"] = max_epoch
         epoch = st.slider("Epoch (0 = at initialisation)", 0, max_epoch, key="cmp_epoch")
         keep("cmp_epoch", epoch)
+    # one x range for every run and every epoch of this layer: the runs read side by side
+    x_range = histogram_range([h[layer_index] for run in chosen for h in run.histograms])
     columns = st.columns(len(chosen))
     for index, (column, name, run) in enumerate(zip(columns, names, chosen)):
         layer = run.histograms[epoch][layer_index]
@@ -51,9 +53,8 @@ def histograms(chosen: list[RunRecord], names: list[str]) -> None:
             st.plotly_chart(
                 weight_histogram(
                     layer, title=f"{name}: {layer.layer}, epoch {epoch}", color=RUN_COLORS[index % len(RUN_COLORS)],
-                    height=320,
+                    height=340, x_range=x_range,
                 ),
-                theme=None,
                 key=f"chart_hist_{index}",
             )  # fmt: skip
 
@@ -67,9 +68,7 @@ def budgets(chosen: list[RunRecord], names: list[str]) -> None:
         return
     rows = [p.row() for p in points]
     mask = pareto_mask([r["fc_ratio"] for r in rows], [r["accuracy"] for r in rows], True)
-    st.plotly_chart(
-        frontier_figure(points, mask, title="Frontier points of the chosen runs"), theme=None, key="chart_frontier"
-    )
+    st.plotly_chart(frontier_figure(points, mask, title="Frontier points of the chosen runs"), key="chart_frontier")
     reference = st.radio(
         "Accuracy-drop budgets measured from",
         REFERENCES,
@@ -125,7 +124,6 @@ def page() -> None:
     differences(chosen, names)
     st.plotly_chart(
         training_curves({f"{n}: {r.label()}": r.history for n, r in zip(names, chosen)}),
-        theme=None,
         key="chart_curves",
     )
     histograms(chosen, names)

@@ -8,6 +8,7 @@ once, with no retraining ever.
 from __future__ import annotations
 
 import re
+import time
 
 import streamlit as st
 
@@ -23,15 +24,18 @@ from ui.common import (
     compression_plot_data,
     compute_compression,
     file_bytes,
+    fmt_bytes,
     fmt_k,
+    fmt_pct,
+    fmt_points,
     keep,
-    kept,
     plain,
     run_select_ui,
     runs,
     show_error,
     store,
     stored_compression,
+    url_choice,
 )
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import number_input, radio, select_slider, selectbox
@@ -93,7 +97,27 @@ def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
     """A cheap setting: computed in this script run (still one job per key: a second session
     asking for it at the same moment waits for this one)."""
     with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-        return compute_compression(run, cfg)
+        return compute_compression(run, cfg, transient=True)
+
+
+SETTLE_S = 2.0  # a setting shown this long is one the user settled on: it goes on the Frontier
+
+
+def settle_ui(record: CompressionRecord) -> None:
+    """Keep a setting the user stays on. Computed while a slider passed over it, it is stored but kept
+    off the Frontier; shown for SETTLE_S seconds without a new setting, it is kept. Arrow keys from
+    k = 256 down to 16 store 128, 64 and 32 for a quick way back, but only 16 reaches the Frontier."""
+    if not record.transient:
+        return
+
+    def later() -> None:
+        seen = st.session_state.setdefault("_settle", {})
+        first = seen.setdefault(record.key, time.monotonic())
+        if time.monotonic() - first >= SETTLE_S:
+            store().settle_compression(record.run_id, record.key)
+            seen.pop(record.key, None)
+
+    st.fragment(later, run_every=SETTLE_S)()
 
 
 def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
@@ -119,25 +143,21 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     row, size = record, record.size
     st.subheader(f"{record.label()} on run {run.run_id[:6]}")
     cols = st.columns(5)
-    cols[0].metric("Float accuracy", f"{100 * row.float_accuracy:.2f}%")
-    cols[1].metric(
-        "Accuracy after",
-        f"{100 * row.accuracy:.2f}%",
-        delta=f"{-100 * row.accuracy_drop:+.2f} points",
-    )
+    cols[0].metric("Float accuracy", fmt_pct(row.float_accuracy))
+    cols[1].metric("Accuracy after", fmt_pct(row.accuracy), delta=fmt_points(-row.accuracy_drop))
     cols[2].metric("FC ratio", nice_ratio(size.fc_ratio), help="32·N_fc / (code + codebook + scale bits)")
     cols[3].metric("Model ratio", nice_ratio(size.model_ratio), help="whole model, float rest included")
-    cols[4].metric("Exported file", f"{row.file_bytes:,} bytes")
-    st.plotly_chart(bits_breakdown(size, title="Where the bits go"), theme=None, key="chart_bits")
+    cols[4].metric("Exported file", fmt_bytes(row.file_bytes), help=f"{row.file_bytes:,} bytes on disk")
+    st.plotly_chart(bits_breakdown(size, title="Where the bits go"), key="chart_bits")
 
     st.subheader("The weights and the centroids that replace them")
     names = [layer.name for layer in run.layers]
     labels = {layer.name: layer.label() for layer in run.layers}
     layer_key = f"layer_{run.run_id}"
-    if not kept(layer_key) or st.session_state[layer_key] not in names:
-        st.session_state[layer_key] = names[0]
+    url_choice(layer_key, "layer", names, names[0])
     layer_name = st.radio("Layer", names, format_func=labels.get, key=layer_key, horizontal=True)
     keep(layer_key, layer_name)
+    st.query_params["layer"] = layer_name
     assert record.file_path is not None
     picture = compression_plot_data(record.file_path, record.file_bytes, run.run_id, str(store().root), layer_name)
     title = labels[layer_name]
@@ -150,7 +170,6 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
                 method=method,
                 title=f"{title}: float weights and the {len(picture['centroids'])} distinct centroids",
             ),
-            theme=None,
             key="chart_centroids",
         )
     elif picture["kind"] == "scatter":
@@ -161,7 +180,6 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
                 method=method,
                 title=f"{title}: 2-D subvectors of {picture['group_note']}",
             ),
-            theme=None,
             key="chart_scatter",
         )
     elif picture["kind"] == "none":
@@ -223,6 +241,7 @@ def page() -> None:
         show_error(error)
         return
     show_compression(run, record)
+    settle_ui(record)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ def page() -> None:
             fig = weight_histograms_overlay(
                 {"initial weights": before, "after descent": after}, colors=["#999999", "#CC79A7"]
             )
-        st.plotly_chart(fig, theme=None, key="home_hist")
+        st.plotly_chart(fig, key="home_hist")
     with right:
         st.subheader("Where to go")
         for path, label, icon in LINKS:

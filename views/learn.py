@@ -11,6 +11,7 @@ from core.pq import n_chunks
 from core.size import code_width, size_report
 from core.toy import double_well_descent, pq_toy
 from ui.common import D_OPTIONS, K_OPTIONS, fmt_k
+from ui.widgets import select_slider
 
 LENET_300_100 = [(300, 784), (100, 300), (10, 100)]  # (out, in) of each FC layer
 LENET_BIASES = 300 + 100 + 10
@@ -47,8 +48,8 @@ def page() -> None:
         "2,000 Gaussian weights, 300 steps of Adam on (squared distance to where they started, standing in for "
         "the task loss) + λ·R(W), with R the core's own binary_penalty. No dataset involved."
     )
-    toy_lam = st.select_slider(
-        "λ", (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), value=0.3, key="toy_lam", format_func=lambda v: f"{v:g}"
+    toy_lam = select_slider(
+        "λ", (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), 0.3, "toy_lam", True, format_func=lambda v: f"{v:g}"
     )
     toy = _double_well(float(toy_lam))
     cols = st.columns(3)
@@ -56,7 +57,7 @@ def page() -> None:
     cols[1].metric("R(W) after descent", f"{toy['penalty']:.3f}")
     cols[2].metric("α = mean |W|", f"{toy['alpha']:.4f}")
     st.plotly_chart(
-        toy_weights_figure(toy["initial"], toy["final"], toy["alpha"], float(toy_lam)), theme=None, key="chart_toy_well"
+        toy_weights_figure(toy["initial"], toy["final"], toy["alpha"], float(toy_lam)), key="chart_toy_well"
     )
 
     st.header("2. Product quantization")
@@ -65,13 +66,13 @@ def page() -> None:
         "centroids; each chunk is stored as the log₂ k-bit index of its nearest centroid. Binarized weights "
         "need few centroids, which is why the regularizer helps."
     )
-    toy_k = st.select_slider("k (centroids) for 600 points in 2-D", (2, 3, 4, 6, 8, 16, 32, 64), value=6, key="toy_k")
+    toy_k = select_slider("k (centroids) for 600 points in 2-D", (2, 3, 4, 6, 8, 16, 32, 64), 6, "toy_k", True)
     pq = _pq_toy(int(toy_k))
     cols = st.columns(3)
     cols[0].metric("Bits per point", f"{code_width(int(toy_k))} (vs 64 in float32)")
     cols[1].metric("Mean squared error", f"{pq['mse']:.4f}")
     cols[2].metric("Error / variance", f"{pq['mse'] / pq['variance']:.1%}")
-    st.plotly_chart(toy_pq_figure(pq["points"], pq["centroids"], pq["codes"]), theme=None, key="chart_toy_pq")
+    st.plotly_chart(toy_pq_figure(pq["points"], pq["centroids"], pq["codes"]), key="chart_toy_pq")
 
     st.header("3. Counting the bits")
     st.latex(
@@ -86,13 +87,15 @@ def page() -> None:
     st.subheader("Worked example: LeNet-300-100 (784-300-100-10)")
     col1, col2 = st.columns(2)
     with col1:
-        ex_d = st.select_slider("d", D_OPTIONS, value=8, key="ex_d")
-    with col2:
-        ex_k = st.select_slider("k", K_OPTIONS, value=256, format_func=fmt_k, key="ex_k")
-    example = CompressConfig(method="pq", subvector_size=int(ex_d), n_centroids=int(ex_k), layout="shared")
-    report = size_report(LENET_300_100, LENET_BIASES, example)
+        ex_d = select_slider("d", D_OPTIONS, 8, "ex_d", True)
     chunks = [n_chunks(inp, int(ex_d)) for _, inp in LENET_300_100]
     n_sub = sum(out * c for (out, _), c in zip(LENET_300_100, chunks))
+    with col2:
+        # k beyond the number of subvectors buys nothing: every subvector is already its own centroid
+        k_options = [k for k in K_OPTIONS if k <= n_sub]
+        ex_k = select_slider("k", k_options, min(256, k_options[-1]), "ex_k", True, format_func=fmt_k)
+    example = CompressConfig(method="pq", subvector_size=int(ex_d), n_centroids=int(ex_k), layout="shared")
+    report = size_report(LENET_300_100, LENET_BIASES, example)
     st.markdown(
         f"Shared layout, d = {ex_d}, k = {fmt_k(int(ex_k))}, float32 centroids (computed by `core.size.size_report`):\n"
         f"- chunks per row: {', '.join(str(c) for c in chunks)}; subvectors: "
@@ -102,6 +105,11 @@ def page() -> None:
         f"- total FC: **{report.fc_bits:,} bits** against {report.fc_float_bits:,} float bits: "
         f"**FC ratio {report.fc_ratio:.2f}** (model ratio {nice_ratio(report.model_ratio)})"
     )
+    if report.fc_ratio < 1:
+        st.warning(
+            f"With k = {fmt_k(int(ex_k))} the codebooks ({report.codebook_bits:,} bits) outweigh what the codes "
+            f"save: the layer is bigger than in float32. k is only worth it well below the {n_sub:,} subvectors."
+        )
     st.dataframe(
         pd.DataFrame(
             [

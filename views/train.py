@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.charts import training_curves, weight_histogram
+from core.charts import histogram_animation, training_curves
 from core.pipeline import submit_training
 from core.records import RunRecord
-from ui.common import keep, kept, plain, run_record, store
+from ui.common import keep, plain, run_record, store, url_choice
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import train_config_ui
 
@@ -27,7 +27,7 @@ def show_run(run: RunRecord) -> None:
     cols[1].metric("Final loss", f"{history[-1].loss:.4f}")
     cols[2].metric("Final R(W)", f"{history[-1].reg:.4f}")
     cols[3].metric("FC layers", len(run.layers))
-    st.plotly_chart(training_curves({run.label(): history}), theme=None, key="chart_curves")
+    st.plotly_chart(training_curves({run.label(): history}), key="chart_curves")
 
     st.subheader("FC weight histograms: the weights collapse onto ±α")
     names = [layer.name for layer in run.layers]
@@ -37,19 +37,24 @@ def show_run(run: RunRecord) -> None:
     left, right = st.columns([1, 3])
     layer_key, epoch_key = f"hist_layer_{run.run_id}", f"hist_epoch_{run.run_id}"
     with left:
-        if not kept(layer_key) or st.session_state[layer_key] not in names:
-            st.session_state[layer_key] = names[0]
+        url_choice(layer_key, "layer", names, names[0])
         layer_name = st.radio("Layer", names, format_func=labels.get, key=layer_key)
-        if not kept(epoch_key):
-            st.session_state[epoch_key] = len(history)
+        url_choice(epoch_key, "epoch", list(range(len(history) + 1)), len(history), parse=int)
         epoch = st.slider("Epoch (0 = at initialisation)", 0, len(history), key=epoch_key)
         keep(layer_key, layer_name)
         keep(epoch_key, epoch)
+        st.query_params["layer"], st.query_params["epoch"] = layer_name, str(epoch)
+        st.caption("Press ▶ play under the chart to watch the weights collapse epoch by epoch.")
     with right:
-        layer = run.histograms[epoch][names.index(layer_name)]
+        index = names.index(layer_name)
+        frames = [epoch_histograms[index] for epoch_histograms in run.histograms]
         st.plotly_chart(
-            weight_histogram(layer, title=f"{labels[layer_name]}, epoch {epoch}: α = mean|W| = {layer.alpha:.4g}"),
-            theme=None,
+            histogram_animation(
+                frames,
+                [str(e) for e in range(len(frames))],
+                title=f"{labels[layer_name]}: the weights at each epoch",
+                start=epoch,
+            ),
             key="chart_hist",
         )
     st.page_link(
