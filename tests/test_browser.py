@@ -9,6 +9,7 @@ Screenshots of every page go to the test's tmp folder, or to $COMPRESSION_LAB_SH
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,15 @@ def test_train_compress_frontier_in_a_browser(server, shot):
             settle(page)
             shot(page, "train")
 
+            # the histogram's play button animates the collapse: the chart's epoch slider moves
+            # the slider's current-value label, drawn in the chart's SVG
+            current = page.locator(".js-plotly-plot text").filter(has_text=re.compile(r"^epoch \d+$")).first
+            expect(current).to_have_text("epoch 2")  # it opens at the last epoch
+            page.locator(".js-plotly-plot .updatemenu-button").filter(has_text="play").first.click()
+            expect(current).to_have_text("epoch 1", timeout=10_000)  # played from epoch 0 onwards...
+            expect(current).to_have_text("epoch 2", timeout=10_000)  # ...to the end
+            no_exception(page, "train animation")
+
             # Compress: move the k slider, the FC ratio must change
             page.goto(f"{server}/compress?method=pq&d=2&k=4")
             expect(page.locator('[data-testid="stMetric"]').filter(has_text="FC ratio")).to_be_visible()
@@ -127,6 +137,7 @@ def test_train_compress_frontier_in_a_browser(server, shot):
                 expect(page.get_by_text(f"binarize on run {run_id[:6]}")).to_be_visible()
                 settle(page)
                 no_exception(page, f"compress binarize lam={lam}")
+                page.wait_for_timeout(3000)  # a setting the user stays on (2 s) goes on the Frontier
 
             # Frontier: a Plotly chart is drawn from the stored points
             page.goto(f"{server}/frontier")
@@ -155,5 +166,20 @@ def test_train_compress_frontier_in_a_browser(server, shot):
             settle(page)
             no_exception(page, "home")
             shot(page, "home")
+
+            # The dark theme (the viewer's system setting): the charts follow it, no white boxes
+            dark = browser.new_page(viewport={"width": 1200, "height": 900}, color_scheme="dark")
+            dark.set_default_timeout(LONG)
+            dark.goto(f"{server}/frontier")
+            dark.locator(".js-plotly-plot").first.wait_for()
+            settle(dark)
+            tick = dark.locator(".js-plotly-plot .g-ytitle text, .js-plotly-plot .ytick text").first
+            fill = tick.evaluate("e => getComputedStyle(e).fill")
+            channels = [int(c) for c in fill[fill.index("(") + 1 : fill.index(")")].split(",")[:3]]
+            assert sum(channels) / 3 > 150, f"axis text {fill} would not read on a dark page"
+            background = dark.locator(".js-plotly-plot .main-svg").first.evaluate("e => getComputedStyle(e).background")
+            assert "255, 255, 255" not in background, background
+            shot(dark, "frontier-dark")
+            dark.close()
         finally:
             browser.close()

@@ -163,6 +163,10 @@ def frontier(points: list[CompressionRecord]) -> None:
     if not shown:
         st.info("No point passes these filters: widen them above.")
         return
+    chart(shown, x_axis, show_dominated)
+
+
+def chart(shown: list[CompressionRecord], x_axis: str, show_dominated: bool) -> None:
     rows = [p.row() for p in shown]
     mask = pareto_mask([r[x_axis] for r in rows], [r["accuracy"] for r in rows], SIZE_AXES[x_axis][1])
     event = st.plotly_chart(
@@ -197,13 +201,18 @@ def frontier(points: list[CompressionRecord]) -> None:
     picked += [front[r] for r in (table.selection.rows if table else [])]
     if picked:
         st.query_params["point"] = point_id(shown[int(picked[-1])])
+
+
+def detail(points: list[CompressionRecord]) -> None:
+    """The point the URL names (?point=RUN-KEY), whatever the filters: a link always opens it."""
     wanted = st.query_params.get("point")
-    if wanted:
-        match = [p for p in points if point_id(p) == wanted]
-        if match:
-            point_detail_ui(match[0])
-        else:
-            st.warning(f"The link's point={plain(wanted[:60])} is not a stored compression; pick a point above.")
+    if not wanted:
+        return
+    match = [p for p in points if point_id(p) == wanted]
+    if match:
+        point_detail_ui(match[0])
+    else:
+        st.warning(f"The link's point={plain(wanted[:60])} is not a stored compression; pick a point above.")
 
 
 def page() -> None:
@@ -221,11 +230,13 @@ def page() -> None:
 
 
 def frontier_section() -> None:
-    points = [p for p in compressions() if not p.transient]
+    stored = compressions()
+    points = [p for p in stored if not p.transient]  # settings a slider only passed over stay off
     if not points:
         st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
-        return
-    frontier(points)
+    else:
+        frontier(points)
+    detail(stored)
 
 
 if __name__ == "__main__":
