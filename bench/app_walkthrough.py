@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -74,6 +75,7 @@ def walk(url: str, shots: Path, presses: int) -> dict:
                     expect(page.get_by_text(f"on run {run_id[:6]}")).to_be_visible()
                     settle(page)
                     no_exception(page, f"compress {query} lam={lam}")
+                    page.wait_for_timeout(2500)  # the user looks at it: it goes on the Frontier
             shot(page, shots / "compress.png")
 
             # The slider: k from 16 upward, each press a setting never computed; then back and forth.
@@ -102,6 +104,37 @@ def walk(url: str, shots: Path, presses: int) -> dict:
                 settle(page)
                 no_exception(page, name)
                 shot(page, shots / f"{name}.png")
+
+            # The Frontier over the sweep's many runs, its filters open: only 5-epoch runs, PQ and binarize
+            page.goto(f"{url}/frontier?dataset=mnist-5k&f_epochs=5&f_method=binarize,pq")
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.get_by_text("Filter the runs and the points").click()
+            settle(page)
+            no_exception(page, "frontier filtered")
+            shot(page, shots / "frontier-filters.png")
+
+            # The histogram mid-animation: play pressed, caught between the first and the last epoch
+            run_id = TrainConfig(reg="binary", lam=LAMS[-1]).run_id()
+            page.goto(f"{url}/train?reg=binary&lam={LAMS[-1]:g}")
+            expect(page.get_by_text("shown from the store")).to_be_visible()
+            settle(page)
+            page.locator(".js-plotly-plot .updatemenu-button").filter(has_text="play").first.click()
+            page.wait_for_timeout(1200)
+            page.screenshot(path=str(shots / "histogram-animation.png"), full_page=False)
+
+            # The dark theme and a phone's width (390 px)
+            dark = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+            dark.set_default_timeout(LONG * 4)
+            dark.goto(f"{url}/frontier?dataset=mnist-5k")
+            dark.locator(".js-plotly-plot").first.wait_for()
+            settle(dark)
+            shot(dark, shots / "frontier-dark.png")
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            phone.set_default_timeout(LONG * 4)
+            phone.goto(f"{url}/frontier?dataset=mnist-5k")
+            phone.locator(".js-plotly-plot").first.wait_for()
+            settle(phone)
+            shot(phone, shots / "frontier-phone.png")
             page.goto(url)
             expect(page.get_by_text("before and after training with the regularizer")).to_be_visible()
             settle(page)
@@ -148,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     shots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         store_root = Path(args.store) if args.store else Path(tmp) / "store"
+        # many runs for the Frontier: a small sweep (3 and 5 epochs, 3 lambdas, 2 seeds) through the CLI
+        for epochs in ("3", "5"):
+            subprocess.run(
+                [sys.executable, "-m", "core", "sweep", "--dataset", "mnist-5k", "--epochs", epochs,
+                 "--lam", "0", "0.02", "0.05", "--seed", "0", "1", "--method", "binarize", "pq", "kmeans",
+                 "-d", "4", "8", "-k", "4", "16", "--cache-dir", str(store_root), "--json"],
+                check=True, capture_output=True, cwd=ROOT,
+            )  # fmt: skip
         with streamlit_app(store_root, Path(tmp) / "streamlit.log") as url:
             timings = walk(url, shots, args.presses)
         rows = frontier_rows(RunStore(store_root))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from .config import CompressConfig
 from .data import Dataset, load_dataset
 from .export import build_payload, model_from_payload, to_bytes
 from .methods import quantize_model
-from .models import param_counts
+from .models import build_model, coded_weights
 from .pq import QuantizedLayer
 from .records import CompressionRecord, RunRecord
 from .size import size_report
@@ -41,6 +42,55 @@ def _codebooks_of(layer: QuantizedLayer, param: torch.Tensor) -> torch.Tensor:
     return param
 
 
+def tune_centroids(
+    model: nn.Module,
+    layers: Sequence[QuantizedLayer],
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    centroid_bits: int = 32,
+    on_step: Callable[[int], None] | None = None,
+) -> list[QuantizedLayer]:
+    """Deep Compression's trained quantization: codes fixed, centroids trained on a task loss.
+
+    Each coded weight is decoded from trainable codebooks at every step, so a centroid's gradient is
+    the sum of the gradients of the weights it stands for; everything else stays frozen (`model` is
+    not modified). `batches(epoch)` yields (inputs, targets); `loss_fn(model(inputs), targets)` is
+    the loss. Returns the layers with the tuned codebooks (rounded to float16 when `centroid_bits` is 16).
+    """
+    moved = [
+        QuantizedLayer(q.name, q.shape, q.subvector_size, q.layout, q.codebooks.to(device), q.codes.to(device))
+        for q in layers
+    ]
+    params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(moved)]
+    frozen = {k: v.detach().to(device) for k, v in model.state_dict().items()}
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(params, lr=lr)
+    step = 0
+    for epoch in range(epochs):
+        for inputs, targets in batches(epoch):
+            weights = {layer.name: layer.decode(_codebooks_of(layer, p)) for layer, p in zip(moved, params)}
+            outputs = torch.func.functional_call(model, frozen | weights, (inputs.to(device),))
+            loss = loss_fn(outputs, targets.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if on_step is not None:
+                on_step(step)
+    tuned = []
+    for layer, param in zip(moved, params):
+        books = _codebooks_of(layer, param.detach()).cpu()
+        if centroid_bits == 16:
+            books = books.half().float()
+        tuned.append(
+            QuantizedLayer(layer.name, layer.shape, layer.subvector_size, layer.layout, books, layer.codes.cpu())
+        )
+    return tuned
+
+
 def finetune_centroids(
     model: nn.Module,
     layers: list[QuantizedLayer],
@@ -50,43 +100,23 @@ def finetune_centroids(
     device: torch.device,
     on_step: OnStep | None = None,
 ) -> list[QuantizedLayer]:
-    """Deep Compression's trained quantization: codes fixed, centroids trained on the task loss.
-
-    Each FC weight is decoded from trainable codebooks at every step, so a centroid's gradient is
-    the sum of the gradients of the weights it stands for. Everything else stays frozen.
-    """
-    layers = [
-        QuantizedLayer(q.name, q.shape, q.subvector_size, q.layout, q.codebooks.to(device), q.codes.to(device))
-        for q in layers
-    ]
-    params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(layers)]
-    frozen = {k: v.detach().to(device) for k, v in model.state_dict().items()}
-    model = model.to(device).train()
-    optimizer = torch.optim.Adam(params, lr=cfg.finetune_lr)
+    """`tune_centroids` on a built-in run: its training split in seeded shuffled mini-batches, the
+    cross-entropy, `cfg.finetune_epochs` epochs at `cfg.finetune_lr`."""
     generator = torch.Generator().manual_seed(cfg.seed)
     n_train = len(data.x_train)
     n_steps = math.ceil(n_train / batch_size)
-    for epoch in range(cfg.finetune_epochs):
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(n_train, generator=generator)
         for step in range(n_steps):
             index = order[step * batch_size : (step + 1) * batch_size]
-            weights = {layer.name: layer.decode(_codebooks_of(layer, p)) for layer, p in zip(layers, params)}
-            logits = torch.func.functional_call(model, frozen | weights, (data.x_train[index].to(device),))
-            loss = F.cross_entropy(logits, data.y_train[index].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if on_step is not None:
-                on_step(epoch * n_steps + step + 1, cfg.finetune_epochs * n_steps)
-    tuned = []
-    for layer, param in zip(layers, params):
-        books = _codebooks_of(layer, param.detach()).cpu()
-        if cfg.centroid_bits == 16:
-            books = books.half().float()
-        tuned.append(
-            QuantizedLayer(layer.name, layer.shape, layer.subvector_size, layer.layout, books, layer.codes.cpu())
-        )
-    return tuned
+            yield data.x_train[index], data.y_train[index]
+
+    total = cfg.finetune_epochs * n_steps
+    return tune_centroids(
+        model, layers, batches, F.cross_entropy, cfg.finetune_epochs, cfg.finetune_lr, device, cfg.centroid_bits,
+        on_step=(lambda step: on_step(step, total)) if on_step is not None else None,
+    )  # fmt: skip
 
 
 def compress_run(
@@ -103,9 +133,10 @@ def compress_run(
     device = pick_device(device)
     data = data or load_dataset(run.config.dataset)
     model = run.model()
-    _, n_rest = param_counts(model)
-    size = size_report([(layer.shape[0], layer.shape[1]) for layer in run.layers], n_rest, cfg)
-    layers = quantize_model(model, cfg)
+    targets = coded_weights(model, cfg.targets)
+    n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
+    size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
+    layers = quantize_model(model, cfg, targets)
     if cfg.finetune_epochs and layers:
         layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
     state = run.state_dict()
@@ -130,3 +161,11 @@ def compress_run(
         seconds=time.perf_counter() - started,
     )
     return record, blob
+
+
+def coded_shapes(run: RunRecord, targets: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(state-dict key, shape) of the weights a compression of `run` with `targets` codes, from the
+    network built on the meta device: no weights read, nothing allocated."""
+    with torch.device("meta"):
+        model = build_model(run.config.model, run.input_shape, run.n_classes, run.config.hidden)
+    return [(name, tuple(weight.shape)) for name, weight in coded_weights(model, targets)]

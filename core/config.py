@@ -33,6 +33,13 @@ METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/methods.p
 LAYOUTS = ("shared", "per-chunk")
 INITS = ("kmeans++", "random")
 CENTROID_BITS = (32, 16)
+# Which layers of a built-in network the regularizer acts on and the compression codes: its FC
+# layers (the paper), or its FC and conv layers (beyond the paper: past the conv barrier).
+TARGETS = ("fc", "fc+conv")
+
+# Fields added after the first release: left out of a config's JSON (and so of its hash) while they
+# hold their default, so every run id and compression key from before stays what it was.
+LATER_FIELDS = {"reg_targets": "fc", "targets": "fc"}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -110,6 +117,10 @@ def config_hash(payload: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _without_later_defaults(payload: dict) -> dict:
+    return {k: v for k, v in payload.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+
+
 def _set(obj: object, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)  # frozen dataclass: canonical values are set once, in __post_init__
 
@@ -130,6 +141,9 @@ class TrainConfig:
     lr: float = _f(1e-3, "Adam learning rate")
     batch_size: int = _f(64, "mini-batch size")
     seed: int = _f(0, "seeds weight init and shuffling; same seed on the CPU, same run")
+    reg_targets: str = _f(
+        "fc", "layers the regularizer acts on: fc (the paper) or fc+conv (beyond the paper)", choices=TARGETS
+    )
 
     def __post_init__(self) -> None:
         # Lists from JSON / argparse, strings from a text box: keep the dataclass hashable.
@@ -149,6 +163,7 @@ class TrainConfig:
         _choice("dataset", self.dataset, DATASETS)
         _choice("model", self.model, MODELS)
         _choice("regularizer", self.reg, REGULARIZERS)
+        _choice("regularizer targets", self.reg_targets, TARGETS)
         if self.model == "cifar-cnn" and self.dataset != "cifar10":
             raise ValueError("model cifar-cnn expects 32x32 colour images; use it with dataset cifar10")
         if not 1 <= len(self.hidden) <= MAX_HIDDEN_LAYERS:
@@ -184,9 +199,11 @@ class TrainConfig:
             _set(self, "reg_centroids", 256)
         if self.model != "mlp":
             _set(self, "hidden", (300, 100))
+        if self.reg == "none" or self.model == "mlp":
+            _set(self, "reg_targets", "fc")  # nothing to regularize, or no conv layer to add
 
     def run_id(self) -> str:
-        payload = asdict(self)
+        payload = _without_later_defaults(asdict(self))
         payload["code_version"] = CODE_VERSION
         return config_hash(payload)
 
@@ -202,7 +219,7 @@ class TrainConfig:
         return text
 
     def to_json(self) -> dict:
-        return asdict(self) | {"hidden": list(self.hidden)}
+        return _without_later_defaults(asdict(self) | {"hidden": list(self.hidden)})
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -228,6 +245,7 @@ class CompressConfig:
     seed: int = _f(0, "seeds k-means")
     finetune_epochs: int = _f(0, "epochs of centroid fine-tuning (codes fixed) after quantization")
     finetune_lr: float = _f(1e-4, "Adam learning rate of the centroid fine-tuning")
+    targets: str = _f("fc", "layers to code: fc (the paper) or fc+conv (every conv weight too)", choices=TARGETS)
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -239,6 +257,7 @@ class CompressConfig:
         _choice("method", self.method, METHODS)
         _choice("layout", self.layout, LAYOUTS)
         _choice("k-means init", self.init, INITS)
+        _choice("targets", self.targets, TARGETS)
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -257,7 +276,7 @@ class CompressConfig:
         if self.method == "float":
             read = ("method",)
         elif self.method == "binarize":
-            read = ("method", "finetune_epochs", "finetune_lr")
+            read = ("method", "finetune_epochs", "finetune_lr", "targets")
             _set(self, "subvector_size", 1)  # one sign bit a weight: d = 1, k = 2, by definition
             _set(self, "n_centroids", 2)
         elif self.method == "kmeans":
@@ -271,7 +290,7 @@ class CompressConfig:
             _set(self, "finetune_lr", defaults["finetune_lr"])
 
     def key(self) -> str:
-        payload = asdict(self)
+        payload = _without_later_defaults(asdict(self))
         payload["code_version"] = CODE_VERSION
         return config_hash(payload)
 
@@ -292,7 +311,7 @@ class CompressConfig:
         return text
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return _without_later_defaults(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict) -> CompressConfig:

@@ -39,7 +39,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from .config import DATASETS, MAX_CENTROIDS, CompressConfig, TrainConfig
+from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
 from .models import build_model, fc_weight_names
 from .pq import QuantizedLayer, check_fits, n_chunks
@@ -324,11 +324,14 @@ def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str)
     if not isinstance(data, dict):
         _invalid(f"{what} is not a JSON object")
     names = [f.name for f in fields(cls)]
-    if missing := [name for name in names if name not in data]:
+    # a field added later is left out of the JSON while it holds its default (config.LATER_FIELDS)
+    if missing := [name for name in names if name not in data and name not in LATER_FIELDS]:
         _invalid(f"{what} lacks {', '.join(missing)}")
     if unknown := [key for key in data if key not in names]:
         _invalid(f"{what} has unknown field {_show(unknown[0])}")
     for f in fields(cls):
+        if f.name not in data:
+            continue
         value, default = data[f.name], f.default
         if isinstance(default, tuple):  # hidden widths
             ok = isinstance(value, list) and all(_is_int(v) for v in value)

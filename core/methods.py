@@ -10,26 +10,25 @@ to a regularized run, they are the paper's method. The code is the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .config import METHODS, CompressConfig
-from .models import fc_layers
+from .models import coded_weights
 from .pq import QuantizedLayer, quantize_weight
 
 
 def binarize_weight(name: str, weight: torch.Tensor, centroid_bits: int = 32) -> QuantizedLayer:
-    """(out, in) -> sign codes (1, out * in) and the codebook [-alpha, +alpha] of shape (1, 2, 1)."""
+    """(out, in) or (out, in, kh, kw) -> sign codes (1, numel) and the codebook [-alpha, +alpha] (1, 2, 1)."""
     weight = weight.detach().float()
     alpha = weight.abs().mean()
     if centroid_bits == 16:
         alpha = alpha.half().float()
     codes = (weight >= 0).long().reshape(1, -1)  # sign(0) is coded as +1: one bit, no third value
     codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
-    out_features, in_features = weight.shape
-    return QuantizedLayer(name, (out_features, in_features), 1, "sign", codebooks, codes)
+    return QuantizedLayer(name, tuple(weight.shape), 1, "sign", codebooks, codes)
 
 
 _QuantizeOne = Callable[[str, torch.Tensor, CompressConfig], QuantizedLayer]
@@ -45,10 +44,14 @@ if tuple(METHOD_IMPLEMENTATIONS) != METHODS:
     raise ImportError("core.config.METHODS and core.methods.METHOD_IMPLEMENTATIONS disagree")
 
 
-def quantize_model(model: nn.Module, cfg: CompressConfig) -> list[QuantizedLayer]:
-    """Quantize every FC weight of `model` (not modified) as `cfg` says; [] for method float.
+def quantize_model(
+    model: nn.Module, cfg: CompressConfig, weights: Sequence[tuple[str, torch.Tensor]] | None = None
+) -> list[QuantizedLayer]:
+    """Quantize `weights` ((state-dict key, tensor); default: the weights `cfg.targets` names, the FC
+    layers or the FC and conv layers) of `model` (not modified) as `cfg` says; [] for method float.
     Whether the setting fits the layers is checked once, by the caller (`core.pq.check_fits`)."""
     quantize_one = METHOD_IMPLEMENTATIONS[cfg.method]
     if quantize_one is None:
         return []
-    return [quantize_one(f"{name}.weight", layer.weight, cfg) for name, layer in fc_layers(model)]
+    chosen = weights if weights is not None else coded_weights(model, cfg.targets)
+    return [quantize_one(name, weight, cfg) for name, weight in chosen]

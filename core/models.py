@@ -3,9 +3,10 @@ everything else (conv weights, every bias) stays float32 and is counted as such.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -125,3 +126,31 @@ def param_counts(model: nn.Module) -> tuple[int, int]:
         else:
             n_rest += tensor.numel()
     return n_fc, n_rest
+
+
+def coded_weights(model: nn.Module, targets: str = "fc") -> list[tuple[str, torch.Tensor]]:
+    """The weights a built-in compression codes, in forward order, by state-dict key: every
+    nn.Linear weight ("fc", the paper), or every nn.Linear and nn.Conv2d weight ("fc+conv")."""
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear,) if targets == "fc" else (nn.Linear, nn.Conv2d)
+    return [(f"{name}.weight", _weight(module)) for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def select_weights(
+    model: nn.Module, patterns: Sequence[str] | None = None, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+) -> list[tuple[str, torch.Tensor]]:
+    """(state-dict key, weight) of the modules of `kinds` whose names match one of `patterns` (fnmatch
+    globs over module names, e.g. "features.*", "classifier.0"); no patterns: every nn.Linear."""
+    chosen = []
+    for name, module in model.named_modules():
+        if patterns is None:
+            if isinstance(module, nn.Linear):
+                chosen.append((f"{name}.weight", _weight(module)))
+        elif isinstance(module, kinds) and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+            chosen.append((f"{name}.weight", _weight(module)))
+    return chosen
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import Dataset
 from .executors import Executor, get_executor
@@ -266,7 +267,7 @@ def get_or_compress(
             store.settle_compression(run.run_id, cached.key)
             cached = cached.with_file(cached.file_path, transient=False)
         return cached, True
-    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
+    check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     local = _Local()
     spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
     status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
@@ -279,7 +280,7 @@ def get_or_compress(
 
 def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
-    check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # the one check
+    check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     return job_manager(store).submit(compression_spec(store, run, cfg))
 
 

@@ -24,6 +24,16 @@ KMEANS_PP_SAMPLE_PER_CENTROID = 64  # k-means++ seeds from at most this many poi
 _DIST_BLOCK = 1 << 20
 
 
+def row_shape(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """(out, ...) -> (out, product of the rest): a conv's filters as the rows PQ cuts."""
+    return int(shape[0]), int(math.prod(shape[1:]))
+
+
+def as_rows(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in) or (out, in, kh, kw) -> (out, in * kh * kw), each output filter flattened in that order."""
+    return weight.reshape(weight.shape[0], -1)
+
+
 def n_chunks(in_features: int, subvector_size: int) -> int:
     return math.ceil(in_features / subvector_size)
 
@@ -203,14 +213,16 @@ def kmeans(
 
 @dataclass
 class QuantizedLayer:
-    """One FC weight matrix as codes into codebooks.
+    """One weight as codes into codebooks: an nn.Linear's (out, in) matrix, or an nn.Conv2d's
+    (out, in, kh, kw) filters, each output filter flattened to its in * kh * kw values in that order
+    (`as_rows`), so that with d = kh * kw a subvector is one input channel's kernel (Stock et al. 2019).
 
     layout is 'shared' or 'per-chunk' (PQ, scalar k-means when d = 1) or 'sign' (binarization:
     codes are the signs, the codebook is [-alpha, +alpha] and only alpha is stored).
     """
 
     name: str  # state-dict key of the weight, e.g. 'fcs.0.weight'
-    shape: tuple[int, int]  # (out, in)
+    shape: tuple[int, ...]  # the weight's own shape: (out, in) or (out, in, kh, kw)
     subvector_size: int  # d
     layout: str  # 'shared' | 'per-chunk' | 'sign'
     codebooks: torch.Tensor  # (G, k, d)
@@ -220,14 +232,20 @@ class QuantizedLayer:
     def n_centroids(self) -> int:
         return self.codebooks.shape[1]
 
+    @property
+    def rows(self) -> tuple[int, int]:
+        """(out, in * kh * kw): the weight as the matrix that is cut into subvectors."""
+        return row_shape(self.shape)
+
     def decode(self, codebooks: torch.Tensor | None = None) -> torch.Tensor:
-        """(G, N) codes -> (out, in) weights; pass `codebooks` to decode through trainable ones."""
+        """(G, N) codes -> the weight in its own shape; pass `codebooks` to decode through trainable ones."""
         books = self.codebooks if codebooks is None else codebooks
         dim = books.shape[-1]
         index = self.codes.unsqueeze(-1).expand(-1, -1, dim)  # (G, N, d)
         grouped = torch.gather(books, 1, index)  # (G, N, d)
-        out_features, in_features = self.shape
-        return from_subvectors(from_groups(grouped, self._group_layout, out_features), in_features)
+        out_features, in_features = self.rows
+        matrix = from_subvectors(from_groups(grouped, self._group_layout, out_features), in_features)
+        return matrix.reshape(self.shape)  # (out, in) -> the weight's shape
 
     @property
     def _group_layout(self) -> str:
@@ -239,10 +257,11 @@ class DoesNotFit(ValueError):
 
 
 def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
-    """Raise DoesNotFit when the PQ settings do not fit every layer; the message names the layer
-    whose limit it states, and says what would fit."""
+    """Raise DoesNotFit when the PQ settings do not fit every layer (a conv counts as its rows of
+    in * kh * kw values); the message names the layer whose limit it states, and says what would fit."""
     if cfg.method not in ("kmeans", "pq") or not fc_shapes:
         return
+    fc_shapes = [(name, row_shape(shape)) for name, shape in fc_shapes]
     narrowest, (_, narrowest_in) = min(fc_shapes, key=lambda entry: entry[1][1])
     if cfg.subvector_size > narrowest_in:
         raise DoesNotFit(
@@ -258,16 +277,17 @@ def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressCo
 
 
 def quantize_weight(name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
-    """k-means / PQ of one (out, in) weight matrix with the settings of `cfg` (method kmeans or pq)."""
-    out_features, in_features = weight.shape
+    """k-means / PQ of one weight ((out, in), or a conv's (out, in, kh, kw) as its rows) with the
+    settings of `cfg` (method kmeans or pq)."""
     dim = cfg.subvector_size
-    grouped = to_groups(to_subvectors(weight.detach().float(), dim), cfg.layout)  # (G, N, d)
+    matrix = as_rows(weight.detach().float())  # (out, in * kh * kw)
+    grouped = to_groups(to_subvectors(matrix, dim), cfg.layout)  # (G, N, d)
     centroids, codes = kmeans(grouped, cfg.n_centroids, cfg.kmeans_iters, cfg.seed, cfg.init)
     if cfg.centroid_bits == 16:
         # Store what the file will hold; re-assign so codes match the rounded centroids.
         centroids = centroids.half().float()
         codes, _ = assign(grouped, centroids)
-    return QuantizedLayer(name, (out_features, in_features), dim, cfg.layout, centroids, codes)
+    return QuantizedLayer(name, tuple(weight.shape), dim, cfg.layout, centroids, codes)
 
 
 def reconstruction_mse(weight: torch.Tensor, layer: QuantizedLayer) -> float:

@@ -6,10 +6,11 @@ model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .config import CompressConfig
-from .pq import n_chunks
+from .pq import n_chunks, row_shape
 
 FLOAT_BITS = 32
 
@@ -71,24 +72,53 @@ class SizeReport:
         return report
 
 
-def size_report(fc_shapes: list[tuple[int, int]], n_rest: int, cfg: CompressConfig) -> SizeReport:
-    """Bits of a model whose FC weight matrices have `fc_shapes` (out, in), compressed by `cfg`,
-    with `n_rest` other parameters kept in float32. Pure accounting: whether the setting fits the
-    layers is `core.pq.check_fits`'s question, asked once by the caller."""
-    n_fc = sum(out * inp for out, inp in fc_shapes)
-    code_bits = codebook_bits = scale_bits = 0
+@dataclass(frozen=True)
+class LayerBits:
+    """The bits of one coded weight: a row of the per-layer table."""
+
+    name: str  # state-dict key
+    shape: tuple[int, ...]  # the weight's shape
+    code_bits: int
+    codebook_bits: int
+    scale_bits: int
+    float_bits: int  # 32 * its number of weights
+
+    @property
+    def bits(self) -> int:
+        return self.code_bits + self.codebook_bits + self.scale_bits
+
+    @property
+    def ratio(self) -> float:
+        return self.float_bits / self.bits
+
+
+def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerBits:
+    """The exact bits of one weight coded by `cfg`: a conv counts as its rows of in * kh * kw values."""
+    out, inp = row_shape(shape)
+    n = out * inp
     if cfg.method == "float":
-        code_bits = FLOAT_BITS * n_fc
-    elif cfg.method == "binarize":
-        code_bits = n_fc  # one sign bit a weight
-        scale_bits = cfg.centroid_bits * len(fc_shapes)  # alpha_l
-    else:
-        dim, k = cfg.subvector_size, cfg.n_centroids
-        for out, inp in fc_shapes:
-            chunks = n_chunks(inp, dim)
-            code_bits += out * chunks * code_width(k)
-            n_codebooks = chunks if cfg.layout == "per-chunk" else 1
-            codebook_bits += n_codebooks * k * dim * cfg.centroid_bits
+        return LayerBits(name, tuple(shape), FLOAT_BITS * n, 0, 0, FLOAT_BITS * n)
+    if cfg.method == "binarize":
+        return LayerBits(name, tuple(shape), n, 0, cfg.centroid_bits, FLOAT_BITS * n)  # a sign bit each; alpha
+    dim, k = cfg.subvector_size, cfg.n_centroids
+    chunks = n_chunks(inp, dim)
+    n_codebooks = chunks if cfg.layout == "per-chunk" else 1
+    return LayerBits(
+        name, tuple(shape), out * chunks * code_width(k), n_codebooks * k * dim * cfg.centroid_bits, 0, FLOAT_BITS * n
+    )
+
+
+def size_report(fc_shapes: Sequence[tuple[int, ...]], n_rest: int, cfg: CompressConfig) -> SizeReport:
+    """Bits of a model whose coded weights have `fc_shapes` ((out, in), or a conv's (out, in, kh, kw)),
+    compressed by `cfg`, with `n_rest` other parameters kept in float32: the sum of `layer_bits`.
+    Pure accounting: whether the setting fits the layers is `core.pq.check_fits`'s question, asked
+    once by the caller. (The fields named fc_* count the coded layers: the FC layers, plus the conv
+    layers when those are coded too.)"""
+    layers = [layer_bits(f"layer{i}", tuple(shape), cfg) for i, shape in enumerate(fc_shapes)]
+    code_bits = sum(layer.code_bits for layer in layers)
+    codebook_bits = sum(layer.codebook_bits for layer in layers)
+    scale_bits = sum(layer.scale_bits for layer in layers)
+    n_fc = sum(layer.float_bits for layer in layers) // FLOAT_BITS
     fc_bits = code_bits + codebook_bits + scale_bits
     rest_bits = FLOAT_BITS * n_rest
     model_bits = fc_bits + rest_bits

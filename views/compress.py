@@ -13,6 +13,7 @@ import time
 import streamlit as st
 
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
+from core.compress import coded_shapes
 from core.config import LAYOUTS, METHODS, CompressConfig
 from core.data import DatasetUnavailable
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
@@ -231,7 +232,7 @@ def page() -> None:
             if seconds <= CHEAP_SECONDS:
                 record = compress_now(run, cfg)  # raises DoesNotFit before any work
             else:
-                check_fits([(layer.name, layer.shape) for layer in run.layers], cfg)  # before offering it
+                check_fits(coded_shapes(run, cfg.targets), cfg)  # before offering it
                 offer_job(run, cfg, seconds)
                 return
     except DoesNotFit as error:
