@@ -205,20 +205,21 @@ def timed_epochs(cfg: TrainConfig, data, repeats: int) -> dict[str, float]:
         state[name] = (
             model,
             torch.optim.Adam(model.parameters(), lr=cfg.lr),
-            Regularizer(vcfg) if vcfg else None,
+            (Regularizer.from_config(vcfg), vcfg) if vcfg else None,
             torch.Generator().manual_seed(cfg.seed),
         )
     times = {name: [] for name in variants}
     for epoch in range(repeats + 1):  # the first pass warms up allocators and is dropped
         for name in variants:
-            model, optimizer, reg, generator = state[name]
+            model, optimizer, variant, generator = state[name]
             start = time.perf_counter()
-            if reg is None:
+            if variant is None:
                 plain_epoch(model, data.x_train, data.y_train, optimizer, cfg.batch_size, generator)
             else:
+                reg, vcfg = variant
                 if reg.active:
                     reg.refresh(model, epoch)
-                train_epoch(model, data.x_train, data.y_train, optimizer, reg, epoch, generator, device)
+                train_epoch(model, data.x_train, data.y_train, optimizer, reg, vcfg, epoch, generator, device)
             if epoch:
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}

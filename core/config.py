@@ -304,6 +304,8 @@ class CompressConfig:
             text = f"kmeans k={self.n_centroids}"
         else:
             text = f"pq d={self.subvector_size} k={self.n_centroids} {self.layout}"
+        if self.targets == "fc+conv":
+            text += " +conv"
         if self.centroid_bits == 16:
             text += " fp16"
         if self.finetune_epochs:

@@ -41,8 +41,8 @@ from torch import nn
 
 from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
-from .models import build_model, fc_weight_names
-from .pq import QuantizedLayer, check_fits, n_chunks
+from .models import build_model, coded_weights
+from .pq import QuantizedLayer, check_fits, n_chunks, row_shape
 from .size import code_width
 
 FORMAT = "compression-lab/1"
@@ -354,7 +354,7 @@ class _Expected:
     train_cfg: TrainConfig
     compress_cfg: CompressConfig
     shapes: dict[str, tuple[int, ...]]  # state-dict key -> shape, of the model the metadata describes
-    fc_names: list[str]
+    fc_names: list[str]  # the weights the compression codes (its targets: FC, or FC and conv)
 
 
 def _check_meta(meta: Any, n_tensors: int) -> _Expected:
@@ -400,7 +400,7 @@ def _check_meta(meta: Any, n_tensors: int) -> _Expected:
     except (RuntimeError, ValueError) as exc:
         _invalid(f"model {train_cfg.model} cannot take inputs of shape {tuple(input_shape)} ({exc})")
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    return _Expected(train_cfg, compress_cfg, shapes, fc_weight_names(model))
+    return _Expected(train_cfg, compress_cfg, shapes, [name for name, _ in coded_weights(model, compress_cfg.targets)])
 
 
 def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -> None:
@@ -411,7 +411,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid("layers is not a list")
     fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names]
     try:
-        check_fits([(name, (shape[0], shape[1])) for name, shape in fc_shapes], cfg)
+        check_fits(fc_shapes, cfg)
     except ValueError as exc:
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
@@ -423,17 +423,17 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         name = info["name"]
         if name not in expected.fc_names:
             model = _model_label(expected.train_cfg)
-            _invalid(f"layers[{index}] names {_show(name)}, which is not an FC weight of the {model}")
+            what = "an FC weight" if cfg.targets == "fc" else "an FC or conv weight"
+            _invalid(f"layers[{index}] names {_show(name)}, which is not {what} of the {model}")
         if name in coded:
             _invalid(f"layer {name} is listed twice")
         coded.append(name)
-        out_features, in_features = expected.shapes[name]
+        model_shape = list(expected.shapes[name])
+        out_features, in_features = row_shape(model_shape)  # a conv: its rows of in * kh * kw values
         shape = info["shape"]
         # type checks too: 32.0 == 32 and True == 1 in Python, and neither is what this tool writes
-        if not (isinstance(shape, list) and all(map(_is_int, shape)) and shape == [out_features, in_features]):
-            _invalid(
-                f"layer {name} declares shape {_show(info['shape'])} but the model's is [{out_features}, {in_features}]"
-            )
+        if not (isinstance(shape, list) and all(map(_is_int, shape)) and shape == model_shape):
+            _invalid(f"layer {name} declares shape {_show(info['shape'])} but the model's is {model_shape}")
         layout = info["layout"]
         if layout not in LAYOUTS:
             _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
@@ -483,7 +483,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         else:
             wanted[f"{name}.codebooks"] = (centroid_dtype, (chunks if layout == "per-chunk" else 1, k, dim))
     if cfg.method != "float" and (uncoded := [name for name in expected.fc_names if name not in coded]):
-        _invalid(f"method {cfg.method} codes every FC weight, but {uncoded[0]} has no layer entry")
+        _invalid(f"method {cfg.method} codes every weight it targets, but {uncoded[0]} has no layer entry")
     for key, shape in expected.shapes.items():
         if key in coded:
             if key in entries:

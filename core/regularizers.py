@@ -19,14 +19,14 @@ second: it is the same gradient (tested against autograd) at a third of the cost
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
 from .config import REGULARIZERS, TrainConfig
-from .models import fc_layers
-from .pq import QuantizedLayer, assign, kmeans, to_groups, to_subvectors
+from .models import select_weights
+from .pq import QuantizedLayer, as_rows, assign, kmeans, to_groups, to_subvectors
 
 _EPS = 1e-12
 
@@ -116,12 +116,13 @@ def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0) -> torch.Tens
 
 
 def pq_targets(weight: torch.Tensor, subvector_size: int, n_centroids: int, seed: int = 0) -> torch.Tensor:
-    """The PQ reconstruction of a layer with one shared codebook: (out, in) -> (out, in)."""
-    out_features, in_features = weight.shape
-    dim = min(subvector_size, in_features)
-    grouped = to_groups(to_subvectors(weight.detach().float(), dim), "shared")  # (1, out * chunks, d)
+    """The PQ reconstruction of a weight with one shared codebook, in the weight's own shape (a conv's
+    filters as their rows of in * kh * kw values)."""
+    matrix = as_rows(weight.detach().float())  # (out, in * kh * kw)
+    dim = min(subvector_size, matrix.shape[1])
+    grouped = to_groups(to_subvectors(matrix, dim), "shared")  # (1, out * chunks, d)
     centroids, codes = kmeans(grouped, n_centroids, n_iter=10, seed=seed)
-    layer = QuantizedLayer("target", (out_features, in_features), dim, "shared", centroids, codes)
+    layer = QuantizedLayer("target", tuple(weight.shape), dim, "shared", centroids, codes)
     return layer.decode().to(weight.dtype)
 
 
@@ -148,8 +149,8 @@ class BinaryTerm(Term):
 
 
 class LevelsTerm(Term):
-    def __init__(self, cfg: TrainConfig):
-        self.n_levels = cfg.reg_levels
+    def __init__(self, n_levels: int):
+        self.n_levels = n_levels
         self.levels: list[torch.Tensor] = []
 
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
@@ -164,8 +165,8 @@ class LevelsTerm(Term):
 
 
 class PQTerm(Term):
-    def __init__(self, cfg: TrainConfig):
-        self.subvector_size, self.n_centroids = cfg.reg_subvector_size, cfg.reg_centroids
+    def __init__(self, subvector_size: int, n_centroids: int):
+        self.subvector_size, self.n_centroids = subvector_size, n_centroids
         self.targets: list[torch.Tensor] = []
 
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
@@ -179,23 +180,73 @@ class PQTerm(Term):
 
 
 # The one registry of terms: config.REGULARIZERS names exactly these, plus "none" (no term).
-TERMS: dict[str, Callable[[TrainConfig], Term]] = {
-    "binary": lambda cfg: BinaryTerm(),
-    "levels": LevelsTerm,
-    "pq": PQTerm,
+TERMS: dict[str, Callable[[Regularizer], Term]] = {
+    "binary": lambda reg: BinaryTerm(),
+    "levels": lambda reg: LevelsTerm(reg.levels),
+    "pq": lambda reg: PQTerm(reg.subvector_size, reg.n_centroids),
 }
 if set(TERMS) | {"none"} != set(REGULARIZERS):
     raise ImportError("core.config.REGULARIZERS and core.regularizers.TERMS disagree")
 
 
 class Regularizer:
-    """The configured term for one training run: `refresh(model, epoch)` at the start of each
-    epoch (levels / pq fit their targets there), then `add_gradient_(model, lam)` at each step
-    (`penalty(model)` is the same term for autograd)."""
+    """A regularizer for any training loop on any nn.Module (the built-in training uses it too).
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.term: Term | None = TERMS[cfg.reg](cfg) if cfg.reg != "none" and cfg.lam > 0 else None
+        reg = Regularizer("binary", lam=0.02, layers=["classifier.*"], warmup_epochs=2)
+        for epoch in range(epochs):
+            reg.refresh(model, epoch)          # levels / pq fit their targets once an epoch
+            for step, (x, y) in enumerate(batches):
+                loss = loss_fn(model(x), y)
+                loss.backward()
+                reg.add_gradient_(model, reg.lam_at(epoch, step, len(batches)))  # the fast path
+                optimizer.step(); optimizer.zero_grad()
+        # or, with autograd: (loss + reg.lam_at(...) * reg.penalty(model)).backward()
+
+    `kind`: binary (our reading of the paper's term), levels or pq; `layers`: fnmatch globs over
+    module names (nn.Linear and nn.Conv2d modules that match); default: every nn.Linear, as the
+    paper. A conv weight is regularized as its rows of in * kh * kw values.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        lam: float,
+        layers: Sequence[str] | None = None,
+        warmup_epochs: int = 0,
+        levels: int = 2,
+        subvector_size: int = 8,
+        n_centroids: int = 256,
+        seed: int = 0,
+    ):
+        if kind not in REGULARIZERS:
+            raise ValueError(f"unknown regularizer {kind!r}; choose one of: {', '.join(REGULARIZERS)}")
+        if not (isinstance(lam, int | float) and lam >= 0 and lam == lam):
+            raise ValueError(f"lam={lam!r} must be a number >= 0 (0 turns the regularizer off)")
+        if isinstance(layers, str):
+            layers = [layers]  # one pattern given bare: not a sequence of one-letter patterns
+        self.kind: str = kind
+        self.lam: float = float(lam)
+        self.layers: list[str] | None = None if layers is None else list(layers)
+        self.warmup_epochs: int = int(warmup_epochs)
+        self.levels: int = int(levels)
+        self.seed: int = int(seed)
+        self.subvector_size: int = int(subvector_size)
+        self.n_centroids: int = int(n_centroids)
+        self.term: Term | None = TERMS[kind](self) if kind != "none" and self.lam > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> Regularizer:
+        """The built-in training's regularizer: the FC layers, or the FC and conv layers."""
+        return cls(
+            cfg.reg,
+            cfg.lam,
+            layers=None if cfg.reg_targets == "fc" else ["*"],
+            warmup_epochs=cfg.warmup_epochs,
+            levels=cfg.reg_levels,
+            subvector_size=cfg.reg_subvector_size,
+            n_centroids=cfg.reg_centroids,
+            seed=cfg.seed,
+        )
 
     @property
     def active(self) -> bool:
@@ -203,26 +254,29 @@ class Regularizer:
 
     def lam_at(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """lam, ramped linearly from 0 over `warmup_epochs` (epoch counts from 0)."""
-        if self.cfg.warmup_epochs == 0:
-            return self.cfg.lam
-        progress = (epoch + step / steps_per_epoch) / self.cfg.warmup_epochs
-        return self.cfg.lam * min(1.0, progress)
+        if self.warmup_epochs == 0:
+            return self.lam
+        progress = (epoch + step / steps_per_epoch) / self.warmup_epochs
+        return self.lam * min(1.0, progress)
 
-    @staticmethod
-    def _weights(model: nn.Module) -> list[torch.Tensor]:
-        return [layer.weight for _, layer in fc_layers(model)]
+    def weights(self, model: nn.Module) -> list[torch.Tensor]:
+        """The weights the term acts on (state-dict order)."""
+        chosen = [weight for _, weight in select_weights(model, self.layers)]
+        if not chosen:
+            raise ValueError(f"the layer patterns {self.layers} match no nn.Linear or nn.Conv2d of this model")
+        return chosen
 
     @torch.no_grad()
     def refresh(self, model: nn.Module, epoch: int) -> None:
         if self.term is not None:
-            self.term.refresh(self._weights(model), self.cfg.seed + epoch)
+            self.term.refresh(self.weights(model), self.seed + epoch)
 
     def add_gradient_(self, model: nn.Module, lam: float) -> torch.Tensor:
-        """After backward of the task loss: adds lam * dR/dW to the FC weights' gradients in place
-        and returns R (detached). The same gradients as backpropagating lam * penalty(model)."""
-        weights = self._weights(model)
+        """After backward of the task loss: adds lam * dR/dW to the weights' gradients in place and
+        returns R (detached). The same gradients as backpropagating lam * penalty(model)."""
+        weights = self.weights(model)
         return weights[0].new_zeros(()) if self.term is None else self.term.add_gradient_(weights, lam)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        weights = self._weights(model)
+        weights = self.weights(model)
         return weights[0].new_zeros(()) if self.term is None else self.term.penalty(weights)

@@ -83,6 +83,7 @@ def train_epoch(
     y_train: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     reg: Regularizer,
+    cfg: TrainConfig,
     epoch: int,
     generator: torch.Generator,
     device: torch.device,
@@ -90,7 +91,6 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over (x_train, y_train), already on `device`; returns the mean loss, cross-entropy
     and regularizer value."""
-    cfg = reg.cfg
     model.train()
     n_train = len(x_train)
     order = torch.randperm(n_train, generator=generator).to(device)  # CPU generator: same order everywhere
@@ -141,7 +141,7 @@ def train(
         model = build_model(cfg.model, data.input_shape, data.n_classes, cfg.hidden).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    reg = Regularizer(cfg)
+    reg = Regularizer.from_config(cfg)
     # The whole dataset moves to the device once (at most a few hundred MB here), not per batch.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test = data.x_test.to(device)
@@ -152,7 +152,7 @@ def train(
         epoch_start = time.perf_counter()
         if reg.active:
             reg.refresh(model, epoch)
-        sums = train_epoch(model, x_train, y_train, optimizer, reg, epoch, generator, device, on_step)
+        sums = train_epoch(model, x_train, y_train, optimizer, reg, cfg, epoch, generator, device, on_step)
         for name, layer in fc_layers(model):
             _check_finite(float(layer.weight.detach().abs().max()), epoch, f"weights of {name}", cfg)
         metrics = EpochMetrics(

@@ -61,12 +61,12 @@ def test_regularizer_refresh_and_warmup():
         cfg = TrainConfig(
             dataset="digits", hidden=(16,), reg=reg, lam=0.1, reg_subvector_size=4, reg_centroids=8, warmup_epochs=2
         )
-        term = Regularizer(cfg)
+        term = Regularizer.from_config(cfg)
         term.refresh(model, 0)
         value = term.penalty(model)
         assert value.requires_grad and float(value.detach()) > 0
         assert term.lam_at(0, 0, 10) == 0 and term.lam_at(1, 0, 10) == 0.05 and term.lam_at(5, 0, 10) == 0.1
-    assert not Regularizer(TrainConfig(dataset="digits", reg="binary", lam=0)).active
+    assert not Regularizer.from_config(TrainConfig(dataset="digits", reg="binary", lam=0)).active
 
 
 def test_in_place_gradients_equal_autograd_of_the_penalty():
@@ -81,7 +81,7 @@ def test_in_place_gradients_equal_autograd_of_the_penalty():
         for fused in (False, True):
             torch.manual_seed(1)  # the same weights for both
             model = build_model("mlp", (1, 8, 8), 10, (16, 12))
-            term = Regularizer(cfg)
+            term = Regularizer.from_config(cfg)
             term.refresh(model, 0)
             ce = torch.nn.functional.cross_entropy(model(x), y)
             if fused:
