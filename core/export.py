@@ -27,7 +27,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -41,7 +41,7 @@ from torch import nn
 
 from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
-from .models import build_model, coded_weights
+from .models import build_model, coded_weights, select_weights
 from .pq import QuantizedLayer, check_fits, n_chunks, row_shape
 from .size import code_width
 
@@ -59,7 +59,16 @@ MAX_TENSOR_DIMS = 8
 METADATA_KEY = "compression_lab"  # the one key of the safetensors `__metadata__`
 LAYOUTS = ("shared", "per-chunk", "sign")
 # safetensors dtype -> (torch dtype, bytes an element): only the dtypes `export` writes.
-_DTYPES = {"U8": (torch.uint8, 1), "F16": (torch.float16, 2), "F32": (torch.float32, 4)}
+_DTYPES = {
+    "U8": (torch.uint8, 1),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+    "F32": (torch.float32, 4),
+    "F64": (torch.float64, 8),
+    "I64": (torch.int64, 8),  # a module's integer buffers (BatchNorm's num_batches_tracked)
+}
+_DTYPE_NAMES = {dtype: name for name, (dtype, _) in _DTYPES.items()}
+MODULE_FORMAT = "compression-lab-module/1"  # `core.save` of any nn.Module: no training config inside
 _CENTROID_DTYPES = {32: "F32", 16: "F16"}
 _LAYER_KEYS = ("name", "shape", "layout", "subvector_size", "n_centroids", "code_bits", "groups", "codes_per_group")
 _REQUIRED_META = ("format", "train_config", "compress_config", "input_shape", "n_classes", "layers")
@@ -351,10 +360,12 @@ def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str)
 class _Expected:
     """What the metadata says the file must hold."""
 
-    train_cfg: TrainConfig
     compress_cfg: CompressConfig
     shapes: dict[str, tuple[int, ...]]  # state-dict key -> shape, of the model the metadata describes
-    fc_names: list[str]  # the weights the compression codes (its targets: FC, or FC and conv)
+    fc_names: list[str]  # the weights that may be coded (a built-in: exactly those its targets name)
+    model_label: str  # the model, for messages
+    every_one: bool = True  # a built-in compression codes every weight of fc_names
+    rest_dtypes: dict[str, str] | None = None  # dtype of each uncoded tensor; None: all F32
 
 
 def _check_meta(meta: Any, n_tensors: int) -> _Expected:
@@ -400,7 +411,8 @@ def _check_meta(meta: Any, n_tensors: int) -> _Expected:
     except (RuntimeError, ValueError) as exc:
         _invalid(f"model {train_cfg.model} cannot take inputs of shape {tuple(input_shape)} ({exc})")
     shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    return _Expected(train_cfg, compress_cfg, shapes, [name for name, _ in coded_weights(model, compress_cfg.targets)])
+    coded = [name for name, _ in coded_weights(model, compress_cfg.targets)]
+    return _Expected(compress_cfg, shapes, coded, _model_label(train_cfg))
 
 
 def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -> None:
@@ -409,7 +421,8 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
     layers = meta["layers"]
     if not isinstance(layers, list):
         _invalid("layers is not a list")
-    fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names]
+    listed = {info.get("name") for info in layers if isinstance(info, dict)}
+    fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names if expected.every_one or name in listed]
     try:
         check_fits(fc_shapes, cfg)
     except ValueError as exc:
@@ -422,9 +435,8 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             _invalid(f"layers[{index}] does not have exactly the keys {', '.join(_LAYER_KEYS)}")
         name = info["name"]
         if name not in expected.fc_names:
-            model = _model_label(expected.train_cfg)
-            what = "an FC weight" if cfg.targets == "fc" else "an FC or conv weight"
-            _invalid(f"layers[{index}] names {_show(name)}, which is not {what} of the {model}")
+            what = "an FC weight" if cfg.targets == "fc" and expected.every_one else "an FC or conv weight"
+            _invalid(f"layers[{index}] names {_show(name)}, which is not {what} of the {expected.model_label}")
         if name in coded:
             _invalid(f"layer {name} is listed twice")
         coded.append(name)
@@ -482,14 +494,15 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             wanted[f"{name}.alpha"] = (centroid_dtype, (1,))
         else:
             wanted[f"{name}.codebooks"] = (centroid_dtype, (chunks if layout == "per-chunk" else 1, k, dim))
-    if cfg.method != "float" and (uncoded := [name for name in expected.fc_names if name not in coded]):
+    uncoded = [name for name in expected.fc_names if name not in coded]
+    if expected.every_one and cfg.method != "float" and uncoded:
         _invalid(f"method {cfg.method} codes every weight it targets, but {uncoded[0]} has no layer entry")
     for key, shape in expected.shapes.items():
         if key in coded:
             if key in entries:
                 _invalid(f"layer {key} is coded and also stored in float")
         else:
-            wanted[key] = ("F32", shape)
+            wanted[key] = ((expected.rest_dtypes or {}).get(key, "F32"), shape)
     for key, (dtype, shape) in wanted.items():
         entry = entries.get(key)
         if entry is None:
@@ -611,3 +624,96 @@ def load_file(path: str | Path) -> tuple[nn.Module, dict]:
     """(runnable model, metadata) from a compressed model file."""
     tensors, meta = load_payload(path)
     return model_from_payload(tensors, meta), meta
+
+
+# ------------------------------------------------------------------------- any nn.Module (core.save)
+
+
+def build_module_payload(
+    rest: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of a file of any module: its coded weights (as `build_payload`
+    writes them) and its uncoded tensors in their own dtypes. No training config: `load_module`
+    fills a freshly built instance of the module, which says what every tensor must be."""
+    store_dtype = torch.float16 if cfg.centroid_bits == 16 else torch.float32
+    tensors = {key: value.detach().cpu().contiguous() for key, value in rest.items()}
+    layer_info = []
+    for layer in layers:
+        bits = _code_bits(layer)
+        tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
+        if layer.layout == "sign":
+            tensors[f"{layer.name}.alpha"] = layer.codebooks[0, 1].detach().cpu().to(store_dtype).reshape(1)
+        else:
+            tensors[f"{layer.name}.codebooks"] = layer.codebooks.detach().cpu().to(store_dtype).contiguous()
+        groups, count = layer.codes.shape
+        layer_info.append(
+            {
+                "name": layer.name,
+                "shape": list(layer.shape),
+                "layout": layer.layout,
+                "subvector_size": layer.subvector_size,
+                "n_centroids": layer.n_centroids,
+                "code_bits": bits,
+                "groups": groups,
+                "codes_per_group": count,
+            }
+        )
+    meta = {"format": MODULE_FORMAT, "compress_config": cfg.to_json(), "layers": layer_info}
+    return tensors, meta
+
+
+def module_from_bytes(blob: bytes, into: nn.Module, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file written by `core.save`, checked against the module `into`
+    before any tensor is allocated (every coded weight names an nn.Linear or nn.Conv2d weight of
+    `into` with its shape; every other tensor of `into` is there, in its dtype and shape; nothing
+    else is), then loaded and its values checked. NotACompressedModel (one line) otherwise."""
+    try:
+        if len(blob) > MAX_FILE_BYTES:
+            _invalid(f"it is {len(blob):,} bytes, above the {MAX_FILE_BYTES:,} this tool reads")
+        entries, meta_text = _parse_header(blob)
+        meta = _strict_json(meta_text, "its metadata")
+        if not isinstance(meta, dict):
+            _invalid("its metadata is not a JSON object")
+        if meta.get("format") != MODULE_FORMAT:
+            hint = (
+                " (a built-in run's file: load it with core.export.load_file)" if meta.get("format") == FORMAT else ""
+            )
+            _invalid(f"format is {_show(meta.get('format'))}; core.load reads {MODULE_FORMAT!r}{hint}")
+        if set(meta) != {"format", "compress_config", "layers"}:
+            _invalid("its metadata does not hold exactly format, compress_config and layers")
+        cfg = _config(CompressConfig, meta["compress_config"], "compress_config")
+        if cfg.to_json() != meta["compress_config"]:
+            _invalid(f"compress_config is not in the canonical form this tool writes ({cfg.label()})")
+        state = into.state_dict()
+        expected = _Expected(
+            compress_cfg=cfg,
+            shapes={key: tuple(value.shape) for key, value in state.items()},
+            fc_names=[name for name, _ in select_weights(into, ["*"])],
+            model_label=f"module {type(into).__name__}",
+            every_one=False,
+            rest_dtypes={key: _DTYPE_NAMES.get(value.dtype, str(value.dtype)) for key, value in state.items()},
+        )
+        _check_layers(meta, entries, expected)
+        try:
+            tensors = st_load(blob)
+        except SafetensorError as exc:
+            _invalid(f"safetensors cannot read it ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})")
+        _check_values(tensors, meta, entries)
+    except _Invalid as exc:
+        raise _refusal(source, str(exc)) from None
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise _refusal(source, f"it could not be checked ({type(exc).__name__}: {first_line})") from None
+    return tensors, meta
+
+
+def fill_module(into: nn.Module, tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
+    """Load a checked module payload into `into`: coded weights decoded, the rest as stored."""
+    state: dict[str, torch.Tensor] = {}
+    coded: set[str] = set()
+    for layer in layers_from_payload(tensors, meta):
+        state[layer.name] = layer.decode()
+        coded.update(f"{layer.name}.{part}" for part in ("codes", "codebooks", "alpha"))
+    state.update({key: value for key, value in tensors.items() if key not in coded})
+    into.load_state_dict(state, strict=True)
+    return into

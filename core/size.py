@@ -108,7 +108,9 @@ def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerB
     )
 
 
-def size_report(fc_shapes: Sequence[tuple[int, ...]], n_rest: int, cfg: CompressConfig) -> SizeReport:
+def size_report(
+    fc_shapes: Sequence[tuple[int, ...]], n_rest: int, cfg: CompressConfig, rest_bits: int | None = None
+) -> SizeReport:
     """Bits of a model whose coded weights have `fc_shapes` ((out, in), or a conv's (out, in, kh, kw)),
     compressed by `cfg`, with `n_rest` other parameters kept in float32: the sum of `layer_bits`.
     Pure accounting: whether the setting fits the layers is `core.pq.check_fits`'s question, asked
@@ -120,9 +122,10 @@ def size_report(fc_shapes: Sequence[tuple[int, ...]], n_rest: int, cfg: Compress
     scale_bits = sum(layer.scale_bits for layer in layers)
     n_fc = sum(layer.float_bits for layer in layers) // FLOAT_BITS
     fc_bits = code_bits + codebook_bits + scale_bits
-    rest_bits = FLOAT_BITS * n_rest
+    if rest_bits is None:
+        rest_bits = FLOAT_BITS * n_rest  # the built-in networks: everything else is float32
     model_bits = fc_bits + rest_bits
-    model_float_bits = FLOAT_BITS * (n_fc + n_rest)
+    model_float_bits = FLOAT_BITS * n_fc + rest_bits
     return SizeReport(
         code_bits=code_bits,
         codebook_bits=codebook_bits,
