@@ -406,7 +406,8 @@ def run_group_labels(points: Sequence[CompressionRecord]) -> list[str]:
     }
     labels = []
     for point, cfg in zip(points, configs):
-        parts = [point.compress_config.method, cfg.label()]
+        method = point.compress_config.method + (" +conv" if point.compress_config.targets == "fc+conv" else "")
+        parts = [method, cfg.label()]
         if differs["dataset"]:
             parts.append(cfg.dataset)
         if differs["model"] or differs["hidden"]:

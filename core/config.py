@@ -216,6 +216,8 @@ class TrainConfig:
             text += f" L={self.reg_levels}"
         if self.reg == "pq":
             text += f" d={self.reg_subvector_size} k={self.reg_centroids}"
+        if self.reg_targets == "fc+conv":
+            text += " +conv"
         return text
 
     def to_json(self) -> dict:

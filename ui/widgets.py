@@ -149,6 +149,14 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         )
         reg_d = select_slider("pq: subvector size d", REG_D_OPTIONS, 8, f"{prefix}reg_d", bind, disabled=reg != "pq")
         reg_k = select_slider("pq: centroids k", REG_K_OPTIONS, 256, f"{prefix}reg_k", bind, disabled=reg != "pq")
+        conv = st.checkbox(
+            "Regularize the conv layers too",
+            value=False,
+            key=f"{prefix}reg_conv",
+            disabled=model == "mlp",
+            help="The paper regularizes the FC layers only; this also pulls every conv weight toward the "
+            "term's targets (beyond the paper).",
+        )
     st.caption(DATASET_INFO[dataset])
     hidden = parse_hidden(hidden_text) if model == "mlp" else (300, 100)
     return dict(
@@ -164,6 +172,7 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         epochs=epochs,
         lr=float(lr),
         seed=seed,
+        reg_targets="fc+conv" if conv and model != "mlp" else "fc",
     )
 
 

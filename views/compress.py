@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
 from core.compress import coded_shapes
-from core.config import LAYOUTS, METHODS, CompressConfig
+from core.config import LAYOUTS, METHODS, TARGETS, CompressConfig
 from core.data import DatasetUnavailable
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
 from core.pq import DoesNotFit, check_fits
@@ -42,7 +42,7 @@ from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import number_input, radio, select_slider, selectbox
 
 
-def compress_config_ui() -> CompressConfig:
+def compress_config_ui(has_conv: bool) -> CompressConfig:
     """The compression widgets; ValueError when the combination is not valid."""
     col1, col2, col3 = st.columns(3)
     with col1:
@@ -84,6 +84,14 @@ def compress_config_ui() -> CompressConfig:
         finetune_epochs = number_input(
             "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=method == "float"
         )
+        targets = radio(
+            "Layers to code", TARGETS, "fc", "targets", True, horizontal=True,
+            format_func=lambda t: {"fc": "FC only (the paper)", "fc+conv": "FC + conv"}[t],
+            disabled=method == "float" or not has_conv,
+            help="The paper codes the FC layers only; coding the convolutions too takes the model ratio past "
+            "the conv barrier (lenet5, cifar-cnn). A conv's filters are cut into subvectors along their "
+            "in x kh x kw values.",
+        )  # fmt: skip
     return CompressConfig(
         method=method,
         subvector_size=int(subvector_size),
@@ -91,6 +99,7 @@ def compress_config_ui() -> CompressConfig:
         layout=layout,
         centroid_bits=int(centroid_bits),
         finetune_epochs=int(finetune_epochs),
+        targets=targets if has_conv else "fc",
     )
 
 
@@ -221,7 +230,7 @@ def page() -> None:
         return
     run = run_select_ui(records)
     try:
-        cfg = compress_config_ui()
+        cfg = compress_config_ui(has_conv=run.config.model != "mlp")
     except ValueError as error:
         st.error(f"**This setting is not valid.** {plain(error)}")
         return
