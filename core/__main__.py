@@ -352,7 +352,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     train_cfgs = _train_configs(args, many=True)
     compress_cfgs = _compress_configs(args, many=True)
     # on a cluster the device is the workers' (a CPU driver may send work to GPUs): checked there
-    device = args.device if (args.executor or os.environ.get("COMPRESSION_LAB_EXECUTOR")) == "ray" else _device(args)
+    from .executors import ENV_EXECUTOR
+
+    device = args.device if (args.executor or os.environ.get(ENV_EXECUTOR)) == "ray" else _device(args)
     _check_csv_path(args.csv)
     store = _store(args)
     from .data import load_dataset

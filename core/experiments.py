@@ -1,7 +1,6 @@
 """Sweeps, the Pareto set and the best point within an accuracy budget: the one home of each.
 
-One rule for each, for the CLI, the pages and the bench scripts alike (the charts and bench/ use them
-today; the CLI's sweep and the pages are to switch to them):
+One rule for each, for the CLI, the pages, the charts and the bench scripts alike:
 
     compression_grid / train_grid   the settings of a sweep, canonical and each once
     fits                            whether a compression setting fits a network (else why not)
@@ -146,8 +145,7 @@ class SweepResult:
 
 
 def _run_text(cfg: TrainConfig) -> str:
-    reg = "no reg" if cfg.reg == "none" else f"{cfg.reg} λ={cfg.lam:g}"
-    return f"{cfg.dataset} {cfg.model}, {reg}, seed {cfg.seed}"
+    return f"{cfg.dataset} {cfg.model}, {cfg.label()}, seed {cfg.seed}"
 
 
 def _training_steps(report: OnProgress, done: int, total: int, text: str) -> Callable[[int, int], None]:

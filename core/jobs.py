@@ -368,12 +368,13 @@ class JobManager:
         return self._registered(key) is not None or _is_held(self._lock_path(key))
 
     # ---------------------------------------------------------------------------------- public API
-    def submit(self, spec: JobSpec) -> JobStatus:
+    def submit(self, spec: JobSpec, slot: bool = True) -> JobStatus:
         """Start the job in a daemon thread of this process and return at once (for the app).
 
         A key already queued or running anywhere is attached to (its status is returned); a key whose
         result is in the store returns DONE without running anything. `spec.is_done` is called here,
-        in the caller's thread.
+        in the caller's thread. `slot=False` for a job that only coordinates others (a sweep): it
+        computes nothing itself, and its items take their own slots.
         """
         claim = self._claim(spec)
         if claim.local is not None:
@@ -383,7 +384,7 @@ class JobManager:
             return claim.status
         job = claim.owned
         thread = threading.Thread(
-            target=self._execute_quietly, args=(job,), name=f"job-{spec.kind}-{spec.key[:16]}", daemon=True
+            target=self._execute_quietly, args=(job, slot), name=f"job-{spec.kind}-{spec.key[:16]}", daemon=True
         )
         try:
             thread.start()
@@ -661,10 +662,10 @@ class JobManager:
         return job.cancel_event.is_set() or self._cancel_path(job.spec.key).exists()
 
     # --------------------------------------------------------------------------- running a job
-    def _execute_quietly(self, job: _Job) -> None:
+    def _execute_quietly(self, job: _Job, needs_slot: bool = True) -> None:
         """The background thread's body: whatever happens is in the job's status, nothing escapes."""
         with contextlib.suppress(BaseException):  # SystemExit from a job: already recorded as its end
-            self._execute(job)
+            self._execute(job, needs_slot)
 
     def _execute(self, job: _Job, needs_slot: bool = True) -> JobStatus:
         """Queue, compute, record the terminal state, let go. Returns the terminal status."""

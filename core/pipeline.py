@@ -15,6 +15,7 @@ The store (core/store.py) only persists; this module decides what runs.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,10 +24,10 @@ import torch
 
 from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
-from .data import Dataset
+from .data import DATASET_SOURCES, Dataset
 from .executors import Executor, get_executor
-from .jobs import JobContext, JobManager, JobSpec, JobState, JobStatus
-from .pq import check_fits
+from .jobs import Cancelled, JobContext, JobManager, JobSpec, JobState, JobStatus
+from .pq import check_fits, row_shape
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
 from .train import OnEpoch, OnStep
@@ -75,13 +76,15 @@ def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[Compres
 
 
 def _outcome(status: JobStatus, errors: list[BaseException], what: str) -> None:
-    """Raise what made the job end other than DONE: its own exception when it ran here."""
+    """Raise what made the job end other than DONE: a cancel as JobCancelled; a failure as its own
+    exception when it ran here and is one a user can act on (a ValueError: diverged, unavailable
+    dataset, a setting that does not fit), else as JobFailed with its one-line message."""
     if status.state is JobState.DONE:
         return
-    if errors:
-        raise errors[-1]
     if status.state is JobState.CANCELLED:
         raise JobCancelled(f"{what} was cancelled: {status.message}")
+    if errors and isinstance(errors[-1], ValueError):
+        raise errors[-1]
     raise JobFailed(f"{what} failed: {status.message}")
 
 
@@ -168,7 +171,7 @@ def training_spec(
         kind="train",
         label=f"train {cfg.dataset} {cfg.model} {cfg.label()} {cfg.epochs} ep seed {cfg.seed}",
         run=local.wrap(body) if local is not None else body,
-        is_done=lambda: store.load_run(run_id) is not None,
+        is_done=lambda: store.load_run(run_id, verify_weights=True) is not None,
     )
 
 
@@ -190,8 +193,8 @@ def get_or_train(
     cached = store.load_run(cfg.run_id(), verify_weights=True)
     if cached is not None:
         return cached, True
-    if store.load_run(cfg.run_id()) is not None:
-        store.discard_run(cfg.run_id())  # its record reads, its weights do not: train it again
+    # an entry whose weights fail their check is replaced by the job's own publication (save_run),
+    # under the key's lock: nothing is deleted here, where another process may be publishing
     local = _Local()
     spec = training_spec(store, cfg, device, data, on_epoch, on_step, local, executor)
     status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
@@ -288,9 +291,10 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
     k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
     kmeans_flops = 0.0
+    shapes = coded_shapes(run, cfg.targets)
     if cfg.method in ("kmeans", "pq"):
-        for layer in run.layers:
-            out_features, in_features = layer.shape[0], layer.shape[1]
+        for _, shape in shapes:
+            out_features, in_features = row_shape(shape)
             n_sub = out_features * -(-in_features // cfg.subvector_size)
             if n_sub <= cfg.n_centroids:
                 continue  # every subvector is its own centroid: nothing to iterate
@@ -299,8 +303,10 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
             else:
                 per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
             kmeans_flops += n_sub * per_point * (cfg.kmeans_iters + 2)
-    weights = sum(layer.shape[0] * layer.shape[1] for layer in run.layers)
-    n_train = {"digits": 1_437, "mnist-5k": 4_000, "cifar10": 50_000}.get(run.config.dataset, 60_000)
+    # fine-tuning: a forward and a backward pass over the training split an epoch (~6 flops a weight
+    # and an example; a conv's weights count once a position of its output, which this leaves out)
+    weights = sum(math.prod(shape) for _, shape in shapes)
+    n_train = DATASET_SOURCES[run.config.dataset].n_train
     finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs
     return 0.2 + kmeans_flops / KMEANS_FLOPS_PER_S + finetune_flops / TRAIN_FLOPS_PER_S
 
@@ -309,8 +315,9 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
 
 
 def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> JobSpec:
-    """One job for a whole sweep: its trainings and compressions run inside its slot, each still a
-    single-flight job of its own key, and each point is in the store (and on the Frontier) as it lands.
+    """One job for a whole sweep. It holds no slot itself: each of its trainings and compressions is a
+    job of its own key that queues for a slot like any other (so a sweep never waits on a job that
+    waits on the sweep's slot), and each point is in the store (and on the Frontier) as it lands.
     A sweep is never "already done" before it runs: run_sweep itself skips what is stored, cheaply."""
     from .experiments import run_sweep
 
@@ -323,8 +330,9 @@ def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs
             list(compress_cfgs),
             on_progress=lambda done, total, text: ctx.report(done, total, text),
             should_stop=ctx.cancelled,
-            nested=True,
         )
+        if result.stopped:
+            raise Cancelled  # what is done is stored; the sweep itself ends cancelled, not failed
         if not result.stopped:
             skipped = "; ".join(f"skipped {s.label} on run {s.run_id[:6]}: {s.reason}" for s in result.skipped)
             total = len(train_cfgs) * (1 + len(compress_cfgs))
@@ -343,4 +351,4 @@ def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs
 def submit_sweep(
     store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
 ) -> JobStatus:
-    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs))
+    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs), slot=False)

@@ -221,3 +221,16 @@ def test_torchvision_vgg11_end_to_end(tmp_path):
     reference = torchvision.models.vgg11(num_classes=10)
     reference.load_state_dict(packed.state_dict())
     assert torch.equal(loaded(x), reference.eval()(x))
+
+
+def test_finetune_leaves_your_module_as_it_was():
+    """Its mode, its buffers (BatchNorm statistics move in train mode) and an earlier Compressed."""
+    net = fresh()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    packed = core.compress(net, core.CompressConfig(method="kmeans", n_centroids=4), layers=["*"])
+    rest_before = {k: v.clone() for k, v in packed.rest.items()}
+    data = [(torch.randn(8, 3, 8, 8), torch.randint(3, (8,)))]
+    core.finetune(packed, net, torch.nn.functional.cross_entropy, data, epochs=2, lr=1e-2, device="cpu")
+    assert not net.training
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(torch.equal(rest_before[k], v) for k, v in packed.rest.items())

@@ -608,3 +608,14 @@ def test_a_setting_only_passed_over_stays_off_the_frontier_until_settled(own_sto
     get_or_compress(store, run, other, transient=True)
     again, cached = get_or_compress(store, run, other)
     assert cached and not again.transient and not store.load_compression(run.run_id, other).transient
+
+
+def test_compare_runs_whose_configs_differ_in_a_later_field(own_store):
+    """A run regularized on its convs beside one that is not: the difference table shows reg_targets
+    (a field the JSON leaves out at its default) instead of failing on it."""
+    store = RunStore(own_store)
+    base = dict(dataset="digits", model="lenet5", epochs=1, reg="binary", lam=0.05)
+    ids = [get_or_train(store, TrainConfig(**base, reg_targets=t))[0].run_id for t in ("fc+conv", "fc")]
+    at = open_page("compare", {"runs": ",".join(ids)})
+    assert_clean(at)
+    assert "reg_targets" in at.dataframe[0].value.index

@@ -27,6 +27,7 @@ def compress_link(record: CompressionRecord) -> dict[str, str]:
         "layout": c.layout,
         "bits": str(c.centroid_bits),
         "ft": str(c.finetune_epochs),
+        "targets": c.targets,
     }
 
 

@@ -46,14 +46,15 @@ def _panel(key: str, what: str) -> None:
     if metrics:
         cols = st.columns(len(metrics))
         for col, (name, value) in zip(cols, sorted(metrics.items())):
-            col.metric(name.replace("_", " "), f"{100 * value:.2f}%" if name.endswith("accuracy") else f"{value:.4f}")
+            label = plain(name.replace("_", " "))
+            col.metric(label, f"{100 * value:.2f}%" if name.endswith("accuracy") else f"{value:.4f}")
     if st.button("Cancel", key=f"cancel_{key}", help="Stops the job at its next step; nothing is stored."):
         manager().cancel(key)
         st.toast("Cancel requested.")
 
 
 def job_progress_ui(key: str, what: str) -> None:
-    """A panel that follows the job `key` once a second until it ends, then reruns the page."""
+    """A panel that follows the job `key` every POLL_S seconds until it ends, then reruns the page."""
     st.fragment(_panel, run_every=POLL_S)(key, what)
 
 

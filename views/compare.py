@@ -3,6 +3,8 @@ and each run's best compression within accuracy-drop budgets."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 import streamlit as st
 
@@ -17,7 +19,7 @@ REFERENCES = ("the best float accuracy among these runs", "each run's own float 
 
 def differences(chosen: list[RunRecord], names: list[str]) -> None:
     st.subheader("What differs")
-    configs = [r.config.to_json() for r in chosen]
+    configs = [asdict(r.config) for r in chosen]  # every field, also those the JSON leaves out at their default
     differing = [f for f in configs[0] if len({str(c[f]) for c in configs}) > 1]
     if differing:
         diff = pd.DataFrame({name: [str(c[f]) for f in differing] for name, c in zip(names, configs)}, index=differing)
@@ -62,7 +64,7 @@ def histograms(chosen: list[RunRecord], names: list[str]) -> None:
 def budgets(chosen: list[RunRecord], names: list[str]) -> None:
     st.subheader("Their compressions")
     ids = {r.run_id for r in chosen}
-    points = [p for p in compressions() if p.run_id in ids]
+    points = [p for p in compressions() if p.run_id in ids and not p.transient]
     if not points:
         st.info("None of these runs has been compressed yet: use the Compress page or the sweep on the Frontier page.")
         return

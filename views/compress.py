@@ -120,12 +120,17 @@ def settle_ui(record: CompressionRecord) -> None:
     if not record.transient:
         return
 
+    # the clock starts anew each time the page draws this setting: passing over it again later
+    # does not count the time spent elsewhere
+    if st.session_state.get("_settle", (None, 0.0))[0] != record.key or not st.session_state.get("_settle_live"):
+        st.session_state["_settle"] = (record.key, time.monotonic())
+    st.session_state["_settle_live"] = False  # set again by the fragment while it runs
+
     def later() -> None:
-        seen = st.session_state.setdefault("_settle", {})
-        first = seen.setdefault(record.key, time.monotonic())
-        if time.monotonic() - first >= SETTLE_S:
+        st.session_state["_settle_live"] = True
+        key, first = st.session_state.get("_settle", (None, 0.0))
+        if key == record.key and time.monotonic() - first >= SETTLE_S:
             store().settle_compression(record.run_id, record.key)
-            seen.pop(record.key, None)
 
     st.fragment(later, run_every=SETTLE_S)()
 
@@ -200,7 +205,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
             f"pick d = 1 (a histogram with the centroids) or d = 2 (a scatter of the subvectors) to see them."
         )
     if record.layer_mse:
-        st.caption("Reconstruction MSE per layer: " + ", ".join(f"{k}: {v:.3g}" for k, v in record.layer_mse))
+        st.caption("Reconstruction MSE per layer: " + ", ".join(f"{plain(k)}: {v:.3g}" for k, v in record.layer_mse))
 
     safe_label = re.sub(r"[^A-Za-z0-9=+.-]+", "_", record.label())
     st.download_button(
@@ -250,7 +255,11 @@ def page() -> None:
     except (DatasetUnavailable, CorruptEntry, ValueError) as error:
         show_error(error)
         return
-    show_compression(run, record)
+    try:
+        show_compression(run, record)
+    except CorruptEntry as error:  # the run's weights (drawn beside the centroids) fail their check
+        show_error(error)
+        return
     settle_ui(record)
 
 

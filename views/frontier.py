@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.charts import SIZE_AXES, frontier_figure
 from core.config import LAYOUTS, TrainConfig
+from core.data import DATASET_SOURCES
 from core.experiments import compression_grid, pareto_mask, train_grid
 from core.jobs import JobState
 from core.pipeline import submit_sweep
@@ -127,7 +128,7 @@ def filters(points: list[CompressionRecord]) -> tuple[list[CompressionRecord], s
     with col3:
         show_dominated = toggle("Show dominated points", True, "dominated", True)
     block = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
-    n_classes = 10  # every dataset here has ten classes: chance is 10 %
+    n_classes = DATASET_SOURCES[dataset].n_classes if dataset in DATASET_SOURCES else 10
     with st.expander("Filter the runs and the points", expanded=False):
         f1, f2, f3, f4 = st.columns(4)
         with f1:

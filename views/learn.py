@@ -41,7 +41,10 @@ def page() -> None:
         r"\frac{\left(W_{l,ij}^2 - \alpha_l^2\right)^2}{\alpha_l^4},\qquad \alpha_l = \frac{1}{n_l}\sum_{i,j}"
         r"\left|W_{l,ij}\right|\ \text{(held constant in the gradient)}"
     )
-    st.markdown("λ may ramp linearly from 0 over a few warm-up epochs. Biases and convolutions are never regularized.")
+    st.markdown(
+        "λ may ramp linearly from 0 over a few warm-up epochs. Biases are never regularized; the convolutions "
+        "are not either, as in the paper, unless you ask for it on the Train page."
+    )
 
     st.subheader("Toy: a cloud of weights under the double well")
     st.caption(

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.records import RunRecord
 from ui.common import compressions, fmt_bytes, fmt_pct, plain, runs, store
+from ui.jobs import manager
 
 
-def run_row(run, n_compressions: int) -> None:  # type: ignore[no-untyped-def]
+def run_row(run: RunRecord, n_compressions: int) -> None:
     left, middle, right = st.columns([6, 2, 1])
     with left:
         st.markdown(plain(run.label()))
@@ -40,7 +42,10 @@ def page() -> None:
         )
         if st.button("Clean up", type="primary", key="gc_button"):
             report = the_store.gc()
-            st.toast(f"Removed {len(report.removed)} item(s): {fmt_bytes(report.bytes_freed)} freed.")
+            jobs = manager().cleanup()
+            st.toast(
+                f"Removed {len(report.removed)} item(s): {fmt_bytes(report.bytes_freed)} freed; {jobs} old job entries."
+            )
             st.rerun()
     if not records:
         st.info("The store holds no runs yet.")
