@@ -305,3 +305,20 @@ def test_rm_deletes_what_it_names_and_gc_reports_the_space(capsys, tmp_path):
     report = json.loads(out)
     assert code == 0 and "runs/.x.1.dead.tmp" in report["removed"] and f"runs/{ids[1]}" in report["removed"]
     assert report["bytes_freed"] > 5000 and store.list_runs() == []
+
+
+@pytest.mark.slow
+def test_evaluate_on_another_dataset_of_the_same_shape_warns(capsys, tmp_path, monkeypatch):
+    """An MNIST model on Fashion-MNIST scores near chance: said on stderr and in --json, not silently."""
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    cache = str(tmp_path / "cache")
+    code, out, _ = run_cli(capsys, "train", "--dataset", "mnist-5k", "--epochs", "1", "--cache-dir", cache, "--json")
+    run_id = json.loads(out)["run_id"]
+    model_file = tmp_path / "m.safetensors"
+    run_cli(capsys, "compress", run_id, "--method", "binarize", "--out", str(model_file), "--cache-dir", cache)
+    monkeypatch.setenv("COMPRESSION_LAB_DATA", str(tmp_path / "data"))  # fashion-mnist's files are placed there
+    code, out, err = run_cli(capsys, "evaluate", str(model_file), "--dataset", "fashion-mnist", "--json")
+    assert code == 0
+    assert "warning: this model was trained on mnist-5k, not fashion-mnist" in err
+    assert "trained on mnist-5k" in json.loads(out)["warning"]
