@@ -135,6 +135,10 @@ def settle_ui(record: CompressionRecord) -> None:
     st.fragment(later, run_every=SETTLE_S)()
 
 
+def fmt_seconds(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
+
+
 def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
     """An expensive setting: only after a click, as a cancellable job; a link never starts it."""
     key = compression_key(run.run_id, cfg)
@@ -144,12 +148,12 @@ def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
         return
     last_failure_ui(key)
     st.info(
-        f"{cfg.label()} on this run is not stored yet, and takes about {seconds:,.0f} s on this machine "
+        f"{cfg.label()} on this run is not stored yet, and takes about {fmt_seconds(seconds)} on this machine "
         f"(k-means over every subvector, k centroids, {cfg.kmeans_iters} iterations"
         f"{', then centroid fine-tuning' if cfg.finetune_epochs else ''}). It runs in the background: "
         f"you can leave the page and come back."
     )
-    if st.button(f"Compute (about {seconds:,.0f} s)", type="primary", key="compute_button"):
+    if st.button(f"Compute (about {fmt_seconds(seconds)})", type="primary", key="compute_button"):
         submit_compression(store(), run, cfg)
         st.rerun()
 
