@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="walkthrough.{json,md} go here")
     parser.add_argument("--shots", help="screenshot folder (default <out>/screenshots)")
-    parser.add_argument("--presses", type=int, default=3, help="k-slider presses each way (16 up to 128: cheap settings)")
+    parser.add_argument("--presses", type=int, default=3, help="k-slider presses each way (16 up to 128: cheap)")
     parser.add_argument("--store", help="run store to use (default: a fresh temporary one, so both runs are trained)")
     args = parser.parse_args(argv)
     out = Path(args.out)
