@@ -493,7 +493,9 @@ def frontier_figure(
     tickvals, ticktext = log_ticks(float(shown[x].min()), float(shown[x].max()), "x" if "ratio" in x else "")
     fig.update_xaxes(title_text=axis_title, type="log", tickvals=tickvals, ticktext=ticktext)
     fig.update_yaxes(title_text="test accuracy (%)")
-    return _style(fig, title, height)
+    fig = _style(fig, title, height)
+    fig.update_layout(legend=dict(y=-0.3))  # below the axis title, which sits lower with its 16 px font
+    return fig
 
 
 # ---------------------------------------------------------------------------------------- toys

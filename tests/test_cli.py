@@ -236,6 +236,7 @@ def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path):
     assert code != 0 and len(err.strip().splitlines()) == 1 and "not a compressed model" in err
 
 
+@pytest.mark.slow
 def test_no_traceback_from_the_real_entry_point(tmp_path):
     proc = subprocess.run(
         [

@@ -458,6 +458,7 @@ for path in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow
 def test_huge_declarations_are_refused_in_bounded_memory(payloads, tmp_path):
     """A few KB declaring 50,000,000 codes (or a 200 MB tensor) is refused, with peak memory
     growth far below what the declaration would cost (the old reader took 2.7 GB)."""
