@@ -138,19 +138,10 @@ def _code_bits(layer: QuantizedLayer) -> int:
     return 1 if layer.layout == "sign" else code_width(layer.n_centroids)
 
 
-def build_payload(
-    state_dict: dict[str, torch.Tensor],
-    layers: list[QuantizedLayer],
-    train_cfg: TrainConfig,
-    compress_cfg: CompressConfig,
-    input_shape: tuple[int, int, int],
-    n_classes: int,
-    extra: dict | None = None,
-) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and metadata of the file. `state_dict` gives the float rest."""
-    store_dtype = torch.float16 if compress_cfg.centroid_bits == 16 else torch.float32
-    coded = {layer.name for layer in layers}
-    tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
+def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], centroid_bits: int) -> list[dict]:
+    """Put each coded layer's tensors into `tensors` (packed codes; codebooks, or alpha for signs, in
+    float32 or float16) and return its entries of the metadata's layer list: both file kinds share it."""
+    store_dtype = torch.float16 if centroid_bits == 16 else torch.float32
     layer_info = []
     for layer in layers:
         bits = _code_bits(layer)
@@ -172,6 +163,22 @@ def build_payload(
                 "codes_per_group": count,
             }
         )
+    return layer_info
+
+
+def build_payload(
+    state_dict: dict[str, torch.Tensor],
+    layers: list[QuantizedLayer],
+    train_cfg: TrainConfig,
+    compress_cfg: CompressConfig,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    extra: dict | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and metadata of the file. `state_dict` gives the float rest."""
+    coded = {layer.name for layer in layers}
+    tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
+    layer_info = _add_coded(tensors, layers, compress_cfg.centroid_bits)
     meta = {
         "format": FORMAT,
         "train_config": train_cfg.to_json(),
@@ -557,18 +564,33 @@ def from_bytes(blob: bytes, source: str = "the data") -> tuple[dict[str, torch.T
         entries, meta_text = _parse_header(blob)
         meta = _strict_json(meta_text, "its metadata")
         expected = _check_meta(meta, len(entries))
-        _check_layers(meta, entries, expected)
-        try:
-            tensors = st_load(blob)
-        except SafetensorError as exc:
-            _invalid(f"safetensors cannot read it ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})")
-        _check_values(tensors, meta, entries)
+        return _load_checked(blob, meta, entries, expected)
     except _Invalid as exc:
         raise _refusal(source, str(exc)) from None
-    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
-        # A last net: the checks above are meant to leave nothing for it, and the tests hold them to that.
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise _refusal(source, f"it could not be checked ({type(exc).__name__}: {first_line})") from None
+    except _LAST_NET as exc:
+        raise _refusal(source, _unchecked(exc)) from None
+
+
+# A last net: the checks are meant to leave nothing for it, and the tests hold them to that.
+_LAST_NET = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError)
+
+
+def _unchecked(exc: BaseException) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return f"it could not be checked ({type(exc).__name__}: {first_line})"
+
+
+def _load_checked(
+    blob: bytes, meta: dict, entries: dict[str, _Entry], expected: _Expected
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Both file kinds, once the metadata says what to expect: layers against the header, then the
+    tensors loaded (a copy of the file) and their values checked."""
+    _check_layers(meta, entries, expected)
+    try:
+        tensors = st_load(blob)
+    except SafetensorError as exc:
+        _invalid(f"safetensors cannot read it ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})")
+    _check_values(tensors, meta, entries)
     return tensors, meta
 
 
@@ -635,29 +657,8 @@ def build_module_payload(
     """The tensors and metadata of a file of any module: its coded weights (as `build_payload`
     writes them) and its uncoded tensors in their own dtypes. No training config: `load_module`
     fills a freshly built instance of the module, which says what every tensor must be."""
-    store_dtype = torch.float16 if cfg.centroid_bits == 16 else torch.float32
     tensors = {key: value.detach().cpu().contiguous() for key, value in rest.items()}
-    layer_info = []
-    for layer in layers:
-        bits = _code_bits(layer)
-        tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
-        if layer.layout == "sign":
-            tensors[f"{layer.name}.alpha"] = layer.codebooks[0, 1].detach().cpu().to(store_dtype).reshape(1)
-        else:
-            tensors[f"{layer.name}.codebooks"] = layer.codebooks.detach().cpu().to(store_dtype).contiguous()
-        groups, count = layer.codes.shape
-        layer_info.append(
-            {
-                "name": layer.name,
-                "shape": list(layer.shape),
-                "layout": layer.layout,
-                "subvector_size": layer.subvector_size,
-                "n_centroids": layer.n_centroids,
-                "code_bits": bits,
-                "groups": groups,
-                "codes_per_group": count,
-            }
-        )
+    layer_info = _add_coded(tensors, layers, cfg.centroid_bits)
     meta = {"format": MODULE_FORMAT, "compress_config": cfg.to_json(), "layers": layer_info}
     return tensors, meta
 
@@ -693,18 +694,11 @@ def module_from_bytes(blob: bytes, into: nn.Module, source: str = "the data") ->
             every_one=False,
             rest_dtypes={key: _DTYPE_NAMES.get(value.dtype, str(value.dtype)) for key, value in state.items()},
         )
-        _check_layers(meta, entries, expected)
-        try:
-            tensors = st_load(blob)
-        except SafetensorError as exc:
-            _invalid(f"safetensors cannot read it ({str(exc).splitlines()[0] if str(exc) else 'no reason given'})")
-        _check_values(tensors, meta, entries)
+        return _load_checked(blob, meta, entries, expected)
     except _Invalid as exc:
         raise _refusal(source, str(exc)) from None
-    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OverflowError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise _refusal(source, f"it could not be checked ({type(exc).__name__}: {first_line})") from None
-    return tensors, meta
+    except _LAST_NET as exc:
+        raise _refusal(source, _unchecked(exc)) from None
 
 
 def fill_module(into: nn.Module, tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:

@@ -7,7 +7,6 @@ once, with no retraining ever.
 
 from __future__ import annotations
 
-import re
 import time
 
 import streamlit as st
@@ -38,6 +37,7 @@ from ui.common import (
     stored_compression,
     url_choice,
 )
+from ui.detail import download_name
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import number_input, radio, select_slider, selectbox
 
@@ -211,11 +211,10 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     if record.layer_mse:
         st.caption("Reconstruction MSE per layer: " + ", ".join(f"{plain(k)}: {v:.3g}" for k, v in record.layer_mse))
 
-    safe_label = re.sub(r"[^A-Za-z0-9=+.-]+", "_", record.label())
     st.download_button(
         "Download the compressed model (.safetensors)",
         file_bytes(record.file_path),
-        file_name=f"{run.run_id[:8]}-{safe_label}.safetensors",
+        file_name=download_name(record),
         mime="application/octet-stream",
         key="download",
         on_click="ignore",
