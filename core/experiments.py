@@ -161,7 +161,6 @@ def run_sweep(
     device: str | torch.device | None = None,
     on_progress: OnProgress | None = None,
     should_stop: ShouldStop | None = None,
-    nested: bool = False,
     executor: Executor | None = None,
     parallel: int = 1,
 ) -> SweepResult:
@@ -174,8 +173,7 @@ def run_sweep(
     each step, and a stop leaves what is done stored and nothing half-done. A run whose training diverges
     is skipped with its reason (nothing of it is stored). Every dataset is loaded once, before any work,
     so an unavailable dataset raises DatasetUnavailable before anything is computed. Each training and
-    compression is a job of its own key (core/pipeline.py); `nested=True` when the sweep itself runs as
-    a job, whose slot they share.
+    compression is a job of its own key (core/pipeline.py), which queues for a slot like any other.
 
     `executor` says where the work runs (core/executors.py; default: $COMPRESSION_LAB_EXECUTOR, else
     this process). `parallel` runs that many runs' pipelines (train, then compress) at once: for a
@@ -213,7 +211,6 @@ def run_sweep(
                 device=device,
                 on_step=_training_steps(report, counter[0], total, text),
                 data=data,
-                nested=nested,
                 executor=executor,
             )
         except TrainingDiverged as error:
@@ -227,9 +224,7 @@ def run_sweep(
                 stopped.set()
                 return outcome
             try:  # the one check that the setting fits is get_or_compress's, before any work
-                result, cached = get_or_compress(
-                    store, run, setting, device=device, data=data, nested=nested, executor=executor
-                )
+                result, cached = get_or_compress(store, run, setting, device=device, data=data, executor=executor)
             except DoesNotFit as error:
                 outcome.skipped.append(SkippedPoint(run_id, setting.label(), str(error)))
                 advance(1, f"skipped {setting.label()} on {text}: does not fit")

@@ -392,13 +392,10 @@ class JobManager:
             return self._finish(job, JobState.FAILED, f"could not start a worker thread: {_one_line(exc)}")
         return job.snapshot()
 
-    def run(self, spec: JobSpec, on_status: Callable[[JobStatus], None] | None = None, slot: bool = True) -> JobStatus:
+    def run(self, spec: JobSpec, on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
         """Compute the job in the caller's thread, or wait for whoever computes it (for the CLI).
 
         Same single flight and queue as `submit`. Waiting sleeps between polls of the status file.
-        `slot=False` is for a job run inside another job that already holds a slot (a sweep's
-        trainings): it keeps single flight per key but takes no second slot, which with
-        max_running=1 would wait for its own parent forever.
         `on_status` is called, in this thread, with each new status, the terminal one included.
         Returns the terminal status instead of raising; a KeyboardInterrupt while this thread owns
         the job is recorded (cancelled, "interrupted") and then re-raised.
@@ -410,7 +407,7 @@ class JobManager:
                 if on_status is not None:
                     claim.owned.listeners.append(on_status)
                     on_status(claim.owned.snapshot())
-                return self._execute(claim.owned, slot)
+                return self._execute(claim.owned)
             if claim.local is not None:
                 return self._wait_local(claim.local, None, on_status)
             assert claim.status is not None

@@ -183,13 +183,11 @@ def get_or_train(
     on_step: OnStep | None = None,
     data: Dataset | None = None,
     on_status: OnStatus | None = None,
-    nested: bool = False,
     executor: Executor | None = None,
 ) -> tuple[RunRecord, bool]:
     """(run, was_cached). On a miss, trains as a job (or waits for the thread or process already
     training it) and returns the stored run; was_cached is False only when this call trained it. A
-    failed, cancelled or interrupted training stores nothing and raises. `nested=True` inside
-    another job (a sweep), which already holds a slot."""
+    failed, cancelled or interrupted training stores nothing and raises."""
     cached = store.load_run(cfg.run_id(), verify_weights=True)
     if cached is not None:
         return cached, True
@@ -197,7 +195,7 @@ def get_or_train(
     # under the key's lock: nothing is deleted here, where another process may be publishing
     local = _Local()
     spec = training_spec(store, cfg, device, data, on_epoch, on_step, local, executor)
-    status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
+    status = job_manager(store).run(spec, on_status=on_status)
     _outcome(status, local.errors, f"training run {cfg.run_id()}")
     record = store.load_run(cfg.run_id(), verify_weights=True)
     if record is None:
@@ -256,7 +254,6 @@ def get_or_compress(
     data: Dataset | None = None,
     on_step: OnStep | None = None,
     on_status: OnStatus | None = None,
-    nested: bool = False,
     executor: Executor | None = None,
     transient: bool = False,
 ) -> tuple[CompressionRecord, bool]:
@@ -273,7 +270,7 @@ def get_or_compress(
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     local = _Local()
     spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
-    status = job_manager(store).run(spec, on_status=on_status, slot=not nested)
+    status = job_manager(store).run(spec, on_status=on_status)
     _outcome(status, local.errors, f"compression {cfg.label()} of run {run.run_id}")
     record = store.load_compression(run.run_id, cfg)
     if record is None:
