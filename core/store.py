@@ -280,6 +280,23 @@ class RunStore:
                     if _is_id(json_path.stem):
                         yield folder.name, json_path.stem
 
+    def compression_entries(self) -> list[tuple[str, str, tuple[int, ...]]]:
+        """(run_id, key, stamp) of every compression entry of a stored run, unverified: the stamp
+        (sizes and modification times of its files, and whether it is transient) changes whenever
+        the entry does, so a reader can cache each entry's verified record by it."""
+        live_runs = set(self.run_ids())
+        entries: list[tuple[str, str, tuple[int, ...]]] = []
+        for run_id, key in self._compression_keys(None):
+            if run_id in live_runs:
+                json_path, file_path = self.compression_paths(run_id, key)
+                stamp = (*_stat(json_path), *_stat(file_path), int(json_path.with_suffix(TRANSIENT_SUFFIX).exists()))
+                entries.append((run_id, key, stamp))
+        return entries
+
+    def load_compression_entry(self, run_id: str, key: str) -> CompressionRecord | None:
+        """The verified record of one entry of `compression_entries`, or None."""
+        return self._load_compression(run_id, key)
+
     def list_compressions(self, run_id: str | None = None) -> list[CompressionRecord]:
         """Every valid stored compression (of one run, or of all) whose run is still stored."""
         live_runs = set(self.run_ids())
@@ -384,6 +401,14 @@ def _mtime(path: Path) -> int:
         return path.stat().st_mtime_ns
     except OSError:
         return 0
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    try:
+        info = path.stat()
+    except OSError:
+        return (0, 0)
+    return (info.st_size, info.st_mtime_ns)
 
 
 def _size(path: Path) -> int:

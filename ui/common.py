@@ -71,14 +71,18 @@ def run_record(run_id: str) -> RunRecord | None:
 # ---------------------------------------------------------------------------------- compressions
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _compressions(root: str, signature: tuple) -> list[CompressionRecord]:
-    return RunStore(root).list_compressions()
+@st.cache_data(show_spinner=False, max_entries=100_000)
+def _compression_entry(root: str, run_id: str, key: str, stamp: tuple) -> CompressionRecord | None:
+    # one entry's verification (checksum, file read through the reader's checks), kept until the
+    # entry's files change: a point landing re-verifies that point, not the whole store
+    return RunStore(root).load_compression_entry(run_id, key)
 
 
 def compressions() -> list[CompressionRecord]:
-    """Every valid stored compression (each verified by the store)."""
-    return _compressions(*_fingerprint())
+    """Every valid stored compression (each verified by the store, once for each version of it)."""
+    root = str(store().root)
+    records = (_compression_entry(root, *entry) for entry in RunStore(root).compression_entries())
+    return [record for record in records if record is not None]
 
 
 def compressions_table(records: list[CompressionRecord] | None = None) -> pd.DataFrame:
