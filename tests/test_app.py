@@ -635,3 +635,34 @@ def test_compare_runs_whose_configs_differ_in_a_later_field(own_store):
     at = open_page("compare", {"runs": ",".join(ids)})
     assert_clean(at)
     assert "reg_targets" in at.dataframe[0].value.index
+
+
+def test_a_point_of_a_conv_compression_opens_that_compression_on_compress(own_store):
+    """The detail's link carried no `targets`: an FC + conv point opened the FC-only setting."""
+    store = RunStore(own_store)
+    run, _ = get_or_train(store, TrainConfig(dataset="digits", model="lenet5", epochs=1))
+    point, _ = get_or_compress(store, run, CompressConfig(method="binarize", targets="fc+conv"))
+    at = open_page("frontier", {"min_acc": "0", "point": f"{point.run_id}-{point.key}"})
+    links = [link for link in at.get("page_link") if "Compress" in str(link.proto.label)]
+    assert "targets=fc%2Bconv" in str(links[0].proto.query_string)
+
+
+def test_compress_says_so_when_a_runs_weights_fail_their_check(own_store):
+    """The weights drawn beside the centroids are read on the page: corrupt, they were a traceback."""
+    weights = own_store / "runs" / PLAIN.run_id() / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-10] ^= 0xFF
+    weights.write_bytes(bytes(blob))
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "binarize"})
+    assert_clean(at)
+    assert "failed its check" in texts(at.error)
+
+
+def test_compare_leaves_out_settings_only_passed_over(own_store):
+    store = RunStore(own_store)
+    run = store.load_run(PLAIN.run_id())
+    glimpsed, _ = get_or_compress(store, run, CompressConfig(method="kmeans", n_centroids=2), transient=True)
+    at = open_page("compare", {"runs": f"{PLAIN.run_id()},{BINARY.run_id()}"})
+    assert_clean(at)
+    labels = set(at.dataframe[-1].value["best compression"])
+    assert glimpsed.label() not in labels and labels
