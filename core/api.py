@@ -101,11 +101,18 @@ def _size(
     return ModelSize(totals, tuple(layer_bits(name, shape, cfg) for name, shape in layers))
 
 
-def compress(model: nn.Module, cfg: CompressConfig, layers: Sequence[str] | None = None) -> Compressed:
+def compress(
+    model: nn.Module,
+    cfg: CompressConfig,
+    layers: Sequence[str] | None = None,
+    calibration: Iterable[torch.Tensor] | torch.Tensor | None = None,
+) -> Compressed:
     """Quantize the weights of `model`'s nn.Linear and nn.Conv2d modules whose names match one of
     `layers` (fnmatch globs; default: every nn.Linear) with any method of the lab (`cfg.method`:
-    float, binarize, kmeans, pq). DoesNotFit when d or k does not fit a chosen layer; ValueError
-    when the patterns match nothing."""
+    float, binarize, kmeans, pq). With `cfg.weighting="activations"`, pass `calibration`: a batch or
+    batches of your model's inputs (a few thousand samples); each layer's k-means then minimizes its
+    output error on them. DoesNotFit when d or k does not fit a chosen layer; ValueError when the
+    patterns match nothing or calibration inputs are missing."""
     if isinstance(layers, str):
         layers = [layers]
     chosen = [(name, weight.detach().float().cpu()) for name, weight in select_weights(model, layers)]
@@ -113,7 +120,9 @@ def compress(model: nn.Module, cfg: CompressConfig, layers: Sequence[str] | None
         raise ValueError(f"the layer patterns {layers} match no nn.Linear or nn.Conv2d of this module")
     shapes = [(name, tuple(weight.shape)) for name, weight in chosen]
     check_fits(shapes, cfg)
-    coded = quantize_model(model, cfg, chosen)
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration]
+    coded = quantize_model(model, cfg, chosen, calibration)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     coded_names = {layer.name for layer in coded}
     rest = {key: value for key, value in state.items() if key not in coded_names}

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .calibration import calibration_batches
 from .config import CompressConfig
 from .data import Dataset, load_dataset
 from .export import build_payload, model_from_payload, to_bytes
@@ -139,7 +140,8 @@ def compress_run(
     targets = coded_weights(model, cfg.targets)
     n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
     size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
-    layers = quantize_model(model, cfg, targets)
+    calibration = calibration_batches(data.x_train, cfg.seed) if cfg.weighting == "activations" else None
+    layers = quantize_model(model, cfg, targets, calibration)
     if cfg.finetune_epochs and layers:
         layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
     state = run.state_dict()

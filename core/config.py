@@ -33,13 +33,16 @@ METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/methods.p
 LAYOUTS = ("shared", "per-chunk")
 INITS = ("kmeans++", "random")
 CENTROID_BITS = (32, 16)
+# What k-means minimizes: the weights' own squared error, or the layer's output error on its
+# inputs (k-means under the metric of the inputs' second moment; Stock et al. 2019).
+WEIGHTINGS = ("none", "activations")
 # Which layers of a built-in network the regularizer acts on and the compression codes: its FC
 # layers (the paper), or its FC and conv layers (beyond the paper: past the conv barrier).
 TARGETS = ("fc", "fc+conv")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
-LATER_FIELDS = {"reg_targets": "fc", "targets": "fc"}
+LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none"}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -53,7 +56,7 @@ MAX_ITERS = 1_000
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
-CODE_VERSION = 2  # 2: closed-form regularizer gradients, faster k-means++ seeding
+CODE_VERSION = 3  # 2: closed-form regularizer gradients, faster k-means++ seeding; 3: fused passes of the terms, k-means speed-ups
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -144,6 +147,7 @@ class TrainConfig:
     reg_targets: str = _f(
         "fc", "layers the regularizer acts on: fc (the paper) or fc+conv (beyond the paper)", choices=TARGETS
     )
+    warmup_start: int = _f(0, "epoch at which lam starts to ramp up (lam = 0 before it)")
 
     def __post_init__(self) -> None:
         # Lists from JSON / argparse, strings from a text box: keep the dataclass hashable.
@@ -172,6 +176,7 @@ class TrainConfig:
             _int("hidden width", width, 1, MAX_PARAMETERS, " (e.g. 300,100)")
         _float("lam", self.lam, 0.0, 1e6, hint=" (0 turns the regularizer off)")
         _int("warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
+        _int("warmup_start", self.warmup_start, 0, MAX_EPOCHS)
         _int("epochs", self.epochs, 1, MAX_EPOCHS)
         _float("lr", self.lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.001")
         _int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
@@ -192,6 +197,7 @@ class TrainConfig:
             _set(self, "reg", "none")
             _set(self, "lam", 0.0)
             _set(self, "warmup_epochs", 0)
+            _set(self, "warmup_start", 0)
         if self.reg != "levels":
             _set(self, "reg_levels", 2)
         if self.reg != "pq":
@@ -248,6 +254,12 @@ class CompressConfig:
     finetune_epochs: int = _f(0, "epochs of centroid fine-tuning (codes fixed) after quantization")
     finetune_lr: float = _f(1e-4, "Adam learning rate of the centroid fine-tuning")
     targets: str = _f("fc", "layers to code: fc (the paper) or fc+conv (every conv weight too)", choices=TARGETS)
+    weighting: str = _f(
+        "none",
+        "none: k-means on the weights | activations: k-means weighted by each layer's input statistics "
+        "(minimizes the layer's output error on training inputs; Stock et al. 2019)",
+        choices=WEIGHTINGS,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -260,6 +272,7 @@ class CompressConfig:
         _choice("layout", self.layout, LAYOUTS)
         _choice("k-means init", self.init, INITS)
         _choice("targets", self.targets, TARGETS)
+        _choice("weighting", self.weighting, WEIGHTINGS)
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -308,6 +321,8 @@ class CompressConfig:
             text = f"pq d={self.subvector_size} k={self.n_centroids} {self.layout}"
         if self.targets == "fc+conv":
             text += " +conv"
+        if self.weighting == "activations":
+            text += " act"
         if self.centroid_bits == 16:
             text += " fp16"
         if self.finetune_epochs:

@@ -10,11 +10,12 @@ to a regularized run, they are the paper's method. The code is the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
+from .calibration import input_moments
 from .config import METHODS, CompressConfig
 from .models import coded_weights
 from .pq import QuantizedLayer, quantize_weight
@@ -45,13 +46,23 @@ if tuple(METHOD_IMPLEMENTATIONS) != METHODS:
 
 
 def quantize_model(
-    model: nn.Module, cfg: CompressConfig, weights: Sequence[tuple[str, torch.Tensor]] | None = None
+    model: nn.Module,
+    cfg: CompressConfig,
+    weights: Sequence[tuple[str, torch.Tensor]] | None = None,
+    calibration: Iterable[torch.Tensor] | None = None,
 ) -> list[QuantizedLayer]:
     """Quantize `weights` ((state-dict key, tensor); default: the weights `cfg.targets` names, the FC
     layers or the FC and conv layers) of `model` (not modified) as `cfg` says; [] for method float.
-    Whether the setting fits the layers is checked once, by the caller (`core.pq.check_fits`)."""
+    `calibration`: batches of the model's inputs, needed by `cfg.weighting == "activations"` (the
+    k-means then minimizes each layer's output error on them). Whether the setting fits the layers
+    is checked once, by the caller (`core.pq.check_fits`)."""
     quantize_one = METHOD_IMPLEMENTATIONS[cfg.method]
     if quantize_one is None:
         return []
     chosen = weights if weights is not None else coded_weights(model, cfg.targets)
+    if cfg.weighting == "activations" and cfg.method in ("kmeans", "pq"):
+        if calibration is None:
+            raise ValueError("weighting='activations' needs calibration inputs (batches of the model's inputs)")
+        moments = input_moments(model, [name for name, _ in chosen], calibration, cfg.subvector_size)
+        return [quantize_weight(name, weight, cfg, moments[name]) for name, weight in chosen]
     return [quantize_one(name, weight, cfg) for name, weight in chosen]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -184,3 +185,67 @@ def test_kmeans_stops_early_only_at_a_fixed_point():
     finally:
         torch.equal = equal
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+# ----------------------------------------------------------------------- activation-aware PQ
+
+
+def _anisotropic_inputs(n: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Inputs whose scale differs 100x between features (and with a mean): the output error then
+    weighs the weights of the loud features far more than plain k-means does."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(-1, 1, width)[torch.randperm(width, generator=generator)]
+    return (torch.randn(n, width, generator=generator) + 0.5) * scales
+
+
+@pytest.mark.parametrize("layout", ["shared", "per-chunk"])
+def test_activation_aware_pq_lowers_the_output_error_it_optimizes(layout):
+    from core.calibration import input_moments
+    from core.pq import output_error
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(36, 24)
+    inputs, held_out = _anisotropic_inputs(8192, 36).split(4096)
+    plain_cfg = CompressConfig(method="pq", subvector_size=4, n_centroids=8, layout=layout)
+    aware_cfg = CompressConfig(method="pq", subvector_size=4, n_centroids=8, layout=layout, weighting="activations")
+    moments = input_moments(torch.nn.Sequential(layer), ["0.weight"], [inputs], 4)["0.weight"]
+    assert moments.shape == (9, 4, 4)
+    plain = quantize_weight("w", layer.weight, plain_cfg)
+    aware = quantize_weight("w", layer.weight, aware_cfg, moments)
+    weight = layer.weight.detach()
+    plain_out, aware_out = (output_error(weight, q.decode(), inputs) for q in (plain, aware))
+    assert aware_out < 0.8 * plain_out, (aware_out, plain_out)
+    # ... on held-out inputs of the same distribution too, and at the price of the weights' own MSE
+    assert output_error(weight, aware.decode(), held_out) < output_error(weight, plain.decode(), held_out)
+    assert reconstruction_mse(weight, aware) >= reconstruction_mse(weight, plain)
+    # the fp16 variant re-assigns under the same metric: still better than plain
+    half = quantize_weight("w", layer.weight, replace(aware_cfg, centroid_bits=16), moments)
+    assert output_error(weight, half.decode(), inputs) < plain_out
+
+
+def test_activation_statistics_of_a_conv_are_its_patches_second_moments():
+    from core.calibration import input_moments
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, stride=2)
+    x = torch.randn(6, 3, 9, 9)
+    got = input_moments(torch.nn.Sequential(conv), ["0.weight"], [x[:4], x[4:]], 9)["0.weight"]  # (3, 9, 9)
+    patches = torch.nn.functional.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)
+    want = torch.stack([patches[:, 9 * c : 9 * c + 9].T @ patches[:, 9 * c : 9 * c + 9] for c in range(3)])
+    assert torch.allclose(got, want / len(patches), atol=1e-5)
+
+
+def test_activation_weighting_needs_calibration_inputs_and_is_a_later_field():
+    from core import api
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    cfg = CompressConfig(method="pq", subvector_size=4, n_centroids=4, weighting="activations")
+    with pytest.raises(ValueError, match="calibration"):
+        api.compress(model, cfg)
+    compressed = api.compress(model, cfg, calibration=torch.randn(64, 16))
+    assert [layer.name for layer in compressed.layers] == ["1.weight", "3.weight"]
+    assert cfg.label() == "pq d=4 k=4 shared act"
+    assert "weighting" not in CompressConfig().to_json()  # every key from before stays what it was
+    assert CompressConfig(method="binarize", weighting="activations").weighting == "none"  # signs: no k-means
+    with pytest.raises(ValueError, match="weighting"):
+        CompressConfig(weighting="outputs")
