@@ -56,7 +56,8 @@ MAX_ITERS = 1_000
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
-CODE_VERSION = 3  # 2: closed-form regularizer gradients, faster k-means++ seeding; 3: fused passes of the terms, k-means speed-ups
+# 2: closed-form regularizer gradients, faster k-means++ seeding; 3: leaner passes of the terms, k-means speed-ups
+CODE_VERSION = 3
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:

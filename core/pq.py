@@ -141,12 +141,14 @@ def _init_kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
     the coding is already lossless.
     """
     n_groups, n_points, dim = x.shape
+    first = torch.randint(n_points, (n_groups, 1), generator=generator, device=x.device)
+    draws = torch.rand(n_groups, k, 1, generator=generator, device=x.device, dtype=x.dtype)
+    if n_groups * n_points * n_points <= _PAIRWISE_MAX:
+        return _kmeans_pp_pairwise(x, k, first, draws)
     centroids = torch.empty(n_groups, k, dim, dtype=x.dtype, device=x.device)
-    first = torch.randint(n_points, (n_groups, 1, 1), generator=generator, device=x.device)
-    centroids[:, :1] = torch.gather(x, 1, first.expand(-1, -1, dim))
+    centroids[:, :1] = torch.gather(x, 1, first.unsqueeze(-1).expand(-1, -1, dim))
     x_sq = (x * x).sum(-1, keepdim=True)  # (G, N, 1)
     min_dist = ((x - centroids[:, :1]) ** 2).sum(-1)  # (G, N)
-    draws = torch.rand(n_groups, k, 1, generator=generator, device=x.device, dtype=x.dtype)
     cdf = torch.empty_like(min_dist)
     dist = torch.empty(n_groups, n_points, 1, dtype=x.dtype, device=x.device)
     for j in range(1, k):
@@ -159,6 +161,29 @@ def _init_kmeans_pp(x: torch.Tensor, k: int, generator: torch.Generator) -> torc
         torch.baddbmm(x_sq + (chosen * chosen).sum(-1, keepdim=True), x, chosen.transpose(1, 2), alpha=-2, out=dist)
         torch.minimum(min_dist, dist.squeeze(-1).clamp_min_(0), out=min_dist)
     return centroids
+
+
+# Groups * points^2 up to which k-means++ precomputes every pairwise distance (16 MB of float32):
+# each of its k sequential steps is then a row lookup, not a distance computation.
+_PAIRWISE_MAX = 1 << 22
+
+
+def _kmeans_pp_pairwise(x: torch.Tensor, k: int, first: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`_init_kmeans_pp` on small groups, from the (G, N, N) squared distances: the same picks."""
+    n_groups, n_points, dim = x.shape
+    x_sq = (x * x).sum(-1)  # (G, N)
+    pairwise = torch.baddbmm(x_sq.unsqueeze(2) + x_sq.unsqueeze(1), x, x.transpose(1, 2), alpha=-2).clamp_min_(0)
+    picks = torch.empty(n_groups, k, dtype=torch.long, device=x.device)
+    picks[:, :1] = first
+    min_dist = torch.gather(pairwise, 1, first.unsqueeze(-1).expand(-1, -1, n_points)).squeeze(1)  # (G, N)
+    cdf = torch.empty_like(min_dist)
+    for j in range(1, k):
+        torch.cumsum(min_dist, 1, out=cdf)
+        pick = torch.searchsorted(cdf, draws[:, j] * cdf[:, -1:], right=True).clamp_max_(n_points - 1)  # (G, 1)
+        picks[:, j : j + 1] = pick
+        row = torch.gather(pairwise, 1, pick.unsqueeze(-1).expand(-1, -1, n_points)).squeeze(1)  # (G, N)
+        torch.minimum(min_dist, row, out=min_dist)
+    return torch.gather(x, 1, picks.unsqueeze(-1).expand(-1, -1, dim))
 
 
 def _reseed_empty(centroids: torch.Tensor, counts: torch.Tensor, x: torch.Tensor, errors: torch.Tensor) -> None:
@@ -202,8 +227,10 @@ def kmeans(
         centroids = _init_random(x, k, generator)
     offsets = (torch.arange(n_groups, device=x.device) * k).unsqueeze(1)  # (G, 1)
     previous = None  # the codes the centroids were computed from, when none was reseeded
+    # One big group (the shared layout): bounds skip the points whose centroid cannot have changed.
+    nearest_of = _BoundedNearest(x) if n_groups == 1 and dim > 1 and n_points > 4 * k else None
     for _ in range(n_iter):
-        codes = nearest(x, centroids)
+        codes = nearest(x, centroids) if nearest_of is None else nearest_of(centroids)
         if previous is not None and torch.equal(codes, previous):
             # converged: another update would recompute the very same centroids, exactly
             return centroids, codes
@@ -219,7 +246,58 @@ def kmeans(
         else:
             _reseed_empty(centroids, counts, x, code_errors(x, centroids, codes))
             previous = None
-    return centroids, nearest(x, centroids)
+    return centroids, nearest(x, centroids) if nearest_of is None else nearest_of(centroids)
+
+
+class _BoundedNearest:
+    """`nearest` for one group across Lloyd iterations, skipping the points whose assignment the
+    centroids' moves cannot have changed (Hamerly 2010): each point keeps a lower bound on its
+    distance to every other centroid (the second-nearest distance when it was last computed, less
+    the largest move of any centroid since). A point whose exact distance to its own centroid is
+    below that bound keeps its code; only the others are searched again. The codes are those of the
+    full search (tested); late iterations, where few centroids still move, search a small fraction.
+    """
+
+    # relative margin on the bound test: float rounding never lets a point skip a search it needed
+    MARGIN = 1e-5
+
+    def __init__(self, x: torch.Tensor):
+        self.points = x[0]  # (N, d)
+        self.sq = (self.points * self.points).sum(-1)  # (N,)
+        self.codes: torch.Tensor | None = None
+        self.lower = torch.empty_like(self.sq)  # lower bound on the distance to any other centroid
+        self.previous: torch.Tensor | None = None  # the centroids of the last call
+
+    def _search(self, rows: torch.Tensor | None, book: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, second-nearest distance) of the points `rows` (all when None), in blocks."""
+        points = self.points if rows is None else self.points[rows]
+        sq = self.sq if rows is None else self.sq[rows]
+        k = book.shape[0]
+        c_sq = (book * book).sum(-1)  # (k,)
+        c_t = book.T.contiguous()  # (d, k)
+        codes = torch.empty(len(points), dtype=torch.long, device=points.device)
+        second = torch.empty(len(points), dtype=points.dtype, device=points.device)
+        step = max(1, _DIST_BLOCK // k)
+        for r0 in range(0, len(points), step):
+            partial = torch.addmm(c_sq, points[r0 : r0 + step], c_t, alpha=-2)  # (r, k), less ||x||^2
+            best = partial.topk(2, dim=1, largest=False)
+            codes[r0 : r0 + step] = best.indices[:, 0]
+            second[r0 : r0 + step] = best.values[:, 1]
+        return codes, (second + sq).clamp_min_(0).sqrt_()
+
+    def __call__(self, centroids: torch.Tensor) -> torch.Tensor:
+        book = centroids[0]  # (k, d)
+        if self.codes is None or self.previous is None:
+            self.codes, self.lower = self._search(None, book)
+        else:
+            moved = float(((book - self.previous) ** 2).sum(-1).max().sqrt())
+            self.lower -= moved
+            own = ((self.points - book[self.codes]) ** 2).sum(-1).sqrt_()  # exact distance to own centroid
+            stale = torch.nonzero(own >= self.lower * (1 - self.MARGIN) - self.MARGIN * own).squeeze(1)
+            if len(stale):
+                self.codes[stale], self.lower[stale] = self._search(stale, book)
+        self.previous = book.clone()
+        return self.codes.unsqueeze(0).clone()
 
 
 # ----------------------------------------------------------------------------- quantized layers

@@ -139,6 +139,10 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
                 help="Log-spaced; 0 turns the regularizer off.",
             )
         warmup = number_input("Warm-up epochs (λ ramps from 0)", 0, 50, 0, f"{prefix}warmup", bind)
+        warmup_start = number_input(
+            "Warm-up starts at epoch", 0, 50, 0, f"{prefix}warmup_start", bind,
+            help="λ is 0 before this epoch: the network learns first, then is pushed to the term's values.",
+        )  # fmt: skip
     with col3:
         epochs = number_input("Epochs", 1, min(100, MAX_EPOCHS), 5, f"{prefix}epochs", bind)
         lr = select_slider("Learning rate (Adam)", LR_OPTIONS, 1e-3, f"{prefix}lr", bind, format_func=fmt_lam)
@@ -166,6 +170,7 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         reg=reg,
         lam=float(lam),
         warmup_epochs=warmup,
+        warmup_start=warmup_start,
         reg_levels=reg_levels,
         reg_subvector_size=int(reg_d),
         reg_centroids=int(reg_k),
