@@ -57,10 +57,11 @@ def target_penalty(weights: list[torch.Tensor], targets: list[torch.Tensor]) -> 
     return total
 
 
-def _grad(weight: torch.Tensor) -> torch.Tensor:
-    """The flat gradient buffer of `weight`, created when backward left none."""
+def _grad(weight: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """The flat gradient buffer of `weight`, created when there is none (uninitialized when it is
+    about to be overwritten)."""
     if weight.grad is None:
-        weight.grad = torch.zeros_like(weight)
+        weight.grad = torch.empty_like(weight) if overwrite else torch.zeros_like(weight)
     return weight.grad.view(-1)
 
 
@@ -80,29 +81,49 @@ class Workspace:
         return buffer
 
 
+Penalty = float | torch.Tensor  # a Python float on the CPU, a 0-d tensor on a GPU (no sync)
+
+
+def _as_tensor(weights: list[torch.Tensor], value: Penalty) -> torch.Tensor:
+    return weights[0].new_tensor(value) if isinstance(value, float) else value
+
+
 @torch.no_grad()
-def binary_gradient_(weights: list[torch.Tensor], lam: float, workspace: Workspace | None = None) -> torch.Tensor:
-    """Adds lam * d(binary_penalty)/dW to each weight's .grad; returns the penalty (detached).
+def binary_gradient_(
+    weights: list[torch.Tensor], lam: float, workspace: Workspace | None = None, overwrite: bool = False
+) -> torch.Tensor:
+    """`binary_step_` with the penalty as a tensor."""
+    return _as_tensor(weights, binary_step_(weights, lam, workspace, overwrite))
+
+
+@torch.no_grad()
+def binary_step_(
+    weights: list[torch.Tensor], lam: float, workspace: Workspace | None = None, overwrite: bool = False
+) -> Penalty:
+    """Adds lam * d(binary_penalty)/dW to each weight's .grad (or, with `overwrite`, sets .grad to it,
+    for a backward pass to accumulate into); returns the penalty (detached).
 
     d/dw mean((w^2 - a^2)^2) / a^4 = 4 w (w^2 - a^2) / (n a^4), alpha held constant. Four passes over
     each weight, none allocating: sum |w| (alpha), gap = w^2 - alpha^2, sum gap^2 (the penalty), and
-    grad += c * gap * w. On the CPU the per-layer scalars are Python floats (reading one is free
+    grad (+)= c * gap * w. On the CPU the per-layer scalars are Python floats (reading one is free
     there, and a `value=` argument fuses the multiply into the last pass); on a GPU they stay on the
     device, where reading one would wait for it at every step.
     """
     workspace = workspace or Workspace()
     if weights[0].device.type == "cpu":
         total = 0.0
+        zero = weights[0].new_zeros((), dtype=weights[0].dtype)
         for index, weight in enumerate(weights):
             flat = weight.detach().reshape(-1)
             n = flat.numel()
             gap = workspace.get(index, flat)
             alpha_sq = max((float(torch.abs(flat, out=gap).sum()) / n) ** 2, _EPS)
-            torch.mul(flat, flat, out=gap).sub_(alpha_sq)
+            torch.addcmul(zero - alpha_sq, flat, flat, out=gap)
             scale = alpha_sq * alpha_sq * n
             total += float(torch.dot(gap, gap)) / scale
-            _grad(weight).addcmul_(gap, flat, value=4 * lam / scale)
-        return weights[0].new_tensor(total)
+            grad = _grad(weight, overwrite)
+            torch.addcmul(zero if overwrite else grad, gap, flat, value=4 * lam / scale, out=grad)
+        return total
     total_t = weights[0].new_zeros(())
     for index, weight in enumerate(weights):
         flat = weight.detach().reshape(-1)
@@ -112,15 +133,36 @@ def binary_gradient_(weights: list[torch.Tensor], lam: float, workspace: Workspa
         torch.mul(flat, flat, out=gap).sub_(alpha_sq_t)
         scale_t = alpha_sq_t * alpha_sq_t * n
         total_t += torch.dot(gap, gap) / scale_t
-        _grad(weight).addcmul_(gap.mul_(4 * lam / scale_t), flat)
+        grad = _grad(weight, overwrite)
+        if overwrite:
+            torch.mul(gap.mul_(4 * lam / scale_t), flat, out=grad)
+        else:
+            grad.addcmul_(gap.mul_(4 * lam / scale_t), flat)
     return total_t
 
 
 @torch.no_grad()
 def target_gradient_(
-    weights: list[torch.Tensor], targets: list[torch.Tensor], lam: float, workspace: Workspace | None = None
+    weights: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    lam: float,
+    workspace: Workspace | None = None,
+    overwrite: bool = False,
 ) -> torch.Tensor:
-    """Adds lam * d(target_penalty)/dW to each weight's .grad; returns the penalty (detached).
+    """`target_step_` with the penalty as a tensor."""
+    return _as_tensor(weights, target_step_(weights, targets, lam, workspace, overwrite))
+
+
+@torch.no_grad()
+def target_step_(
+    weights: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    lam: float,
+    workspace: Workspace | None = None,
+    overwrite: bool = False,
+) -> Penalty:
+    """Adds lam * d(target_penalty)/dW to each weight's .grad (or sets .grad to it, with `overwrite`);
+    returns the penalty (detached).
 
     d/dw mean((w - t)^2) / var = 2 (w - t) / (n var). The `levels` term is this one with each
     weight's nearest level as its target (the min picks one level; its derivative is that one's).
@@ -138,12 +180,20 @@ def target_gradient_(
             mean = float(flat.sum()) / n
             scale = max((float(torch.dot(flat, flat)) - n * mean * mean) / max(n - 1, 1), _EPS) * n
             total += float(torch.dot(diff, diff)) / scale
-            _grad(weight).add_(diff, alpha=2 * lam / scale)
+            grad = _grad(weight, overwrite)
+            if overwrite:
+                torch.mul(diff, 2 * lam / scale, out=grad)
+            else:
+                grad.add_(diff, alpha=2 * lam / scale)
         else:
             scale_t = flat.var().clamp_min(_EPS) * n
             total += torch.dot(diff, diff) / scale_t
-            _grad(weight).add_(diff.mul_(2 * lam / scale_t))
-    return weights[0].new_tensor(total) if isinstance(total, float) else total
+            grad = _grad(weight, overwrite)
+            if overwrite:
+                torch.mul(diff, 2 * lam / scale_t, out=grad)
+            else:
+                grad.add_(diff.mul_(2 * lam / scale_t))
+    return total
 
 
 @torch.no_grad()
@@ -178,8 +228,12 @@ class Term:
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
         pass
 
-    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+    def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
+        """Adds (or, with `overwrite`, writes) lam * dR/dW into the weights' gradients; returns R."""
         raise NotImplementedError
+
+    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+        return _as_tensor(weights, self.step_(weights, lam))
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -189,8 +243,8 @@ class BinaryTerm(Term):
     def __init__(self) -> None:
         self.workspace = Workspace()
 
-    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
-        return binary_gradient_(weights, lam, self.workspace)
+    def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
+        return binary_step_(weights, lam, self.workspace, overwrite)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         return binary_penalty(weights)
@@ -205,9 +259,9 @@ class LevelsTerm(Term):
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
         self.levels = [fit_levels(w, self.n_levels, seed) for w in weights]
 
-    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
+    def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
         targets = [nearest_levels(w, levels) for w, levels in zip(weights, self.levels)]
-        return target_gradient_(weights, targets, lam, self.workspace)
+        return target_step_(weights, targets, lam, self.workspace, overwrite)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         return levels_penalty(weights, self.levels)
@@ -222,8 +276,8 @@ class PQTerm(Term):
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
         self.targets = [pq_targets(w, self.subvector_size, self.n_centroids, seed) for w in weights]
 
-    def add_gradient_(self, weights: list[torch.Tensor], lam: float) -> torch.Tensor:
-        return target_gradient_(weights, self.targets, lam, self.workspace)
+    def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
+        return target_step_(weights, self.targets, lam, self.workspace, overwrite)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
         return target_penalty(weights, self.targets)
@@ -332,6 +386,29 @@ class Regularizer:
         returns R (detached). The same gradients as backpropagating lam * penalty(model)."""
         weights = self.weights(model)
         return weights[0].new_zeros(()) if self.term is None else self.term.add_gradient_(weights, lam)
+
+    def starter(self, model: nn.Module) -> Callable[[float], Penalty]:
+        """For a training loop, in place of zeroing the gradients before each backward: returns
+        `start(lam)`, which sets every other parameter's gradient to None and the weights' to
+        lam * dR/dW, so that backward accumulates the task gradient on top, and returns R (a float on
+        the CPU). The same gradients as `add_gradient_` after backward, and cheaper: the weights are
+        read right after the optimizer wrote them, and no gradient is read back. The weights are
+        looked up once, here: call it again if the model's modules change."""
+        weights = self.weights(model)
+        chosen = {id(weight) for weight in weights}
+        others = [parameter for parameter in model.parameters() if id(parameter) not in chosen]
+        term = self.term
+
+        def start(lam: float) -> Penalty:
+            for parameter in others:
+                parameter.grad = None
+            if term is None:
+                for weight in weights:
+                    weight.grad = None
+                return 0.0
+            return term.step_(weights, lam, overwrite=True)
+
+        return start
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         weights = self.weights(model)

@@ -97,29 +97,30 @@ def train_epoch(
     n_steps = math.ceil(n_train / cfg.batch_size)
     # Sums stay on the device: one sync per epoch, not one per step.
     sum_ce = torch.zeros((), device=device)
-    sum_reg = torch.zeros((), device=device)
-    sum_loss = torch.zeros((), device=device)
+    sum_reg: float | torch.Tensor = 0.0  # lam * R summed alongside: floats on the CPU, tensors elsewhere
+    sum_lam_reg: float | torch.Tensor = 0.0
+    start = reg.starter(model) if reg.active else None
     report_every = max(1, n_steps // 20)
     for step in range(n_steps):
         index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = x_train[index], y_train[index]
-        ce = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        ce.backward()
-        loss = ce.detach()
-        if reg.active:
-            # lam * dR/dW joins the task gradient in place: the gradient of ce + lam * R
+        if start is not None:
+            # the gradients start at lam * dR/dW; backward adds the task's: the gradient of ce + lam * R
             lam = reg.lam_at(epoch, step, n_steps)
-            penalty = reg.add_gradient_(model, lam)
-            loss = loss + lam * penalty
+            penalty = start(lam)
             sum_reg += penalty
+            sum_lam_reg += lam * penalty
+        else:
+            optimizer.zero_grad(set_to_none=True)
+        ce = F.cross_entropy(model(x), y)
+        ce.backward()
         optimizer.step()
         sum_ce += ce.detach()
-        sum_loss += loss
         if on_step is not None and (step + 1) % report_every == 0:
-            _check_finite(float(sum_loss), epoch, "loss", cfg)
+            _check_finite(float(sum_ce) + float(sum_lam_reg), epoch, "loss", cfg)
             on_step(step + 1, n_steps)
-    metrics = {"loss": float(sum_loss) / n_steps, "ce": float(sum_ce) / n_steps, "reg": float(sum_reg) / n_steps}
+    ce_sum, reg_sum, lam_reg_sum = float(sum_ce), float(sum_reg), float(sum_lam_reg)
+    metrics = {"loss": (ce_sum + lam_reg_sum) / n_steps, "ce": ce_sum / n_steps, "reg": reg_sum / n_steps}
     _check_finite(metrics["loss"], epoch, "loss", cfg)
     _check_finite(metrics["ce"], epoch, "cross-entropy", cfg, limit=CE_BLOWUP)
     return metrics
