@@ -251,26 +251,6 @@ def test_activation_weighting_needs_calibration_inputs_and_is_a_later_field():
         CompressConfig(weighting="outputs")
 
 
-def test_bounded_search_gives_the_full_search_codes_as_centroids_move():
-    """The shared layout's Lloyd iterations skip points whose code cannot have changed: at every
-    step the codes must be exactly those of the full search, through small moves, big jumps and
-    duplicate points."""
-    from core.pq import _BoundedNearest, nearest
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 3000, 8, generator=generator)
-    x[0, 2000:2100] = x[0, :100]  # duplicates
-    centroids = x[:, :64].clone()
-    bounded = _BoundedNearest(x)
-    for step in range(12):
-        scale = 0.5 if step in (4, 9) else 0.01 / (1 + step)  # mostly small moves, two big jumps
-        centroids = centroids + scale * torch.randn(centroids.shape, generator=generator)
-        assert torch.equal(bounded(centroids), nearest(x, centroids)), step
-    # and k-means with it ends on the exact assignment of its centroids
-    centroids, codes = kmeans(x, 64, n_iter=15, seed=1)
-    assert torch.equal(codes, nearest(x, centroids))
-
-
 def test_kmeans_pp_from_pairwise_distances_picks_what_the_streaming_one_picks(monkeypatch):
     import core.pq as pq_module
 

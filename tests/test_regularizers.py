@@ -132,3 +132,30 @@ def test_warmup_start_holds_lam_at_zero_then_ramps():
     # the field is left out of the run id at its default, and reset when there is no term
     assert "warmup_start" not in TrainConfig(dataset="digits").to_json()
     assert TrainConfig(dataset="digits", reg="none", warmup_start=4).warmup_start == 0
+
+
+def test_starter_gradients_equal_autograd_and_the_other_parameters_start_from_none():
+    """Training starts the gradients at lam * dR/dW and lets backward accumulate the task's on top:
+    the gradient of ce + lam * R, for every parameter, over several steps of one optimizer."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 64), torch.randint(10, (32,))
+    for reg in ("binary", "levels", "pq"):
+        cfg = TrainConfig(
+            dataset="digits", hidden=(16, 12), reg=reg, lam=0.3, reg_levels=3, reg_subvector_size=4, reg_centroids=8
+        )
+        torch.manual_seed(1)
+        model = build_model("mlp", (1, 8, 8), 10, (16, 12))
+        term = Regularizer.from_config(cfg)
+        term.refresh(model, 0)
+        start = term.starter(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for step in range(3):
+            reference = build_model("mlp", (1, 8, 8), 10, (16, 12))
+            reference.load_state_dict(model.state_dict())
+            ((torch.nn.functional.cross_entropy(reference(x), y)) + 0.3 * term.penalty(reference)).backward()
+            value = start(0.3)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            assert abs(float(value) - float(term.penalty(reference).detach())) < 1e-5, (reg, step)
+            for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+                assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), (reg, step, name)
+            optimizer.step()
