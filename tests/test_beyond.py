@@ -131,3 +131,37 @@ def test_speed_smoke(tmp_path):
     rows = pd.read_csv(out / "speed_smoke.csv")
     assert {"pq", "train", "app"} <= set(rows["section"]), proc.stdout[-2000:]
     assert (rows["device"] == rows["device"].iloc[0]).all()
+    # every comparison is a ratio of interleaved pairs, with its spread
+    compared = rows[rows["section"] != "app"]
+    assert compared["pairs"].ge(1).all() and (compared["ratio_min"] <= compared["ratio_max"]).all()
+
+
+def test_interleaved_timing_pairs_neighbours_and_ratios_are_per_pair():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from speed import interleaved
+
+    calls: list[str] = []
+    timings = interleaved(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "c": lambda: calls.append("c")},
+        rounds=3,
+        only_first={"c": 1},
+    )
+    assert calls == ["a", "b", "a", "b", "c", "a", "b", "a", "b"]  # warm-up round, then A B (C) A B ...
+    assert [len(timings.seconds[n]) for n in "abc"] == [3, 3, 1]
+    timings.seconds = {"a": [1.0, 2.0, 4.0], "b": [2.0, 2.0, 2.0], "c": [3.0]}
+    assert timings.ratio("b", "a") == (1.0, 0.5, 2.0, 3)  # per-pair ratios 2, 1, 0.5
+    assert timings.ratio("c", "a") == (3.0, 3.0, 3.0, 1)
+
+
+@pytest.mark.slow
+def test_headline_smoke(tmp_path):
+    out = tmp_path / "results"
+    _run_script(
+        [str(ROOT / "bench" / "headline.py"), "--smoke", "--out", str(out), "--cache-dir", str(tmp_path / "c")],
+        tmp_path,
+    )
+    import pandas as pd
+
+    table = pd.read_csv(out / "headline_search_smoke.csv")
+    assert {"paper", "long", "no reg (2 ep)"} <= set(table["variant"])
+    assert (table["drop_worst"] >= table["drop_mean"] - 1e-9).all() and (table["seeds"] == 2).all()
