@@ -305,6 +305,8 @@ class Regularizer:
                 reg.add_gradient_(model, reg.lam_at(epoch, step, len(batches)))  # the fast path
                 optimizer.step(); optimizer.zero_grad()
         # or, with autograd: (loss + reg.lam_at(...) * reg.penalty(model)).backward()
+        # or, fastest: start = reg.starter(model) once an epoch, then each step, in place of
+        # optimizer.zero_grad(): start(lam); loss_fn(model(x), y).backward(); optimizer.step()
 
     `kind`: binary (our reading of the paper's term), levels or pq; `layers`: fnmatch globs over
     module names (nn.Linear and nn.Conv2d modules that match); default: every nn.Linear, as the
