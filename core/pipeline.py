@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .calibration import CALIBRATION_SAMPLES
 from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES, Dataset
@@ -300,6 +301,13 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
             else:
                 per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
             kmeans_flops += n_sub * per_point * (cfg.kmeans_iters + 2)
+        if cfg.weighting == "activations":
+            # plain k-means first, then as many weighted iterations (each about as costly), after a
+            # forward pass over the calibration inputs with each layer's chunked second moments
+            kmeans_flops *= 2
+            kmeans_flops += sum(
+                2.0 * math.prod(shape) * CALIBRATION_SAMPLES * (1 + cfg.subvector_size) for _, shape in shapes
+            )
     # fine-tuning: a forward and a backward pass over the training split an epoch (~6 flops a weight
     # and an example; a conv's weights count once a position of its output, which this leaves out)
     weights = sum(math.prod(shape) for _, shape in shapes)

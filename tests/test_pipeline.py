@@ -87,3 +87,19 @@ def test_a_cancel_reads_as_one_line_not_as_its_internal_exception():
         _outcome(failed, [RuntimeError("worker died")], "training run k")  # not a ValueError: one line
     with pytest.raises(ValueError, match="diverged"):
         _outcome(failed, [ValueError("diverged")], "training run k")  # a user's error: its own sentence
+
+
+def test_the_estimate_counts_activation_aware_k_means():
+    """An activation-aware compression costs a calibration pass and a second k-means: the estimate
+    that decides whether the Compress page runs it at once must say so."""
+    from core.config import CompressConfig, TrainConfig
+    from core.pipeline import estimate_seconds
+    from core.records import RunRecord
+
+    cfg = TrainConfig(dataset="mnist-5k")
+    run = RunRecord(cfg.run_id(), cfg, (1, 28, 28), 10, layers=(), history=(), histograms=())
+    plain = estimate_seconds(run, CompressConfig(method="pq", subvector_size=8, n_centroids=256))
+    aware = estimate_seconds(
+        run, CompressConfig(method="pq", subvector_size=8, n_centroids=256, weighting="activations")
+    )
+    assert aware > 1.8 * (plain - 0.2) + 0.2
