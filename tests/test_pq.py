@@ -259,3 +259,17 @@ def test_kmeans_pp_from_pairwise_distances_picks_what_the_streaming_one_picks(mo
     monkeypatch.setattr(pq_module, "_PAIRWISE_MAX", 0)
     streaming = pq_module._init_kmeans_pp(x, 16, torch.Generator().manual_seed(0))
     assert torch.equal(small, streaming)
+
+
+@pytest.mark.parametrize("k", [3, 256, 300])
+def test_vectorized_argmin_is_argmin_with_ties_to_the_first(k):
+    from core.pq import _first_argmin
+
+    generator = torch.Generator().manual_seed(k)
+    values = torch.randn(5, 7000, k, generator=generator)
+    values[:, ::3, k // 2] = values[:, ::3, 0]  # exact ties at the minimum and elsewhere
+    values[:, ::5] = values[:, ::5].amin(-1, keepdim=True)  # whole rows tied
+    values[0, 0, :] = 0.0
+    expected = values.argmin(-1)
+    index = torch.arange(k, dtype=values.dtype)
+    assert torch.equal(_first_argmin(values.clone(), index), expected)

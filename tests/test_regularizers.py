@@ -98,9 +98,14 @@ def test_in_place_gradients_equal_autograd_of_the_penalty():
             assert torch.allclose(a, c, rtol=1e-4, atol=1e-7), reg
 
 
-def test_fused_gradients_equal_autograd_over_steps_with_the_workspace_reused():
+@pytest.mark.parametrize("host_scalars", [True, False], ids=["cpu-scalars", "device-scalars"])
+def test_fused_gradients_equal_autograd_over_steps_with_the_workspace_reused(host_scalars, monkeypatch):
     """The terms reuse one scratch vector a weight from step to step: still the autograd gradient
-    at every step, as the weights move (binary, pq), on weights of uneven size."""
+    at every step, as the weights move (binary, pq), on weights of uneven size; both with the scalars
+    read back as floats (the CPU's path) and kept as tensors (a GPU's path, run here on the CPU)."""
+    import core.regularizers as regularizers
+
+    monkeypatch.setattr(regularizers, "_host_scalars", lambda tensor: host_scalars)
     torch.manual_seed(0)
     weights = [torch.randn(40, 70) * 0.05, torch.randn(9, 40) * 0.2, torch.randn(3, 9)]
     targets = [w + 0.01 * torch.randn_like(w) for w in weights]
@@ -108,9 +113,12 @@ def test_fused_gradients_equal_autograd_over_steps_with_the_workspace_reused():
         term = TERMS[kind](Regularizer(kind, 1.0, subvector_size=4, n_centroids=4))
         if kind == "pq":
             term.targets = targets  # type: ignore[attr-defined]
-        for step in range(3):
+        for step in range(4):
             moved = [(w * (1 + 0.1 * step)).requires_grad_(True) for w in weights]
-            value = term.add_gradient_(moved, 0.7)
+            if step % 2:  # the starter's way: written before a backward pass, which then accumulates
+                value = term.step_(moved, 0.7, overwrite=True)
+            else:
+                value = term.add_gradient_(moved, 0.7)
             fused = [w.grad.clone() for w in moved]
             reference = [w.detach().clone().requires_grad_(True) for w in moved]
             penalty = term.penalty(reference)
