@@ -666,3 +666,29 @@ def test_compare_leaves_out_settings_only_passed_over(own_store):
     assert_clean(at)
     labels = set(at.dataframe[-1].value["best compression"])
     assert glimpsed.label() not in labels and labels
+
+
+def test_compress_activation_aware_from_a_link_and_a_bad_value_gets_a_notice(lab_store):
+    """The k-means objective is a control and a URL parameter like the others; Streamlit keeps a
+    radio's label in the URL (`weighting=output error`), which compresses with the output-error
+    objective; any other value (the option's inner name too) falls back with a notice. Before the
+    fix, a radio with labels (this one, and the conv targets) rejected the very links it wrote."""
+    import json
+
+    from core.store import RunStore
+
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "d": "2", "k": "4", "weighting": "output error"})
+    assert_clean(at)
+    assert at.radio(key="weighting").value == "activations"
+    store = RunStore(lab_store)
+    computed = [
+        json.loads(store.compression_paths(run_id, key)[0].read_text())
+        for run_id, key, _ in store.compression_entries()
+        if run_id == PLAIN.run_id()
+    ]
+    assert any('"weighting": "activations"' in json.dumps(entry) for entry in computed)
+    for forged in ("outputs<script>", "activations"):
+        at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "weighting": forged})
+        assert_clean(at)
+        assert at.radio(key="weighting").value == "none"
+        assert any("weighting" in str(w.value) for w in at.warning)

@@ -182,7 +182,11 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
 
 
 def radio(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
-    bind = bind and link_notice(key, in_options(options), default)
+    # Streamlit keeps a bound radio's value in the URL as its label (format_func's text): check that
+    format_func = kwargs.get("format_func")
+    shown = [format_func(option) for option in options] if format_func else options
+    used = format_func(default) if format_func else default
+    bind = bind and link_notice(key, in_options(shown), used)
     return st.radio(label, options, index=list(options).index(default), key=key, bind=_bind(bind), **kwargs)
 
 
