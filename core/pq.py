@@ -365,7 +365,7 @@ def quantize_weight(
     if cfg.weighting == "activations":
         if moments is None:
             raise ValueError(f"weighting='activations' needs the input statistics of layer {name}")
-        centroids, codes = weighted_kmeans(subvectors, moments, cfg.layout, centroids, codes, cfg.kmeans_iters)
+        centroids, codes = weighted_kmeans(subvectors, moments, cfg.layout, centroids, cfg.kmeans_iters)
     if cfg.centroid_bits == 16:
         # Store what the file will hold; re-assign so codes match the rounded centroids.
         centroids = centroids.half().float()
@@ -433,10 +433,10 @@ def weighted_kmeans(
     moments: torch.Tensor,
     layout: str,
     centroids: torch.Tensor,
-    codes: torch.Tensor,
     n_iter: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means under a layer's output error, from a start (plain k-means' answer).
+    """Lloyd's k-means under a layer's output error, from starting centroids (plain k-means' answer;
+    the first step assigns every point under the new metric).
 
     For a layer y = W x, coding subvector w (row o, chunk c) as q changes the output by (w - q)^T x_c;
     its mean square over the inputs is (w - q)^T S_c (w - q), S_c = E[x_c x_c^T] (And the Bit Goes

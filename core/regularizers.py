@@ -67,7 +67,8 @@ def _grad(weight: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
 
 class Workspace:
     """One scratch vector per weight, kept from step to step: the closed-form gradients write into it
-    instead of allocating (a fresh 1 MB buffer a step costs page faults as much as the arithmetic)."""
+    instead of allocating a fresh one each step (with the scalars on the host, 0.84x the time of the
+    allocating version in a one-off probe on the LeNet-300-100 weights)."""
 
     def __init__(self) -> None:
         self._buffers: list[torch.Tensor] = []

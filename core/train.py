@@ -97,7 +97,8 @@ def train_epoch(
     n_steps = math.ceil(n_train / cfg.batch_size)
     # Sums stay on the device: one sync per epoch, not one per step.
     sum_ce = torch.zeros((), device=device)
-    sum_reg: float | torch.Tensor = 0.0  # lam * R summed alongside: floats on the CPU, tensors elsewhere
+    # R and lam * R, summed: Python floats on the CPU (the terms read them back anyway), tensors elsewhere
+    sum_reg: float | torch.Tensor = 0.0
     sum_lam_reg: float | torch.Tensor = 0.0
     start = reg.starter(model) if reg.active else None
     report_every = max(1, n_steps // 20)
