@@ -12,6 +12,12 @@ file that loads back into a fresh instance of your model.
     core.save(packed, "model.safetensors")
     fresh = core.load("model.safetensors", into=MyNet())
 
+A weight shared by several modules (a head tied to an embedding, one Parameter in two layers, a
+module registered under two names) is coded once, counted once, stored once and restored into every
+name; an empty layer (no weights) is skipped: it has nothing to code and costs 0 bits. Bad input (a
+NaN weight, a meta-device model, a weight computed by a parametrization, an unknown argument) is
+refused with one ValueError line before any work.
+
 A conv weight (out, in, kh, kw) is coded as its rows of in * kh * kw values, each output filter
 flattened in that order (so with d = kh * kw a subvector is one input channel's kernel, as in Stock
 et al. 2019, "And the Bit Goes Down"); the last chunk of a row is zero-padded when d does not divide
@@ -20,7 +26,8 @@ it (padding is coded, never counted as weights). docs/method.md has the details.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +35,11 @@ import torch
 from torch import nn
 
 from .compress import tune_centroids
-from .config import CompressConfig
+from .config import MAX_EPOCHS, CompressConfig, _float, _int
 from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, to_bytes
 from .fileio import check_output_path, write_atomic
 from .methods import quantize_model
-from .models import select_weights
+from .models import layer_patterns, module_name, select_weights
 from .pq import QuantizedLayer, check_fits
 from .regularizers import Regularizer
 from .size import LayerBits, SizeReport, layer_bits, size_report
@@ -82,23 +89,108 @@ class Compressed:
     """A module's weights as codes and codebooks (the module itself is never modified)."""
 
     config: CompressConfig
-    layers: tuple[QuantizedLayer, ...]  # the coded weights
-    rest: dict[str, torch.Tensor] = field(repr=False)  # every other state-dict tensor, as it was
+    layers: tuple[QuantizedLayer, ...]  # the coded weights (a shared one once, under its first name)
+    rest: dict[str, torch.Tensor] = field(repr=False)  # every other state-dict tensor, as it was (once)
     keys: tuple[str, ...] = field(repr=False)  # the module's state-dict order
     size: ModelSize = field(repr=False)
+    aliases: dict[str, str] = field(default_factory=dict, repr=False)  # key -> the key it shares a tensor with
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor of the module: the coded weights decoded (float32), the rest as it was."""
         decoded = {layer.name: layer.decode() for layer in self.layers}
-        return {key: decoded[key] if key in decoded else self.rest[key] for key in self.keys}
+        held = decoded | self.rest
+        return {key: held[self.aliases.get(key, key)] for key in self.keys}
 
 
 def _size(
     cfg: CompressConfig, layers: Sequence[tuple[str, tuple[int, ...]]], rest: dict[str, torch.Tensor]
 ) -> ModelSize:
+    """`layers`: the weights the method accounts for (for float, the chosen ones, at 32 bits each);
+    `rest`: every other tensor the file holds, at its own width."""
     rest_bits = sum(t.numel() * t.element_size() * 8 for t in rest.values())  # exactly what the file holds
     totals = size_report([shape for _, shape in layers], 0, cfg, rest_bits=rest_bits)
     return ModelSize(totals, tuple(layer_bits(name, shape, cfg) for name, shape in layers))
+
+
+def _shared_keys(module: nn.Module) -> dict[str, str]:
+    """State-dict keys whose tensor is also held under an earlier key: alias -> the key it is kept
+    under (the first nn.Linear / nn.Conv2d weight of its group, else its first key), so that the
+    compressing and the loading side pick the same name from the module alone."""
+    groups: dict[int, list[str]] = {}
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(key)
+    codable = {name for name, _ in select_weights(module, ["*"])}
+    aliases = {}
+    for keys in groups.values():
+        kept = next((key for key in keys if key in codable), keys[0])
+        aliases.update({key: kept for key in keys if key != kept})
+    return aliases
+
+
+def _check_module(module: object, what: str) -> nn.Module:
+    if isinstance(module, type):
+        raise ValueError(
+            f"{what} is the class {module.__name__}, not a module: pass an instance, e.g. {module.__name__}()"
+        )
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"{what} must be a torch.nn.Module instance, not a {type(module).__name__}")
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        if tensor.is_meta:
+            raise ValueError(
+                f"{what}'s tensor {key} is on the meta device (it holds no values): build the module on a real "
+                "device, or call .to_empty(device='cpu') and load its weights first"
+            )
+    return module
+
+
+def _check_finite(tensors: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    for key, tensor in tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{what} {key} holds NaN or infinite values; give finite values")
+
+
+def _coded_weights(model: nn.Module, layers: list[str] | None) -> list[tuple[str, torch.Tensor]]:
+    """(key, float32 CPU copy) of each chosen weight that holds values, once a tensor; ValueError for
+    a weight that a parametrization computes (the file could not name what it stores)."""
+    modules = dict(model.named_modules())
+    aliases = _shared_keys(model)
+    chosen: dict[str, torch.Tensor] = {}
+    for name, weight in select_weights(model, layers):
+        module = modules[module_name(name)]
+        if "weight" not in module._parameters:
+            layer = module_name(name) or type(module).__name__
+            raise ValueError(
+                f"layer {layer}'s weight is computed by a parametrization (weight_norm or "
+                "torch.nn.utils.parametrize), not stored: remove it first (torch.nn.utils.parametrize."
+                "remove_parametrizations(layer, 'weight') or torch.nn.utils.remove_weight_norm(layer)), or leave the "
+                "layer out of `layers`"
+            )
+        if weight.numel() == 0:
+            continue  # nothing to code: the empty tensor stays in the rest, at 0 bits
+        chosen.setdefault(aliases.get(name, name), weight.detach().float().cpu())
+    return list(chosen.items())
+
+
+def _calibration_batches(calibration: Iterable[torch.Tensor] | torch.Tensor | None) -> list[torch.Tensor] | None:
+    if calibration is None:
+        return None
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration]
+    try:
+        batches = list(calibration)
+    except TypeError:
+        raise ValueError(
+            f"calibration must be a tensor or an iterable of tensors, not {type(calibration).__name__}"
+        ) from None
+    if not batches:
+        raise ValueError("calibration holds no batch: give a few thousand of your model's inputs")
+    for index, batch in enumerate(batches):
+        if not isinstance(batch, torch.Tensor):
+            raise ValueError(f"calibration batch {index} is a {type(batch).__name__}, not a tensor of model inputs")
+        if batch.is_meta:
+            raise ValueError(f"calibration batch {index} is on the meta device (it holds no values)")
+    _check_finite(((f"batch {index}", batch) for index, batch in enumerate(batches)), "calibration")
+    return batches
 
 
 def compress(
@@ -111,23 +203,36 @@ def compress(
     `layers` (fnmatch globs; default: every nn.Linear) with any method of the lab (`cfg.method`:
     float, binarize, kmeans, pq). With `cfg.weighting="activations"`, pass `calibration`: a batch or
     batches of your model's inputs (a few thousand samples); each layer's k-means then minimizes its
-    output error on them. DoesNotFit when d or k does not fit a chosen layer; ValueError when the
-    patterns match nothing or calibration inputs are missing."""
-    if isinstance(layers, str):
-        layers = [layers]
-    chosen = [(name, weight.detach().float().cpu()) for name, weight in select_weights(model, layers)]
+    output error on them. DoesNotFit when d or k does not fit a chosen layer; ValueError, before any
+    work, when the patterns match no weight, calibration inputs are missing or do not fit the model,
+    or a tensor is not finite."""
+    _check_module(model, "model")
+    if not isinstance(cfg, CompressConfig):
+        raise ValueError(
+            f"cfg must be a core.CompressConfig, not a {type(cfg).__name__} (from a dict: "
+            "core.CompressConfig.from_dict(settings))"
+        )
+    patterns = layer_patterns(layers)
+    chosen = _coded_weights(model, patterns)
     if not chosen:
-        raise ValueError(f"the layer patterns {layers} match no nn.Linear or nn.Conv2d of this module")
+        what = "nn.Linear" if patterns is None else "nn.Linear or nn.Conv2d"
+        raise ValueError(f"the layer patterns {patterns} match no {what} with weights in this module")
+    state = model.state_dict(keep_vars=True)
+    _check_finite(state.items(), "the model's tensor")
     shapes = [(name, tuple(weight.shape)) for name, weight in chosen]
     check_fits(shapes, cfg)
-    if isinstance(calibration, torch.Tensor):
-        calibration = [calibration]
-    coded = quantize_model(model, cfg, chosen, calibration)
-    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    batches = None
+    if cfg.weighting == "activations" and cfg.method in ("kmeans", "pq"):
+        batches = _calibration_batches(calibration)
+    coded = quantize_model(model, cfg, chosen, batches)
+    aliases = _shared_keys(model)
     coded_names = {layer.name for layer in coded}
-    rest = {key: value for key, value in state.items() if key not in coded_names}
-    coded_shapes = [(layer.name, tuple(layer.shape)) for layer in coded]
-    return Compressed(cfg, tuple(coded), rest, tuple(state), _size(cfg, coded_shapes, rest))
+    rest = {key: value.detach().cpu() for key, value in state.items() if key not in coded_names | aliases.keys()}
+    if cfg.method == "float":  # the chosen weights stay in the rest, accounted as the layers at 32 bits
+        size = _size(cfg, shapes, {key: value for key, value in rest.items() if key not in dict(shapes)})
+    else:
+        size = _size(cfg, [(layer.name, tuple(layer.shape)) for layer in coded], rest)
+    return Compressed(cfg, tuple(coded), rest, tuple(state), size, aliases)
 
 
 def finetune(
@@ -142,21 +247,54 @@ def finetune(
     """Centroid fine-tuning (Deep Compression's trained quantization) on your loss and data: the
     codes stay fixed, each centroid moves with the summed gradient of the weights it stands for.
     `batches`: (inputs, targets) pairs, re-iterable (a DataLoader, a list) or a function of the
-    epoch; `loss_fn(model(inputs), targets)`. The module is not modified."""
-    if not compressed.layers:
+    epoch; `loss_fn(model(inputs), targets)`. The module is not modified. ValueError (one line) for
+    bad arguments, before any work, and when the centroids come out NaN or infinite."""
+    if not isinstance(compressed, Compressed):
+        raise ValueError(f"compressed must be what core.compress returned, not a {type(compressed).__name__}")
+    _check_module(model, "model")
+    if tuple(model.state_dict()) != compressed.keys:
+        raise ValueError("model is not the module that was compressed: its state-dict keys differ")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be a function of (outputs, targets), not a {type(loss_fn).__name__}")
+    _int("epochs", epochs, 0, MAX_EPOCHS)
+    _float("lr", lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.0001")
+    if isinstance(batches, Iterator) and epochs > 1:  # a generator: its second epoch would be empty
+        raise ValueError(
+            "batches is an iterator, used up after one epoch: pass a list, a DataLoader or a function of the epoch"
+        )
+    if not compressed.layers or epochs == 0:
         return compressed
     per_epoch = batches if callable(batches) else (lambda epoch: batches)
+    steps = 0
+
+    def count(step: int) -> None:
+        nonlocal steps
+        steps = step
+
     tuned = tune_centroids(
-        model, compressed.layers, per_epoch, loss_fn, epochs, lr, pick_device(device), compressed.config.centroid_bits
-    )
-    return Compressed(compressed.config, tuple(tuned), compressed.rest, compressed.keys, compressed.size)
+        model, compressed.layers, per_epoch, loss_fn, epochs, lr, pick_device(device), compressed.config.centroid_bits,
+        on_step=count,
+    )  # fmt: skip
+    if steps == 0:
+        raise ValueError("batches gave no (inputs, targets) pair: there was nothing to fine-tune on")
+    if not all(bool(torch.isfinite(layer.codebooks).all()) for layer in tuned):
+        raise ValueError(
+            "fine-tuning made centroids NaN or infinite (the loss was not finite): check the batches, "
+            "or use a smaller lr"
+        )
+    return dataclasses.replace(compressed, layers=tuple(tuned))
 
 
 def save(compressed: Compressed, path: str | Path) -> int:
     """Write the file: bit-packed codes, codebooks, the rest as it was, the layer list and the config
     in the metadata. Its size is the accounted bits / 8 + under one byte a coded weight + the header.
-    Returns the bytes written. ValueError (one line) for a path that cannot take a file."""
+    Returns the bytes written. ValueError (one line) for a path that cannot take a file, or for
+    tensors that are not finite (a file `load` would refuse)."""
+    if not isinstance(compressed, Compressed):
+        raise ValueError(f"compressed must be what core.compress returned, not a {type(compressed).__name__}")
     check_output_path(path)
+    _check_finite(((layer.name, layer.codebooks) for layer in compressed.layers), "the centroids of")
+    _check_finite(compressed.rest.items(), "tensor")
     tensors, meta = build_module_payload(compressed.rest, compressed.layers, compressed.config)
     blob = to_bytes(tensors, meta)
     write_atomic(path, blob)
@@ -166,9 +304,12 @@ def save(compressed: Compressed, path: str | Path) -> int:
 def load(path: str | Path, into: nn.Module) -> nn.Module:
     """Fill `into`, a freshly built instance of the module that was compressed, from the file, and
     return it. The file is checked against `into` before anything is allocated: NotACompressedModel
-    (one line) for a file this tool did not write for such a module."""
-    tensors, meta = module_from_bytes(read_file_bytes(path), into, source=str(path))
-    return fill_module(into, tensors, meta).eval()
+    (one line) for a file this tool did not write for such a module; ValueError (one line) when `into`
+    is not a module on a real device."""
+    _check_module(into, "into")
+    aliases = _shared_keys(into)
+    tensors, meta = module_from_bytes(read_file_bytes(path), into, source=str(path), aliases=aliases)
+    return fill_module(into, tensors, meta, aliases).eval()
 
 
 __all__ = ["Compressed", "ModelSize", "Regularizer", "compress", "finetune", "load", "save"]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .models import module_name
 from .pq import n_chunks
 
 CALIBRATION_SAMPLES = 2048  # training inputs the statistics are measured on (built-in runs)
@@ -54,10 +55,9 @@ def input_moments(
     counts: dict[str, int] = {}
     hooks = []
     for name in names:
-        module_name = name.removesuffix(".weight")
-        module = modules.get(module_name)
+        module = modules.get(module_name(name))
         if module is None:
-            raise ValueError(f"no module {module_name!r} in this model")
+            raise ValueError(f"no module {module_name(name)!r} in this model")
 
         def hook(module: nn.Module, args: tuple[torch.Tensor, ...], name: str = name) -> None:
             rows = _layer_inputs(module, args[0].detach().float())
@@ -70,8 +70,15 @@ def input_moments(
     model.eval()
     try:
         device = next(model.parameters()).device
-        for batch in batches:
-            model(batch.to(device))
+        for index, batch in enumerate(batches):
+            try:
+                model(batch.to(device))
+            except RuntimeError as exc:  # e.g. inputs of the wrong width: one line, not the traceback
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise ValueError(
+                    f"the model cannot run on calibration batch {index} of shape {list(batch.shape)} ({reason}): "
+                    "give batches of the model's own inputs"
+                ) from None
     finally:
         for handle in hooks:
             handle.remove()

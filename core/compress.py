@@ -70,7 +70,14 @@ def tune_centroids(
     # a copy: the caller's module keeps its mode, its device and its buffers (BatchNorm statistics
     # move in train mode); the frozen tensors are copies too, so a Compressed's `rest` stays as it was
     model = copy.deepcopy(model).to(device).train()
-    frozen = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # one entry a tensor: functional_call ties the other names of a shared one (a tied head) to it,
+    # and refuses two different values for tied names
+    frozen: dict[str, torch.Tensor] = {}
+    held: set[int] = {id(v) for k, v in model.state_dict(keep_vars=True).items() if k in {q.name for q in moved}}
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) not in held:
+            held.add(id(value))
+            frozen[key] = value.detach().clone()
     optimizer = torch.optim.Adam(params, lr=lr)
     step = 0
     for epoch in range(epochs):

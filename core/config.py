@@ -103,6 +103,28 @@ def check_subvector_size(subvector_size: object) -> None:
     _int("subvector size d", subvector_size, 1, 1 << 20, " (d = 1 is scalar k-means)")
 
 
+# The regularizer's fields, checked once here for both TrainConfig and core.Regularizer (whose
+# arguments have their own names: `levels`, `subvector_size`, `n_centroids`).
+MAX_LAM = 1e6
+
+
+def check_lam(lam: object, name: str = "lam") -> None:
+    _float(name, lam, 0.0, MAX_LAM, hint=" (0 turns the regularizer off)")
+
+
+def check_warmup(name: str, epochs: object) -> None:
+    """warmup_epochs or warmup_start: a whole number of epochs."""
+    _int(name, epochs, 0, MAX_EPOCHS)
+
+
+def check_levels(levels: object, name: str = "reg_levels") -> None:
+    _int(name, levels, 2, 256, " (the levels regularizer's number of scalar levels)")
+
+
+def check_seed(seed: object, name: str = "seed") -> None:
+    _int(name, seed, 0, MAX_SEED)
+
+
 def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Hidden widths from '300,100', '300 100', '300, 100' or a sequence; ValueError says the format."""
     if isinstance(text, str):
@@ -175,14 +197,14 @@ class TrainConfig:
             raise ValueError(f"give 1 to {MAX_HIDDEN_LAYERS} hidden widths, e.g. 300,100 (got {len(self.hidden)})")
         for width in self.hidden:
             _int("hidden width", width, 1, MAX_PARAMETERS, " (e.g. 300,100)")
-        _float("lam", self.lam, 0.0, 1e6, hint=" (0 turns the regularizer off)")
-        _int("warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
-        _int("warmup_start", self.warmup_start, 0, MAX_EPOCHS)
+        check_lam(self.lam)
+        check_warmup("warmup_epochs", self.warmup_epochs)
+        check_warmup("warmup_start", self.warmup_start)
         _int("epochs", self.epochs, 1, MAX_EPOCHS)
         _float("lr", self.lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.001")
         _int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
-        _int("seed", self.seed, 0, MAX_SEED)
-        _int("reg_levels", self.reg_levels, 2, 256)
+        check_seed(self.seed)
+        check_levels(self.reg_levels)
         check_subvector_size(self.reg_subvector_size)
         check_centroids(self.reg_centroids)
         source = DATASET_SOURCES[self.dataset]

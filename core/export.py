@@ -27,7 +27,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -663,11 +663,15 @@ def build_module_payload(
     return tensors, meta
 
 
-def module_from_bytes(blob: bytes, into: nn.Module, source: str = "the data") -> tuple[dict[str, torch.Tensor], dict]:
+def module_from_bytes(
+    blob: bytes, into: nn.Module, source: str = "the data", aliases: Mapping[str, str] | None = None
+) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, metadata) of a file written by `core.save`, checked against the module `into`
     before any tensor is allocated (every coded weight names an nn.Linear or nn.Conv2d weight of
     `into` with its shape; every other tensor of `into` is there, in its dtype and shape; nothing
-    else is), then loaded and its values checked. NotACompressedModel (one line) otherwise."""
+    else is), then loaded and its values checked. NotACompressedModel (one line) otherwise.
+    `aliases`: keys of `into` that share their tensor with another key (which alone the file holds)."""
+    aliases = aliases or {}
     try:
         if len(blob) > MAX_FILE_BYTES:
             _invalid(f"it is {len(blob):,} bytes, above the {MAX_FILE_BYTES:,} this tool reads")
@@ -685,11 +689,11 @@ def module_from_bytes(blob: bytes, into: nn.Module, source: str = "the data") ->
         cfg = _config(CompressConfig, meta["compress_config"], "compress_config")
         if cfg.to_json() != meta["compress_config"]:
             _invalid(f"compress_config is not in the canonical form this tool writes ({cfg.label()})")
-        state = into.state_dict()
+        state = {key: value for key, value in into.state_dict().items() if key not in aliases}
         expected = _Expected(
             compress_cfg=cfg,
             shapes={key: tuple(value.shape) for key, value in state.items()},
-            fc_names=[name for name, _ in select_weights(into, ["*"])],
+            fc_names=[name for name, _ in select_weights(into, ["*"]) if name in state],
             model_label=f"module {type(into).__name__}",
             every_one=False,
             rest_dtypes={key: _DTYPE_NAMES.get(value.dtype, str(value.dtype)) for key, value in state.items()},
@@ -701,13 +705,17 @@ def module_from_bytes(blob: bytes, into: nn.Module, source: str = "the data") ->
         raise _refusal(source, _unchecked(exc)) from None
 
 
-def fill_module(into: nn.Module, tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
-    """Load a checked module payload into `into`: coded weights decoded, the rest as stored."""
+def fill_module(
+    into: nn.Module, tensors: dict[str, torch.Tensor], meta: dict, aliases: Mapping[str, str] | None = None
+) -> nn.Module:
+    """Load a checked module payload into `into`: coded weights decoded, the rest as stored, and each
+    of `aliases` (key -> the key holding its shared tensor) from the tensor it shares."""
     state: dict[str, torch.Tensor] = {}
     coded: set[str] = set()
     for layer in layers_from_payload(tensors, meta):
         state[layer.name] = layer.decode()
         coded.update(f"{layer.name}.{part}" for part in ("codes", "codebooks", "alpha"))
     state.update({key: value for key, value in tensors.items() if key not in coded})
+    state.update({key: state[kept] for key, kept in (aliases or {}).items()})
     into.load_state_dict(state, strict=True)
     return into

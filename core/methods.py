@@ -24,6 +24,8 @@ from .pq import QuantizedLayer, quantize_weight
 def binarize_weight(name: str, weight: torch.Tensor, centroid_bits: int = 32) -> QuantizedLayer:
     """(out, in) or (out, in, kh, kw) -> sign codes (1, numel) and the codebook [-alpha, +alpha] (1, 2, 1)."""
     weight = weight.detach().float()
+    if weight.numel() == 0 or not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"weight {name} is empty or holds NaN or infinite values: binarize needs finite weights")
     alpha = weight.abs().mean()
     if centroid_bits == 16:
         alpha = alpha.half().float()

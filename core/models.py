@@ -135,6 +135,20 @@ def coded_weights(model: nn.Module, targets: str = "fc") -> list[tuple[str, torc
     return [(f"{name}.weight", _weight(module)) for name, module in model.named_modules() if isinstance(module, kinds)]
 
 
+def layer_patterns(layers: object) -> list[str] | None:
+    """`layers` as given to core.compress or core.Regularizer: None (the default), one glob, or a
+    sequence of globs; ValueError (one line) for anything else, e.g. 5 or [None]."""
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        return [layers]  # one pattern given bare: not a sequence of one-letter patterns
+    if isinstance(layers, Sequence) and all(isinstance(pattern, str) for pattern in layers):
+        return list(layers)
+    raise ValueError(
+        f"layers={layers!r} must be None (every nn.Linear), a module-name glob or a list of them, e.g. ['features.*']"
+    )
+
+
 def select_weights(
     model: nn.Module, patterns: Sequence[str] | None = None, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
 ) -> list[tuple[str, torch.Tensor]]:
@@ -144,10 +158,20 @@ def select_weights(
     for name, module in model.named_modules():
         if patterns is None:
             if isinstance(module, nn.Linear):
-                chosen.append((f"{name}.weight", _weight(module)))
+                chosen.append((weight_key(name), _weight(module)))
         elif isinstance(module, kinds) and any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
-            chosen.append((f"{name}.weight", _weight(module)))
+            chosen.append((weight_key(name), _weight(module)))
     return chosen
+
+
+def weight_key(module_name: str) -> str:
+    """The state-dict key of a module's weight: 'weight' for the root module itself (a bare nn.Linear)."""
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+def module_name(weight_key: str) -> str:
+    """The module whose weight `weight_key` is: 'features.0.weight' -> 'features.0', 'weight' -> ''."""
+    return weight_key.rpartition(".")[0]
 
 
 def _weight(module: nn.Module) -> torch.Tensor:

@@ -19,13 +19,23 @@ second: it is the same gradient (tested against autograd) at a third of the cost
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .config import REGULARIZERS, TrainConfig
-from .models import select_weights
+from .config import (
+    REGULARIZERS,
+    TrainConfig,
+    check_centroids,
+    check_lam,
+    check_levels,
+    check_seed,
+    check_subvector_size,
+    check_warmup,
+)
+from .models import layer_patterns, select_weights
 from .pq import QuantizedLayer, as_rows, assign, kmeans, to_groups, to_subvectors
 
 _EPS = 1e-12
@@ -300,6 +310,10 @@ if set(TERMS) | {"none"} != set(REGULARIZERS):
     raise ImportError("core.config.REGULARIZERS and core.regularizers.TERMS disagree")
 
 
+def _whole(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class Regularizer:
     """A regularizer for any training loop on any nn.Module (the built-in training uses it too).
 
@@ -332,21 +346,25 @@ class Regularizer:
         n_centroids: int = 256,
         seed: int = 0,
     ):
+        # the checks of TrainConfig's fields (one validation for both), under this class's names
         if kind not in REGULARIZERS:
             raise ValueError(f"unknown regularizer {kind!r}; choose one of: {', '.join(REGULARIZERS)}")
-        if not (isinstance(lam, int | float) and lam >= 0 and lam == lam):
-            raise ValueError(f"lam={lam!r} must be a number >= 0 (0 turns the regularizer off)")
-        if isinstance(layers, str):
-            layers = [layers]  # one pattern given bare: not a sequence of one-letter patterns
+        check_lam(lam)
+        check_warmup("warmup_epochs", warmup_epochs)
+        check_warmup("warmup_start", warmup_start)
+        check_levels(levels, "levels")
+        check_subvector_size(subvector_size)
+        check_centroids(n_centroids)
+        check_seed(seed)
         self.kind: str = kind
         self.lam: float = float(lam)
-        self.layers: list[str] | None = None if layers is None else list(layers)
-        self.warmup_epochs: int = int(warmup_epochs)
-        self.warmup_start: int = int(warmup_start)
-        self.levels: int = int(levels)
-        self.seed: int = int(seed)
-        self.subvector_size: int = int(subvector_size)
-        self.n_centroids: int = int(n_centroids)
+        self.layers: list[str] | None = layer_patterns(layers)
+        self.warmup_epochs: int = warmup_epochs
+        self.warmup_start: int = warmup_start
+        self.levels: int = levels
+        self.seed: int = seed
+        self.subvector_size: int = subvector_size
+        self.n_centroids: int = n_centroids
         self.term: Term | None = TERMS[kind](self) if kind != "none" and self.lam > 0 else None
 
     @classmethod
@@ -370,7 +388,13 @@ class Regularizer:
 
     def lam_at(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """lam: 0 before epoch `warmup_start`, then ramped linearly from 0 over `warmup_epochs`
-        (epochs count from 0)."""
+        (epochs count from 0). ValueError for a step outside an epoch of `steps_per_epoch` >= 1 steps."""
+        if not _whole(steps_per_epoch) or steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch={steps_per_epoch!r} must be a whole number >= 1 (batches an epoch)")
+        if not (_whole(epoch) and _whole(step) and epoch >= 0 and 0 <= step < steps_per_epoch):
+            raise ValueError(
+                f"epoch={epoch!r}, step={step!r} must be whole numbers, epoch >= 0 and 0 <= step < steps_per_epoch"
+            )
         elapsed = epoch + step / steps_per_epoch - self.warmup_start
         if elapsed < 0:
             return 0.0

@@ -87,8 +87,10 @@ def test_corrupt_entry_is_recomputed_not_loaded(store):
 def test_compression_cache_and_corruption(tiny_store):
     run = tiny_store.list_runs()[0]
     cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=8)
+    tiny_store.delete_compression(run.run_id, cfg.key())  # the store is shared: make this a miss whatever ran before
     result, cached = get_or_compress(tiny_store, run, cfg)
-    assert not cached or tiny_store.load_compression(run.run_id, cfg) is not None
+    stored = tiny_store.load_compression(run.run_id, cfg)
+    assert not cached and stored is not None and stored.accuracy == result.accuracy
     again, cached = get_or_compress(tiny_store, run, cfg)
     assert cached and again.accuracy == result.accuracy
     path = Path(again.file_path)
