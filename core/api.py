@@ -213,12 +213,12 @@ def compress(
             "core.CompressConfig.from_dict(settings))"
         )
     patterns = layer_patterns(layers)
+    state = model.state_dict(keep_vars=True)
+    _check_finite(state.items(), "the model's tensor")
     chosen = _coded_weights(model, patterns)
     if not chosen:
         what = "nn.Linear" if patterns is None else "nn.Linear or nn.Conv2d"
         raise ValueError(f"the layer patterns {patterns} match no {what} with weights in this module")
-    state = model.state_dict(keep_vars=True)
-    _check_finite(state.items(), "the model's tensor")
     shapes = [(name, tuple(weight.shape)) for name, weight in chosen]
     check_fits(shapes, cfg)
     batches = None

@@ -403,8 +403,9 @@ class Regularizer:
         return self.lam * min(1.0, elapsed / self.warmup_epochs)
 
     def weights(self, model: nn.Module) -> list[torch.Tensor]:
-        """The weights the term acts on (state-dict order)."""
-        chosen = [weight for _, weight in select_weights(model, self.layers)]
+        """The weights the term acts on (state-dict order), each once: a Parameter shared by two layers
+        is one weight (its gradient would otherwise get the term twice)."""
+        chosen = list({id(weight): weight for _, weight in select_weights(model, self.layers)}.values())
         if not chosen:
             raise ValueError(f"the layer patterns {self.layers} match no nn.Linear or nn.Conv2d of this model")
         return chosen

@@ -459,3 +459,17 @@ def test_the_regularizer_takes_what_train_config_takes():
     assert reg.lam == 2.0 and isinstance(reg.lam, float) and reg.active
     assert [reg.lam_at(epoch, 0, 4) for epoch in (0, 1, 2, 4)] == [0.0, 0.0, pytest.approx(2 / 3), 2.0]
     assert reg.layers is None and core.Regularizer("binary", 0.1, layers="head").layers == ["head"]
+
+
+def test_the_regularizer_counts_a_shared_weight_once():
+    """Two layers sharing one Parameter: the term acts on it once, as on the same model unshared."""
+    shared = build(SharedParameter, 0)
+    alone = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 3))
+    alone.load_state_dict({"0.weight": shared.first.weight, "0.bias": shared.first.bias} | {
+        "1.weight": shared.out.weight, "1.bias": shared.out.bias})  # fmt: skip
+    reg = core.Regularizer("binary", lam=0.5)
+    assert len(reg.weights(shared)) == 2
+    assert torch.allclose(reg.penalty(shared), reg.penalty(alone))
+    reg.add_gradient_(shared, 0.5)
+    reg.add_gradient_(alone, 0.5)
+    assert torch.allclose(shared.first.weight.grad, alone[0].weight.grad)
