@@ -216,9 +216,10 @@ def compress(
     state = model.state_dict(keep_vars=True)
     _check_finite(state.items(), "the model's tensor")
     chosen = _coded_weights(model, patterns)
+    if not chosen and patterns is None:
+        raise ValueError("this module has no nn.Linear with weights: choose its layers with layers=[...] globs")
     if not chosen:
-        what = "nn.Linear" if patterns is None else "nn.Linear or nn.Conv2d"
-        raise ValueError(f"the layer patterns {patterns} match no {what} with weights in this module")
+        raise ValueError(f"the layer patterns {patterns} match no nn.Linear or nn.Conv2d with weights in this module")
     shapes = [(name, tuple(weight.shape)) for name, weight in chosen]
     check_fits(shapes, cfg)
     batches = None

@@ -184,6 +184,11 @@ def test_empty_layers_are_skipped_and_cost_nothing(tmp_path, cfg):
 def test_a_selection_of_only_empty_layers_is_refused(layers):
     with pytest.raises(ValueError, match=r"match no nn\.Linear or nn\.Conv2d with weights"):
         core.compress(with_empty(), core.CompressConfig(method="kmeans", n_centroids=4), layers=layers)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        only_empty = nn.Sequential(nn.Linear(0, 5), nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match=r"this module has no nn\.Linear with weights: choose its layers"):
+        core.compress(only_empty, core.CompressConfig(method="kmeans", n_centroids=4))
 
 
 # ----------------------------------------------------------------------------------- shared weights
