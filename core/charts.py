@@ -56,9 +56,44 @@ SIZE_AXES: dict[str, tuple[str, bool]] = {
 NEUTRAL = "#888888"
 
 
+def chart_text(text: object) -> str:
+    """`text` as Plotly draws it literally: Plotly renders a few HTML tags in any text it draws
+    (titles, axis titles, legend names, hover labels, annotations), `<a href>` as a real link, and
+    decodes entities. '&', '<' and '>' become entities, so a layer name or a label from a stored
+    file shows as the characters it is. The one escape of chart text; `_style` applies it to every
+    title, axis title, annotation, trace name and slider label of a figure, and hover templates
+    name their trace through `%{fullData.name}` instead of holding its text."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain_texts(fig: go.Figure) -> None:
+    """Every text of the figure a caller may have built from outside text, through `chart_text`
+    (once: each figure passes `_style` once). Hover templates and custom data are ours to escape."""
+    layout = fig.layout
+    if layout.title.text:
+        layout.title.text = chart_text(layout.title.text)
+    for name in [key for key in layout if key.startswith(("xaxis", "yaxis"))]:
+        axis = layout[name]
+        if axis.title.text:
+            axis.title.text = chart_text(axis.title.text)
+    for annotation in layout.annotations:
+        if annotation.text:
+            annotation.text = chart_text(annotation.text)
+    for slider in layout.sliders:
+        for step in slider.steps:
+            if step.label:
+                step.label = chart_text(step.label)
+        if slider.currentvalue.prefix:
+            slider.currentvalue.prefix = chart_text(slider.currentvalue.prefix)
+    for trace in list(fig.data) + [t for frame in fig.frames for t in frame.data]:
+        if trace.name:
+            trace.name = chart_text(trace.name)
+
+
 def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
     """Size, font and margins; no template: Streamlit's theme gives the colours of light or dark mode.
-    Legends sit under the plot, so a phone-width screen keeps the plot its full width."""
+    Legends sit under the plot, so a phone-width screen keeps the plot its full width. Every text the
+    figure draws goes through `chart_text`."""
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left") if title else None,
         height=height,
@@ -66,6 +101,7 @@ def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Fi
         margin=dict(l=60, r=10, t=70 if title else 30, b=50),
         legend=dict(font=dict(size=FONT_SIZE - 2), orientation="h", yanchor="top", y=-0.2, x=0),
     )
+    _plain_texts(fig)
     return fig
 
 
@@ -115,7 +151,7 @@ def training_curves(histories: Mapping[str, Sequence[EpochMetrics]]) -> go.Figur
                     line=dict(color=color, width=3),
                     legendgroup=label,
                     showlegend=col == 1,
-                    hovertemplate=f"{label}<br>epoch %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                    hovertemplate=f"%{{fullData.name}}<br>epoch %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
                 ),
                 row=1,
                 col=col,
@@ -256,7 +292,7 @@ def weight_histograms_overlay(
                 marker_color=color,
                 opacity=0.65 if len(layers) > 1 else 0.9,
                 width=2 * layer.limit / len(counts),
-                hovertemplate=f"{label}<br>w ≈ %{{x:.3g}}<br>%{{y:.2f}}% of weights<extra></extra>",
+                hovertemplate="%{fullData.name}<br>w ≈ %{x:.3g}<br>%{y:.2f}% of weights<extra></extra>",
             )
         )
         if show_alpha:
@@ -420,6 +456,13 @@ def run_group_labels(points: Sequence[CompressionRecord]) -> list[str]:
     return labels
 
 
+def _hover_data(part: pd.DataFrame) -> list:
+    """The frontier's custom data with its text columns through `chart_text`: hover labels draw them
+    as HTML."""
+    rows = part.values.tolist()
+    return [[chart_text(v) if isinstance(v, str) else v for v in row] for row in rows]
+
+
 def frontier_figure(
     points: Sequence[CompressionRecord],
     pareto: Sequence[bool] | None = None,
@@ -469,7 +512,7 @@ def frontier_figure(
                         size=13,
                         line=dict(width=[3 if p else 0 for p in part["pareto"]], color=NEUTRAL),
                     ),
-                    customdata=part[fields].values,
+                    customdata=_hover_data(part[fields]),
                     hovertemplate=(
                         "<b>%{customdata[1]}</b> · run %{customdata[11]}<br>"
                         "%{customdata[2]}, %{customdata[3]} epochs, seed %{customdata[4]}<br>"

@@ -10,6 +10,7 @@ asked, never held by a cache.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -198,15 +199,25 @@ def runs_multiselect_ui(
 
 
 _MARKDOWN = set("\\`*_{}[]()<>!|~$:&#@")  # what can open emphasis, a link, HTML, math, a short code, a mail
+# GitHub-flavoured Markdown (remark-gfm, which Streamlit uses) links bare URLs, www. names and e-mail
+# addresses in the text *after* backslash escapes are resolved, so escaping alone cannot stop it: an
+# invisible zero-width space after every ':' (https:, mailto:, :short_code:), before every '@' and
+# between 'www' and its '.' breaks each pattern, and the text still reads the same.
+_ZERO_WIDTH = "\u200b"
+_AUTOLINK = re.compile(r"(?i)(?<=www)(?=\.)|(?<=\\:)|(?=\\@)")
+_LIST_START = re.compile(r"^(\s*\d*)([-+.)])")  # '- x', '+ x', '1. x', '1) x' open a list
 
 
 def plain(text: object) -> str:
-    """`text` made inert for Streamlit's markdown: each character that can open emphasis, a link,
-    an image, HTML, math, an emoji short code or a bare URL is backslash-escaped (CommonMark allows
-    it for any punctuation), and line breaks become spaces, so text from a URL or a file shows as
-    the characters it is, and nothing is fetched or clickable."""
+    """`text` from outside (a URL, a file, a job, an error) made inert for Streamlit's Markdown: the
+    one way every page shows such text. Each character that can open emphasis, a link, an image,
+    HTML, math or an emoji short code is backslash-escaped (CommonMark allows it for any punctuation),
+    and so is a list marker at the start; bare URLs, www. names and e-mail addresses are broken for the
+    auto-linker; line breaks become spaces. The text shows as the characters it is, and nothing is
+    fetched or clickable. (Chart text has its own escape: `core.charts.chart_text`.)"""
     escaped = "".join("\\" + c if c in _MARKDOWN else c for c in " ".join(str(text).splitlines()))
-    return escaped.replace("www.", "www\\.").replace("WWW.", "WWW\\.")  # GFM links a bare www. too
+    escaped = _LIST_START.sub(r"\1\\\2", escaped)
+    return _AUTOLINK.sub(_ZERO_WIDTH, escaped)
 
 
 def show_error(error: Exception) -> None:

@@ -182,7 +182,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     labels = {layer.name: layer.label() for layer in run.layers}
     layer_key = f"layer_{run.run_id}"
     url_choice(layer_key, "layer", names, names[0])
-    layer_name = st.radio("Layer", names, format_func=labels.get, key=layer_key, horizontal=True)
+    layer_name = st.radio("Layer", names, format_func=lambda name: plain(labels[name]), key=layer_key, horizontal=True)
     keep(layer_key, layer_name)
     st.query_params["layer"] = layer_name
     assert record.file_path is not None
