@@ -108,12 +108,11 @@ def write_job(root: Path, key: str, state: JobState, **fields) -> None:
     (root / "jobs" / f"{key}.json").write_text(status.to_json())
 
 
-@pytest.fixture(scope="module")
-def hostile_root(tmp_path_factory):
-    """A store whose runs, compressions and job files hold hostile text; one job is live (its lock is
-    held here, as its owner would), so its progress panel with its metrics is drawn."""
-    clean = RunStore(tmp_path_factory.mktemp("clean-store"))
-    root = tmp_path_factory.mktemp("hostile-store")
+def build_hostile_store(root: Path, clean_root: Path) -> int:
+    """A store at `root` whose runs, compressions and job files hold hostile text (trained in
+    `clean_root`); one job is live: the returned descriptor holds its lock, as its owner would, so
+    its progress panel with its metrics is drawn. Close it to let the job go."""
+    clean = RunStore(clean_root)
     store = RunStore(root)
     for index, cfg in enumerate((PLAIN, OTHER)):
         run, _ = get_or_train(clean, cfg)
@@ -129,6 +128,13 @@ def hostile_root(tmp_path_factory):
     write_job(root, "orphanjob", JobState.RUNNING, started=time.time() - 4)  # no owner: "interrupted ... on HOST"
     lock = os.open(root / "jobs" / f"{FOLLOWED.run_id()}.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+@pytest.fixture(scope="module")
+def hostile_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-store")
+    lock = build_hostile_store(root, tmp_path_factory.mktemp("clean-store"))
     yield root
     os.close(lock)
 

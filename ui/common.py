@@ -9,11 +9,9 @@ asked, never held by a cache.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -31,6 +29,8 @@ D_OPTIONS = (1, 2, 4, 8, 16, 32)
 K_OPTIONS = tuple(2**i for i in range(1, 17))  # 2 .. 65,536
 MAX_SCATTER_POINTS = 4000
 MAX_HIST_WEIGHTS = 50_000
+# a setting shown this long on the Compress page is one the user settled on: it goes on the Frontier
+SETTLE_S = 2.0
 
 
 def store() -> RunStore:
@@ -84,11 +84,6 @@ def compressions() -> list[CompressionRecord]:
     root = str(store().root)
     records = (_compression_entry(root, *entry) for entry in RunStore(root).compression_entries())
     return [record for record in records if record is not None]
-
-
-def compressions_table(records: list[CompressionRecord] | None = None) -> pd.DataFrame:
-    """The records as rows (`CompressionRecord.row()`): for tables and filters only."""
-    return pd.DataFrame([r.row() for r in (compressions() if records is None else records)])
 
 
 def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | None:
@@ -232,10 +227,6 @@ def show_error(error: Exception) -> None:
     else:
         title, hint = "This setting does not work:", ""
     st.error(f"**{title}** {plain(error)} {hint}".strip())
-
-
-def config_json(config: dict) -> str:
-    return json.dumps(config, indent=1, sort_keys=True)
 
 
 def kept(key: str) -> bool:
