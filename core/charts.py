@@ -56,9 +56,44 @@ SIZE_AXES: dict[str, tuple[str, bool]] = {
 NEUTRAL = "#888888"
 
 
+def chart_text(text: object) -> str:
+    """`text` as Plotly draws it literally: Plotly renders a few HTML tags in any text it draws
+    (titles, axis titles, legend names, hover labels, annotations), `<a href>` as a real link, and
+    decodes entities. '&', '<' and '>' become entities, so a layer name or a label from a stored
+    file shows as the characters it is. The one escape of chart text; `_style` applies it to every
+    title, axis title, annotation, trace name and slider label of a figure, and hover templates
+    name their trace through `%{fullData.name}` instead of holding its text."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _plain_texts(fig: go.Figure) -> None:
+    """Every text of the figure a caller may have built from outside text, through `chart_text`
+    (once: each figure passes `_style` once). Hover templates and custom data are ours to escape."""
+    layout = fig.layout
+    if layout.title.text:
+        layout.title.text = chart_text(layout.title.text)
+    for name in [key for key in layout if key.startswith(("xaxis", "yaxis"))]:
+        axis = layout[name]
+        if axis.title.text:
+            axis.title.text = chart_text(axis.title.text)
+    for annotation in layout.annotations:
+        if annotation.text:
+            annotation.text = chart_text(annotation.text)
+    for slider in layout.sliders:
+        for step in slider.steps:
+            if step.label:
+                step.label = chart_text(step.label)
+        if slider.currentvalue.prefix:
+            slider.currentvalue.prefix = chart_text(slider.currentvalue.prefix)
+    for trace in list(fig.data) + [t for frame in fig.frames for t in frame.data]:
+        if trace.name:
+            trace.name = chart_text(trace.name)
+
+
 def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Figure:
     """Size, font and margins; no template: Streamlit's theme gives the colours of light or dark mode.
-    Legends sit under the plot, so a phone-width screen keeps the plot its full width."""
+    Legends sit under the plot, so a phone-width screen keeps the plot its full width. Every text the
+    figure draws goes through `chart_text`."""
     fig.update_layout(
         title=dict(text=title, x=0, xanchor="left") if title else None,
         height=height,
@@ -66,6 +101,7 @@ def _style(fig: go.Figure, title: str | None = None, height: int = 420) -> go.Fi
         margin=dict(l=60, r=10, t=70 if title else 30, b=50),
         legend=dict(font=dict(size=FONT_SIZE - 2), orientation="h", yanchor="top", y=-0.2, x=0),
     )
+    _plain_texts(fig)
     return fig
 
 
@@ -100,33 +136,46 @@ def method_color(method: str) -> str:
 
 
 def training_curves(histories: Mapping[str, Sequence[EpochMetrics]]) -> go.Figure:
-    """Loss, regularizer value and test accuracy per epoch; one line colour per run label."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("training loss", "regularizer R(W)", "test accuracy"))
+    """Loss, regularizer value and test accuracy per epoch, one panel under the other (side by side
+    they overlap their titles and axis labels on a phone); one line colour per run label, a legend
+    (under the chart, one row a run) only when there are several runs."""
+    panels = (("loss", 1.0, "training loss", "loss (nats)"), ("reg", 1.0, "regularizer R(W)", "R(W) (unitless)"),
+              ("test_accuracy", 100.0, "test accuracy", "accuracy (%)"))  # fmt: skip
+    fig = make_subplots(
+        rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.1, subplot_titles=[panel[2] for panel in panels]
+    )
     for index, (label, history) in enumerate(histories.items()):
         color = RUN_COLORS[index % len(RUN_COLORS)]
         epochs = [row.epoch for row in history]
-        for col, (key, scale) in enumerate((("loss", 1.0), ("reg", 1.0), ("test_accuracy", 100.0)), start=1):
+        for row, (key, scale, _, _) in enumerate(panels, start=1):
             fig.add_trace(
                 go.Scatter(
                     x=epochs,
-                    y=[getattr(row, key) * scale for row in history],
+                    y=[getattr(metrics, key) * scale for metrics in history],
                     mode="lines+markers",
                     name=label,
                     line=dict(color=color, width=3),
                     legendgroup=label,
-                    showlegend=col == 1,
-                    hovertemplate=f"{label}<br>epoch %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
+                    showlegend=row == 1,
+                    hovertemplate=f"%{{fullData.name}}<br>epoch %{{x}}<br>{key} %{{y:.4g}}<extra></extra>",
                 ),
-                row=1,
-                col=col,
+                row=row,
+                col=1,
             )
-    for col in (1, 2, 3):
-        fig.update_xaxes(title_text="epoch", row=1, col=col, dtick=1 if _max_epochs(histories) <= 12 else None)
-    fig.update_yaxes(title_text="loss (nats)", row=1, col=1)
-    fig.update_yaxes(title_text="R(W) (unitless)", row=1, col=2)
-    fig.update_yaxes(title_text="accuracy (%)", row=1, col=3)
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, x=0))
-    return _style(fig, height=420)
+    for row, (_, _, _, axis_title) in enumerate(panels, start=1):
+        fig.update_yaxes(title_text=axis_title, row=row, col=1)
+        fig.update_xaxes(dtick=1 if _max_epochs(histories) <= 12 else None, row=row, col=1)
+    fig.update_xaxes(title_text="epoch", row=3, col=1)
+    several = len(histories) > 1
+    legend_px = 28 * len(histories) if several else 0  # a row a run: long labels wrap on a phone
+    fig = _style(fig, height=660 + legend_px)
+    fig.update_layout(
+        showlegend=several,
+        margin=dict(b=60 + legend_px),
+        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, entrywidthmode="fraction",
+                    entrywidth=1.0),
+    )  # fmt: skip
+    return fig
 
 
 def _max_epochs(histories: Mapping[str, Sequence[EpochMetrics]]) -> int:
@@ -209,13 +258,16 @@ def histogram_animation(
     ]
     play = dict(frame=dict(duration=500, redraw=True), transition=dict(duration=200), fromcurrent=False)
     pause = dict(frame=dict(duration=0, redraw=False), mode="immediate")
+    # the epoch slider spans the width under the axis title, the buttons sit on their own row under
+    # it: side by side, the buttons covered the slider's "epoch N" label on a phone
     fig.update_layout(
         updatemenus=[
             dict(
                 type="buttons",
+                direction="left",
                 showactive=False,
                 x=0,
-                y=-0.32,
+                y=-0.68,
                 xanchor="left",
                 yanchor="top",
                 buttons=[
@@ -224,12 +276,14 @@ def histogram_animation(
                 ],
             )
         ],
-        sliders=[dict(active=first, steps=steps, x=0.3, y=-0.22, len=0.7, currentvalue=dict(prefix="epoch "))],
+        sliders=[
+            dict(active=first, steps=steps, x=0, y=-0.3, len=1.0, yanchor="top", currentvalue=dict(prefix="epoch "))
+        ],
     )
     fig.update_xaxes(title_text="weight value", range=list(x_range))
     fig.update_yaxes(title_text="share of weights (%)", range=[0, y_max])
-    fig = _style(fig, title, height)
-    fig.update_layout(legend=dict(y=1.0, yanchor="bottom"), margin=dict(b=130))
+    fig = _style(fig, title, height + 80)
+    fig.update_layout(legend=dict(y=1.0, yanchor="bottom"), margin=dict(b=210))
     return fig
 
 
@@ -256,7 +310,7 @@ def weight_histograms_overlay(
                 marker_color=color,
                 opacity=0.65 if len(layers) > 1 else 0.9,
                 width=2 * layer.limit / len(counts),
-                hovertemplate=f"{label}<br>w ≈ %{{x:.3g}}<br>%{{y:.2f}}% of weights<extra></extra>",
+                hovertemplate="%{fullData.name}<br>w ≈ %{x:.3g}<br>%{y:.2f}% of weights<extra></extra>",
             )
         )
         if show_alpha:
@@ -389,9 +443,16 @@ def bits_breakdown(size: SizeReport, title: str | None = None, height: int = 300
             hovertemplate=f"float rest: {size.rest_bits:,} bits<extra></extra>",
         )
     )
-    fig.update_layout(barmode="stack", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     fig.update_xaxes(title_text="size (kilobits)", type="log" if size.model_float_bits > 50 * size.model_bits else None)
-    return _style(fig, title, height)
+    fig = _style(fig, title, height + 120)
+    # the legend at the bottom of the figure, under the axis title, one entry a row: above the plot (or
+    # two a row) it wrapped into the title and the axis title, and cut its labels, on a phone
+    fig.update_layout(
+        barmode="stack",
+        margin=dict(b=180),
+        legend=dict(orientation="v", yref="container", y=0, yanchor="bottom", x=0),
+    )
+    return fig
 
 
 # ------------------------------------------------------------------------------------ frontier
@@ -418,6 +479,13 @@ def run_group_labels(points: Sequence[CompressionRecord]) -> list[str]:
             parts.append(f"seed {cfg.seed}")
         labels.append(" · ".join(parts))
     return labels
+
+
+def _hover_data(part: pd.DataFrame) -> list:
+    """The frontier's custom data with its text columns through `chart_text`: hover labels draw them
+    as HTML."""
+    rows = part.values.tolist()
+    return [[chart_text(v) if isinstance(v, str) else v for v in row] for row in rows]
 
 
 def frontier_figure(
@@ -469,7 +537,7 @@ def frontier_figure(
                         size=13,
                         line=dict(width=[3 if p else 0 for p in part["pareto"]], color=NEUTRAL),
                     ),
-                    customdata=part[fields].values,
+                    customdata=_hover_data(part[fields]),
                     hovertemplate=(
                         "<b>%{customdata[1]}</b> · run %{customdata[11]}<br>"
                         "%{customdata[2]}, %{customdata[3]} epochs, seed %{customdata[4]}<br>"

@@ -637,14 +637,93 @@ def test_compare_runs_whose_configs_differ_in_a_later_field(own_store):
     assert "reg_targets" in at.dataframe[0].value.index
 
 
-def test_a_point_of_a_conv_compression_opens_that_compression_on_compress(own_store):
-    """The detail's link carried no `targets`: an FC + conv point opened the FC-only setting."""
+def follow_compress_link(at: AppTest) -> AppTest:
+    """Open the Compress page with the query of the detail's "Open on Compress" link."""
+    from urllib.parse import parse_qsl
+
+    links = [link for link in at.get("page_link") if "Compress" in str(link.proto.label)]
+    assert links, "the detail has no link to Compress"
+    return open_page("compress", dict(parse_qsl(str(links[0].proto.query_string))))
+
+
+@pytest.mark.parametrize(
+    "ccfg",
+    [
+        CompressConfig(method="binarize", targets="fc+conv"),
+        CompressConfig(method="kmeans", n_centroids=4, targets="fc+conv", weighting="activations"),
+    ],
+    ids=["binarize-fc+conv", "kmeans-activations"],
+)
+def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
+    """The detail's link wrote the conv targets radio's inner value (targets=fc+conv), which the radio
+    does not take, and no `weighting`: an FC + conv or activation-aware point opened another setting."""
     store = RunStore(own_store)
     run, _ = get_or_train(store, TrainConfig(dataset="digits", model="lenet5", epochs=1))
-    point, _ = get_or_compress(store, run, CompressConfig(method="binarize", targets="fc+conv"))
+    point, _ = get_or_compress(store, run, ccfg)
     at = open_page("frontier", {"min_acc": "0", "point": f"{point.run_id}-{point.key}"})
-    links = [link for link in at.get("page_link") if "Compress" in str(link.proto.label)]
-    assert "targets=fc%2Bconv" in str(links[0].proto.query_string)
+    compress = follow_compress_link(at)
+    assert_clean(compress)
+    assert not [w.value for w in compress.warning if "cannot be used" in str(w.value)]
+    assert compress.selectbox(key="run").value == run.run_id
+    assert compress.selectbox(key="method").value == ccfg.method
+    assert compress.radio(key="targets").value == ccfg.targets
+    assert compress.radio(key="weighting").value == ccfg.weighting
+    assert compress.select_slider(key="k").value == point.compress_config.n_centroids
+    assert f"{point.label()} on run {run.run_id[:6]}" in texts(compress.subheader)
+
+
+def test_a_link_with_k_written_without_its_comma_is_taken_as_meant(lab_store):
+    """k=65536 (the slider shows 65,536) silently became 256: the same number written without its
+    comma is taken, on Compress and on Learn."""
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "binarize", "k": "1024"})
+    assert_clean(at)
+    assert at.select_slider(key="k").value == 1024 and at.query_params["k"] == "1,024"
+    assert not at.warning
+    at.run()  # and it stays
+    assert at.select_slider(key="k").value == 1024 and at.query_params["k"] == "1,024"
+    at = open_page("learn", {"ex_k": "16384"})
+    assert at.select_slider(key="ex_k").value == 16384
+
+
+def test_frontier_shows_points_that_land_while_it_is_open(own_store):
+    """After the Frontier's own sweep, the chart kept the filters from before it: a new run's points
+    (a new λ, a new seed) were filtered out until a reload."""
+    at = open_page("frontier", {"min_acc": "0"})
+    before = frontier_points(at)
+    store = RunStore(own_store)
+    for cfg in (TrainConfig(**TINY, reg="binary", lam=0.01), TrainConfig(**{**TINY, "seed": 1})):
+        run, _ = get_or_train(store, cfg)
+        get_or_compress(store, run, CompressConfig(method="binarize"))
+    at.run()
+    assert_clean(at)
+    assert frontier_points(at) == before + 2
+    # a value its user took out stays out; a new one still comes in
+    at.multiselect(key="f_seed").set_value([1]).run()
+    assert frontier_points(at) == 1
+    run, _ = get_or_train(store, TrainConfig(**{**TINY, "seed": 2}))
+    get_or_compress(store, run, CompressConfig(method="binarize"))
+    at.run()
+    assert frontier_points(at) == 2 and at.multiselect(key="f_seed").value == [1, 2]
+
+
+def test_frontier_says_what_it_leaves_out_and_how_to_include_it(own_store):
+    store = RunStore(own_store)
+    run = store.load_run(PLAIN.run_id())
+    get_or_compress(store, run, CompressConfig(method="kmeans", n_centroids=2), transient=True)
+    at = open_page("frontier", {"min_acc": "0"})
+    assert_clean(at)
+    said = texts(at.caption)
+    assert "Left out: 1 compression(s) a slider on the Compress page only passed over" in said
+    assert "stay on it for 2 s" in said
+
+
+@pytest.mark.parametrize("reg,off", [("none", True), ("binary", False)])
+def test_lambda_and_warmup_are_off_without_a_regularizer(empty_store, reg, off):
+    at = open_page("train", {"dataset": "digits", "reg": reg})
+    assert_clean(at)
+    assert at.select_slider(key="lam").disabled is off
+    assert at.number_input(key="warmup").disabled is off
+    assert at.number_input(key="warmup_start").disabled is off
 
 
 def test_compress_says_so_when_a_runs_weights_fail_their_check(own_store):

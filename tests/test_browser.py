@@ -183,3 +183,41 @@ def test_train_compress_frontier_in_a_browser(server, shot):
             dark.close()
         finally:
             browser.close()
+
+
+def test_hostile_text_makes_no_link_in_a_browser(tmp_path, shot):
+    """The issue's own link (/compress?run=https://evil.example/p www.evil.example u@evil.example) and
+    a store whose layer names, device and jobs hold hostile text: in the page Chromium draws, no <a>
+    leads to evil.example (Streamlit's Markdown auto-linked all three; the Train histogram's title drew
+    a layer name's <a href> as a link), and the hostile text is still there, as text."""
+    from tests.test_hostile_text import HOSTILE, TRAIN_QUERY, build_hostile_store
+
+    root = tmp_path / "store"
+    lock = build_hostile_store(root, tmp_path / "clean")
+    from urllib.parse import urlencode
+
+    query = urlencode({**TRAIN_QUERY, "layer": HOSTILE})
+    evil_links = 'a[href*="evil"], [href*="evil.example"], img[src="x"]'
+    try:
+        with streamlit_app(root, tmp_path / "streamlit.log") as url, sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                page.set_default_timeout(LONG)
+                for name, path in (
+                    ("compress-link", "compress?run=https://evil.example/p%20www.evil.example%20u@evil.example"),
+                    ("train-hostile", f"train?{query}"),
+                    ("jobs-hostile", "jobs"),
+                ):
+                    page.goto(f"{url}/{path}")
+                    expect(page.get_by_text("evil.example").first).to_be_attached()
+                    if name == "train-hostile":
+                        page.locator(".js-plotly-plot").first.wait_for()
+                    settle(page)
+                    no_exception(page, name)
+                    shot(page, name)
+                    assert page.locator(evil_links).count() == 0, f"{name}: a link or image from hostile text"
+            finally:
+                browser.close()
+    finally:
+        os.close(lock)

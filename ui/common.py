@@ -9,10 +9,9 @@ asked, never held by a cache.
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -30,6 +29,8 @@ D_OPTIONS = (1, 2, 4, 8, 16, 32)
 K_OPTIONS = tuple(2**i for i in range(1, 17))  # 2 .. 65,536
 MAX_SCATTER_POINTS = 4000
 MAX_HIST_WEIGHTS = 50_000
+# a setting shown this long on the Compress page is one the user settled on: it goes on the Frontier
+SETTLE_S = 2.0
 
 
 def store() -> RunStore:
@@ -83,11 +84,6 @@ def compressions() -> list[CompressionRecord]:
     root = str(store().root)
     records = (_compression_entry(root, *entry) for entry in RunStore(root).compression_entries())
     return [record for record in records if record is not None]
-
-
-def compressions_table(records: list[CompressionRecord] | None = None) -> pd.DataFrame:
-    """The records as rows (`CompressionRecord.row()`): for tables and filters only."""
-    return pd.DataFrame([r.row() for r in (compressions() if records is None else records)])
 
 
 def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | None:
@@ -198,15 +194,25 @@ def runs_multiselect_ui(
 
 
 _MARKDOWN = set("\\`*_{}[]()<>!|~$:&#@")  # what can open emphasis, a link, HTML, math, a short code, a mail
+# GitHub-flavoured Markdown (remark-gfm, which Streamlit uses) links bare URLs, www. names and e-mail
+# addresses in the text *after* backslash escapes are resolved, so escaping alone cannot stop it: an
+# invisible zero-width space after every ':' (https:, mailto:, :short_code:), before every '@' and
+# between 'www' and its '.' breaks each pattern, and the text still reads the same.
+_ZERO_WIDTH = "\u200b"
+_AUTOLINK = re.compile(r"(?i)(?<=www)(?=\.)|(?<=\\:)|(?=\\@)")
+_LIST_START = re.compile(r"^(\s*\d*)([-+.)])")  # '- x', '+ x', '1. x', '1) x' open a list
 
 
 def plain(text: object) -> str:
-    """`text` made inert for Streamlit's markdown: each character that can open emphasis, a link,
-    an image, HTML, math, an emoji short code or a bare URL is backslash-escaped (CommonMark allows
-    it for any punctuation), and line breaks become spaces, so text from a URL or a file shows as
-    the characters it is, and nothing is fetched or clickable."""
+    """`text` from outside (a URL, a file, a job, an error) made inert for Streamlit's Markdown: the
+    one way every page shows such text. Each character that can open emphasis, a link, an image,
+    HTML, math or an emoji short code is backslash-escaped (CommonMark allows it for any punctuation),
+    and so is a list marker at the start; bare URLs, www. names and e-mail addresses are broken for the
+    auto-linker; line breaks become spaces. The text shows as the characters it is, and nothing is
+    fetched or clickable. (Chart text has its own escape: `core.charts.chart_text`.)"""
     escaped = "".join("\\" + c if c in _MARKDOWN else c for c in " ".join(str(text).splitlines()))
-    return escaped.replace("www.", "www\\.").replace("WWW.", "WWW\\.")  # GFM links a bare www. too
+    escaped = _LIST_START.sub(r"\1\\\2", escaped)
+    return _AUTOLINK.sub(_ZERO_WIDTH, escaped)
 
 
 def show_error(error: Exception) -> None:
@@ -221,10 +227,6 @@ def show_error(error: Exception) -> None:
     else:
         title, hint = "This setting does not work:", ""
     st.error(f"**{title}** {plain(error)} {hint}".strip())
-
-
-def config_json(config: dict) -> str:
-    return json.dumps(config, indent=1, sort_keys=True)
 
 
 def kept(key: str) -> bool:

@@ -9,7 +9,8 @@ import streamlit as st
 
 from core.charts import nice_ratio
 from core.records import CompressionRecord
-from ui.common import file_bytes, fmt_bytes, fmt_pct, fmt_points, plain, store
+from ui.common import file_bytes, fmt_bytes, fmt_k, fmt_pct, fmt_points, plain, store
+from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS
 
 
 def point_id(record: CompressionRecord) -> str:
@@ -17,17 +18,19 @@ def point_id(record: CompressionRecord) -> str:
 
 
 def compress_link(record: CompressionRecord) -> dict[str, str]:
-    """The Compress page's URL parameters that show this very compression."""
+    """The Compress page's URL parameters that show this very compression: every control's value as
+    the control writes it in the URL (a radio's label, a slider's number)."""
     c = record.compress_config
     return {
         "run": record.run_id,
         "method": c.method,
         "d": str(c.subvector_size),
-        "k": str(c.n_centroids),
+        "k": fmt_k(c.n_centroids),
         "layout": c.layout,
         "bits": str(c.centroid_bits),
         "ft": str(c.finetune_epochs),
-        "targets": c.targets,
+        "targets": TARGET_LABELS[c.targets],
+        "weighting": WEIGHTING_LABELS[c.weighting],
     }
 
 

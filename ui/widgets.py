@@ -1,9 +1,11 @@
 """Config widgets shared by the pages: the Train page and the Frontier's sweep form build a
-TrainConfig the same way, and the Compress page its CompressConfig.
+TrainConfig the same way (`train_fields_ui`); the Compress page builds its CompressConfig from the
+same bound controls (`selectbox`, `select_slider`, `radio`, `number_input`, `toggle`).
 
 A widget bound to the URL (`bind="query-params"`) silently falls back to its default when the
 link holds a value it cannot take; `link_notice` checks the raw parameter first and says which
-parameter was not used and what was used instead.
+parameter was not used and what was used instead; a number written otherwise than a slider shows
+it (k=65536 for 65,536, lam=1e-2) is taken as that number (`_meant`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any, Literal
 
 import streamlit as st
 
-from core.config import DATASETS, MAX_EPOCHS, MODELS, REGULARIZERS, TrainConfig, field_help, parse_hidden
+from core.config import DATASETS, MAX_EPOCHS, MODELS, REGULARIZERS, TrainConfig, field_default, field_help, parse_hidden
 from core.data import DATASET_INFO
 from ui.common import LAM_OPTIONS, fmt_lam, plain
 
@@ -78,9 +80,38 @@ def selectbox(label: str, options: Sequence[Any], default: Any, key: str, bind: 
     return st.selectbox(label, options, index=list(options).index(default), key=key, bind=_bind(bind), **kwargs)
 
 
+def _meant(key: str, options: Sequence[Any], format_func: Callable[[Any], str] | None) -> Any:
+    """The option a link's value means when it is written otherwise than the option's label.
+
+    Streamlit reads a bound slider's URL value as the option's label (`format_func`'s text: k=65,536)
+    and silently takes the widget's default for anything else; the same number written otherwise
+    (k=65536, lam=1e-2) is that option, so the caller makes it the default."""
+    raw = st.query_params.get(key)
+    if raw is None or key in st.session_state:
+        return None
+    shown = [format_func(option) if format_func else str(option) for option in options]
+    if raw in shown:
+        return None
+    number = _number_text(raw.replace(",", ""))
+    for option in options:
+        if raw == str(option) or (number is not None and not isinstance(option, bool) and number == option):
+            return option
+    return None
+
+
 def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
     bind = bind and link_notice(key, in_options(options), default)
-    return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
+    meant = _meant(key, options, kwargs.get("format_func")) if bind else None
+    if meant is None:
+        return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
+    # drawn unbound this once at the meant value (bound, Streamlit would take the default for it), then
+    # the URL says it as the slider does: from the next run on the bound slider keeps it, and a copied
+    # link holds it
+    del st.query_params[key]
+    chosen = st.select_slider(label, options, value=meant, key=key, **kwargs)
+    format_func = kwargs.get("format_func")
+    st.query_params[key] = format_func(chosen) if format_func else str(chosen)
+    return chosen
 
 
 def number_input(label: str, low: int, high: int, default: int, key: str, bind: bool, **kwargs: Any) -> int:
@@ -88,11 +119,11 @@ def number_input(label: str, low: int, high: int, default: int, key: str, bind: 
     return int(st.number_input(label, low, high, default, key=key, bind=_bind(bind), **kwargs))
 
 
-def hidden_ok(raw: str) -> bool:
-    try:
-        return bool(parse_hidden(raw))
-    except ValueError:
-        return False
+def default(name: str) -> Any:
+    """A training control's default: the TrainConfig field's own (one home for each default). The
+    page's two choices of its own are the regularizer (binary, the paper's term, where the config
+    says none) and λ = 0.01."""
+    return field_default(TrainConfig, name)
 
 
 def train_config_ui(prefix: str = "", bind: bool = True) -> TrainConfig:
@@ -107,11 +138,13 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
     regularizer's own settings must survive). ValueError for hidden widths that do not parse."""
     col1, col2, col3, col4 = st.columns(4)
     with col1:
-        dataset = selectbox("Dataset", DATASETS, "mnist-5k", f"{prefix}dataset", bind)
-        model = selectbox("Model", MODELS, "mlp", f"{prefix}model", bind, help=field_help(TrainConfig, "model"))
+        dataset = selectbox("Dataset", DATASETS, default("dataset"), f"{prefix}dataset", bind)
+        model = selectbox(
+            "Model", MODELS, default("model"), f"{prefix}model", bind, help=field_help(TrainConfig, "model")
+        )
         hidden_text = st.text_input(
             "Hidden widths (mlp)",
-            "300,100",
+            ",".join(str(width) for width in default("hidden")),
             key=f"{prefix}hidden",
             bind=_bind(bind),
             disabled=model != "mlp",
@@ -127,6 +160,10 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
             bind,
             help="binary: our reading of the paper's term; levels / pq: our generalizations.",
         )
+        # without a regularizer there is no λ and no warm-up: their controls are off (their values are
+        # kept for when a regularizer is picked again, and TrainConfig ignores them meanwhile)
+        off = reg == "none"
+        unused = " Not used: the regularizer is none." if off else ""
         lam = 0.0
         if not sweep:
             lam = select_slider(
@@ -136,23 +173,48 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
                 f"{prefix}lam",
                 bind,
                 format_func=fmt_lam,
-                help="Log-spaced; 0 turns the regularizer off.",
+                disabled=off,
+                help="Log-spaced; 0 turns the regularizer off." + unused,
             )
-        warmup = number_input("Warm-up epochs (λ ramps from 0)", 0, 50, 0, f"{prefix}warmup", bind)
+        warmup = number_input(
+            "Warm-up epochs (λ ramps from 0)",
+            0,
+            50,
+            default("warmup_epochs"),
+            f"{prefix}warmup",
+            bind,
+            disabled=off,
+            help=unused or None,
+        )
         warmup_start = number_input(
-            "Warm-up starts at epoch", 0, 50, 0, f"{prefix}warmup_start", bind,
-            help="λ is 0 before this epoch: the network learns first, then is pushed to the term's values.",
+            "Warm-up starts at epoch", 0, 50, default("warmup_start"), f"{prefix}warmup_start", bind, disabled=off,
+            help="λ is 0 before this epoch: the network learns first, then is pushed to the term's values." + unused,
         )  # fmt: skip
     with col3:
-        epochs = number_input("Epochs", 1, min(100, MAX_EPOCHS), 5, f"{prefix}epochs", bind)
-        lr = select_slider("Learning rate (Adam)", LR_OPTIONS, 1e-3, f"{prefix}lr", bind, format_func=fmt_lam)
-        seed = number_input("Seed", 0, MAX_SEED_UI, 0, f"{prefix}seed", bind)
+        epochs = number_input("Epochs", 1, min(100, MAX_EPOCHS), default("epochs"), f"{prefix}epochs", bind)
+        lr = select_slider("Learning rate (Adam)", LR_OPTIONS, default("lr"), f"{prefix}lr", bind, format_func=fmt_lam)
+        seed = number_input("Seed", 0, MAX_SEED_UI, default("seed"), f"{prefix}seed", bind)
     with col4:
         reg_levels = number_input(
-            "levels: number of levels", 2, 16, 2, f"{prefix}reg_levels", bind, disabled=reg != "levels"
+            "levels: number of levels",
+            2,
+            16,
+            default("reg_levels"),
+            f"{prefix}reg_levels",
+            bind,
+            disabled=reg != "levels",
         )
-        reg_d = select_slider("pq: subvector size d", REG_D_OPTIONS, 8, f"{prefix}reg_d", bind, disabled=reg != "pq")
-        reg_k = select_slider("pq: centroids k", REG_K_OPTIONS, 256, f"{prefix}reg_k", bind, disabled=reg != "pq")
+        reg_d = select_slider(
+            "pq: subvector size d",
+            REG_D_OPTIONS,
+            default("reg_subvector_size"),
+            f"{prefix}reg_d",
+            bind,
+            disabled=reg != "pq",
+        )
+        reg_k = select_slider(
+            "pq: centroids k", REG_K_OPTIONS, default("reg_centroids"), f"{prefix}reg_k", bind, disabled=reg != "pq"
+        )
         conv = st.checkbox(
             "Regularize the conv layers too",
             value=False,
@@ -179,6 +241,12 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
         seed=seed,
         reg_targets="fc+conv" if conv and model != "mlp" else "fc",
     )
+
+
+# The labels of the Compress page's radios: Streamlit keeps a bound radio's value in the URL as its
+# label, so a link to a setting (ui.detail.compress_link) writes these.
+TARGET_LABELS = {"fc": "FC only (the paper)", "fc+conv": "FC + conv"}
+WEIGHTING_LABELS = {"none": "weight error", "activations": "output error"}
 
 
 def radio(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:

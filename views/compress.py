@@ -21,6 +21,7 @@ from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
+    SETTLE_S,
     compression_plot_data,
     compute_compression,
     file_bytes,
@@ -39,7 +40,7 @@ from ui.common import (
 )
 from ui.detail import download_name
 from ui.jobs import job_progress_ui, last_failure_ui, manager
-from ui.widgets import number_input, radio, select_slider, selectbox
+from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS, number_input, radio, select_slider, selectbox
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
@@ -86,14 +87,14 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         )
         weighting = radio(
             "k-means minimizes", WEIGHTINGS, "none", "weighting", True, horizontal=True,
-            format_func=lambda w: {"none": "weight error", "activations": "output error"}[w],
+            format_func=WEIGHTING_LABELS.__getitem__,
             disabled=method not in ("pq", "kmeans"),
             help="output error: activation-aware k-means (Stock et al. 2019), weighted by each layer's input "
             "statistics on 2,048 training images; it lowers each layer's output error, not always the accuracy.",
         )  # fmt: skip
         targets = radio(
             "Layers to code", TARGETS, "fc", "targets", True, horizontal=True,
-            format_func=lambda t: {"fc": "FC only (the paper)", "fc+conv": "FC + conv"}[t],
+            format_func=TARGET_LABELS.__getitem__,
             disabled=method == "float" or not has_conv,
             help="The paper codes the FC layers only; coding the convolutions too takes the model ratio past "
             "the conv barrier (lenet5, cifar-cnn). A conv's filters are cut into subvectors along their "
@@ -116,9 +117,6 @@ def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
     asking for it at the same moment waits for this one)."""
     with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
         return compute_compression(run, cfg, transient=True)
-
-
-SETTLE_S = 2.0  # a setting shown this long is one the user settled on: it goes on the Frontier
 
 
 def settle_ui(record: CompressionRecord) -> None:
@@ -182,7 +180,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     labels = {layer.name: layer.label() for layer in run.layers}
     layer_key = f"layer_{run.run_id}"
     url_choice(layer_key, "layer", names, names[0])
-    layer_name = st.radio("Layer", names, format_func=labels.get, key=layer_key, horizontal=True)
+    layer_name = st.radio("Layer", names, format_func=lambda name: plain(labels[name]), key=layer_key, horizontal=True)
     keep(layer_key, layer_name)
     st.query_params["layer"] = layer_name
     assert record.file_path is not None
@@ -236,8 +234,9 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
 def page() -> None:
     st.title("Compress")
     st.caption(
-        "Quantize the FC layers of a trained run: sign binarization, scalar k-means (d = 1), or product "
-        "quantization (subvectors of d weights, k centroids). Every bit of the result is counted."
+        "Quantize the FC layers of a trained run (and its convolutions too, for a conv model, if you ask): "
+        "sign binarization, scalar k-means (d = 1), or product quantization (subvectors of d weights, k "
+        "centroids). Every bit of the result is counted."
     )
     records = runs()
     if not records:

@@ -19,6 +19,7 @@ from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
     LAM_OPTIONS,
+    SETTLE_S,
     compressions,
     fmt_bytes,
     fmt_k,
@@ -95,14 +96,21 @@ def sweep_status() -> None:
 
 
 def multiselect_filter(label: str, options: list, key: str, format_func=str) -> list:
-    """A filter over the values present (every one chosen by default), kept in the URL (?key=a,b)."""
+    """A filter over the values present (every one chosen by default), kept in the URL (?key=a,b).
+    A value that appears while the page is open (a sweep's new λ, a new seed) is chosen too: the
+    filter hides what its user took out, never what was not there yet."""
     raw = st.query_params.get(key)
+    seen_key = f"_seen_{key}"
+    seen = st.session_state.get(seen_key)
     if key not in st.session_state:
         wanted = [o for o in options if raw is not None and str(o) in raw.split(",")]
         if raw is not None and not wanted:
             st.warning(f"The link's {plain(key)}={plain(raw[:60])} matches none of these points; showing all.")
         st.session_state[key] = wanted or list(options)
-    st.session_state[key] = [o for o in st.session_state[key] if o in options] or list(options)
+    elif seen is not None:
+        st.session_state[key] = list(st.session_state[key]) + [o for o in options if o not in seen]
+    st.session_state[seen_key] = list(options)
+    st.session_state[key] = [o for o in options if o in st.session_state[key]] or list(options)
     chosen = st.multiselect(label, options, key=key, format_func=format_func)
     if set(chosen) == set(options):
         st.query_params.pop(key, None)
@@ -219,7 +227,8 @@ def detail(points: list[CompressionRecord]) -> None:
 def page() -> None:
     st.title("Frontier")
     st.caption(
-        "Accuracy against size for every compression in the store. The baselines (Gong et al. 2014: "
+        "Accuracy against size for every compression in the store that someone settled on (not those a "
+        "slider only passed over: see below the chart). The baselines (Gong et al. 2014: "
         "binarize, k-means, PQ) are the points of the unregularized (λ = 0) runs."
     )
     with st.expander("Run a sweep: train the missing runs, compress each with every setting", expanded=False):
@@ -237,6 +246,13 @@ def frontier_section() -> None:
         st.info("No compressions are stored yet. Compress a run on the Compress page, or run a sweep above.")
     else:
         frontier(points)
+    left_out = len(stored) - len(points)
+    if left_out:
+        st.caption(
+            f"Left out: {left_out} compression(s) a slider on the Compress page only passed over (kept in the "
+            f"store so that moving back is instant). To include one, open it on Compress and stay on it for "
+            f"{SETTLE_S:g} s, or ask for it in a sweep above (or with `python -m core compress`)."
+        )
     detail(stored)
 
 

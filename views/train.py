@@ -38,7 +38,7 @@ def show_run(run: RunRecord) -> None:
     layer_key, epoch_key = f"hist_layer_{run.run_id}", f"hist_epoch_{run.run_id}"
     with left:
         url_choice(layer_key, "layer", names, names[0])
-        layer_name = st.radio("Layer", names, format_func=labels.get, key=layer_key)
+        layer_name = st.radio("Layer", names, format_func=lambda name: plain(labels[name]), key=layer_key)
         url_choice(epoch_key, "epoch", list(range(len(history) + 1)), len(history), parse=int)
         epoch = st.slider("Epoch (0 = at initialisation)", 0, len(history), key=epoch_key)
         keep(layer_key, layer_name)
