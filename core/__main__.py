@@ -432,9 +432,11 @@ def cmd_rm(args: argparse.Namespace) -> dict:
             targets.append((run.run_id, matches[0]))
         else:
             targets.append((run.run_id, None))
+    from .pipeline import delete_compression, delete_run
+
     freed = 0
-    for run_id, key in targets:
-        freed += store.delete_run(run_id) if key is None else store.delete_compression(run_id, key)
+    for run_id, key in targets:  # the job entries go too: the Jobs page lists no job of a deleted run
+        freed += delete_run(store, run_id) if key is None else delete_compression(store, run_id, key)
     if not args.json:
         for run_id, key in targets:
             print(f"deleted {run_id}{'/' + key if key else ' and its compressions'}")

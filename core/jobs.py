@@ -36,9 +36,12 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
+import math
 import os
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -48,7 +51,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .fileio import is_temporary, write_atomic
+from .fileio import is_temporary, write_atomic, writer_alive
+
+log = logging.getLogger(__name__)
 
 ENV_MAX_JOBS = "COMPRESSION_LAB_MAX_JOBS"
 
@@ -61,6 +66,12 @@ LEFTOVER_TMP_S = 60.0
 
 # A key becomes file names: plain characters only, so a key can never point outside jobs/.
 KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+# A status file is about a kilobyte; anything much larger is not one of ours (and is not read whole).
+MAX_STATUS_BYTES = 64 << 10
+
+# Hosts sharing a store may disagree on the time by this much; a time further ahead is a bad file.
+CLOCK_SKEW_S = 300.0
 
 CANCELLED_MESSAGE = "cancelled on request; submit it again to start over"
 INTERRUPTED_MESSAGE = "interrupted (the process running it stopped); submit it again to start over"
@@ -121,14 +132,91 @@ class JobStatus:
         return json.dumps({**asdict(self), "state": self.state.value})
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> JobStatus:
-        """Parse `to_json`'s output; fields unknown to this version are ignored (a newer writer)."""
-        data = json.loads(text)
-        names = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {name: value for name, value in data.items() if name in names}
-        kwargs["state"] = JobState(kwargs["state"])
-        kwargs["metrics"] = {str(name): float(value) for name, value in kwargs.get("metrics", {}).items()}
+    def from_json(cls, text: str | bytes, now: float | None = None) -> JobStatus:
+        """Parse `to_json`'s output, every field checked for its type; ValueError (one line) otherwise.
+
+        Fields unknown to this version are ignored (a newer writer). A time that is not finite or is
+        ahead of `now` (default: the clock) by more than CLOCK_SKEW_S is refused: such a status would
+        sort, age and list wrongly forever. Whoever reads a status file reads it through here.
+        """
+        try:
+            data = json.loads(text)
+        except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON ({_one_line(exc)})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        latest = (time.time() if now is None else now) + CLOCK_SKEW_S
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                if f.name in _REQUIRED_FIELDS:
+                    raise ValueError(f"no {f.name!r}")
+                continue
+            kwargs[f.name] = _FIELD_PARSERS[f.name](f.name, data[f.name], latest)
+        check_key(kwargs["key"])
         return cls(**kwargs)
+
+
+def _text(name: str, value: Any, latest: float) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name!r} is not text")
+    return value
+
+
+def _count(name: str, value: Any, latest: float) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name!r} is not a whole number >= 0")
+    return value
+
+
+def _position(name: str, value: Any, latest: float) -> int | None:
+    return None if value is None else _count(name, value, latest)
+
+
+def _time(name: str, value: Any, latest: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name!r} is not a finite time")
+    if not 0 <= value <= latest:
+        raise ValueError(f"{name!r} = {value!r} is not a time between 1970 and now")
+    return float(value)
+
+
+def _time_or_none(name: str, value: Any, latest: float) -> float | None:
+    return None if value is None else _time(name, value, latest)
+
+
+def _state(name: str, value: Any, latest: float) -> JobState:
+    if not isinstance(value, str) or value not in JobState.__members__.values():
+        raise ValueError(f"{name!r} = {str(value)[:40]!r} is not a job state")
+    return JobState(value)
+
+
+def _metrics(name: str, value: Any, latest: float) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
+    ):
+        raise ValueError(f"{name!r} is not a mapping of names to numbers")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+_FIELD_PARSERS: dict[str, Callable[[str, Any, float], Any]] = {
+    "key": _text,
+    "kind": _text,
+    "label": _text,
+    "state": _state,
+    "message": _text,
+    "done": _count,
+    "total": _count,
+    "text": _text,
+    "metrics": _metrics,
+    "position": _position,
+    "submitted": _time,
+    "started": _time_or_none,
+    "finished": _time_or_none,
+    "pid": _count,
+    "host": _text,
+}
+_REQUIRED_FIELDS = frozenset({"key", "kind", "label", "state", "submitted"})
 
 
 class Cancelled(Exception):
@@ -228,30 +316,70 @@ def _one_line(exc: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------ locks
+class JobsFolderError(ValueError):
+    """The jobs folder (or a lock file in it) cannot be used: a file where a folder should be, a
+    folder or a link where a lock file should be, no permission. One line a user can act on; raised
+    before the job is queued, so nothing was computed or written."""
+
+
+_FIX = "remove it, or use another store (--cache-dir, COMPRESSION_LAB_CACHE)"
+
+_WHY = {
+    errno.ELOOP: "is a symbolic link, not a lock file",
+    errno.EISDIR: "is a folder, not a lock file",
+    errno.ENOTDIR: "is inside something that is not a folder",
+    errno.EACCES: "is not writable (permission denied)",
+    errno.EPERM: "is not writable (operation not permitted)",
+    errno.EROFS: "is on a read-only file system",
+    errno.ENOSPC: "cannot be created: no space left on device (the disk is full)",
+}
+
+
+def _folder_error(path: Path, exc: OSError) -> JobsFolderError:
+    why = _WHY.get(exc.errno or 0, f"cannot be used ({exc.strerror or exc})")
+    return JobsFolderError(f"the job file {path} {why}; {_FIX}")
+
+
+def _open_lock(path: Path) -> int:
+    """A read-write descriptor of the lock file `path`, created if absent. Never through a symbolic
+    link (it could create or lock a file outside the store) and only a regular file (a FIFO or a
+    device is not ours to lock). JobsFolderError otherwise."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise _folder_error(path, exc) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise JobsFolderError(f"the job file {path} is not a regular file; {_FIX}")
+    return fd
+
+
 def _try_lock(path: Path, tries: int = 1) -> int | None:
     """An open descriptor holding an exclusive flock on `path`, or None when someone else holds it.
 
     Lock files may be deleted by `cleanup` (while it holds them); a lock taken on a file that was
     unlinked meanwhile guards nothing, so the descriptor's inode must still be the path's.
     Readers probing a lock hold it for a few microseconds; `tries` > 1 keeps such a probe from
-    being mistaken for an owner.
+    being mistaken for an owner. JobsFolderError when `path` cannot be a lock file.
     """
     attempt = 0
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = _open_lock(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
+                raise _folder_error(path, exc) from None
             attempt += 1
             if attempt >= tries:
                 return None
             time.sleep(0.005)
             continue
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            mine, there = os.fstat(fd), os.lstat(path)
+            same = (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
         except FileNotFoundError:
             same = False
         if same:
@@ -264,12 +392,15 @@ def _unlock(fd: int) -> None:
 
 
 def _is_held(path: Path) -> bool:
-    """True when some thread or process holds the flock on `path` (a shared probe, released at once)."""
+    """True when some thread or process holds the flock on `path` (a shared probe, released at once).
+    Anything at `path` that is not a regular lock file (nothing, a link, a folder) is held by no one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
@@ -278,6 +409,37 @@ def _is_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file `path` (not through a link, not a FIFO), at most `limit` + 1."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        return os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> int:
+    """1 when this call removed `path`, 0 when it was already gone (another cleanup got there first)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _mtime_s(path: Path, default: float) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return default
+
+
+def _older(path: Path, now: float, seconds: float) -> bool:
+    return now - _mtime_s(path, now) > seconds
 
 
 # ------------------------------------------------------------------------------ owned jobs (one process)
@@ -307,6 +469,9 @@ _NO_SLOT = -1  # the "descriptor" of a job that runs inside its parent's slot
 _REGISTRY: dict[tuple[str, str], _Job] = {}
 _REGISTRY_LOCK = threading.Lock()
 
+# Unusable status files already reported by this process: (path, inode, mtime), so each is logged once.
+_REPORTED: set[tuple[str, int, int]] = set()
+
 
 @dataclass
 class _Claim:
@@ -330,7 +495,8 @@ class JobManager:
         self.root = Path(root)
         self.jobs_dir = self.root / "jobs"
         self.slots_dir = self.jobs_dir / "slots"
-        self.slots_dir.mkdir(parents=True, exist_ok=True)
+        # The folders are made by the first job (`_prepare`), not here: a page that only shows
+        # statuses must not fail, or write anything, because the store is read-only or broken.
         self.max_running = default_max_running() if max_running is None else int(max_running)
         if self.max_running < 1:
             raise ValueError(f"max_running={max_running!r} must be 1 or more")
@@ -357,12 +523,85 @@ class JobManager:
         with _REGISTRY_LOCK:
             return _REGISTRY.get((self._folder, key))
 
+    def _prepare(self) -> None:
+        """Make the jobs and slots folders, and check the slot locks: before a job is queued, so a
+        broken or read-only jobs folder is one JobsFolderError and nothing is written."""
+        for folder in (self.jobs_dir, self.slots_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)  # exist_ok: only an existing folder
+            except (FileExistsError, NotADirectoryError):
+                raise JobsFolderError(f"the jobs folder {folder} is a file, not a folder; {_FIX}") from None
+            except OSError as exc:
+                if not folder.is_dir():
+                    raise JobsFolderError(
+                        f"the jobs folder {folder} cannot be created ({exc.strerror}); {_FIX}"
+                    ) from None
+        for i in range(self.max_running):
+            path = self.slots_dir / f"{i}.lock"
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    raise JobsFolderError(f"the job file {path} is not a regular file; {_FIX}")
+
     def _read(self, key: str) -> JobStatus | None:
-        """The status file as written, or None when absent or unreadable (a foreign or damaged file)."""
+        """The status file as written, or None when absent or unusable. An unusable one (damaged,
+        edited, of the wrong types) is reported once and removed when no owner holds its key."""
+        path = self._status_path(key)
         try:
-            return JobStatus.from_json(self._status_path(key).read_bytes())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            data = _read_small(path, MAX_STATUS_BYTES)
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOTDIR, errno.EACCES, errno.EPERM):
+                return None  # the folder itself is unusable: nothing to read, nothing to clean
+            self._unreadable(key, _one_line(exc))
+            return None
+        if len(data) > MAX_STATUS_BYTES:
+            self._unreadable(key, f"larger than {MAX_STATUS_BYTES} bytes")
+            return None
+        try:
+            status = JobStatus.from_json(data)
+        except ValueError as exc:
+            self._unreadable(key, _one_line(exc))
+            return None
+        if status.key != key:
+            self._unreadable(key, f"it is the status of another key, {status.key!r}")
+            return None
+        return status
+
+    def _unreadable(self, key: str, reason: str) -> None:
+        """Report a bad status file once (per version of it), and remove it unless its key is live:
+        then its owner's next write replaces it. Never raises: other jobs go on regardless."""
+        path = self._status_path(key)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return
+        seen = (str(path), info.st_ino, info.st_mtime_ns)
+        with _REGISTRY_LOCK:
+            first = seen not in _REPORTED
+            _REPORTED.add(seen)
+        if first:
+            log.warning("job status %s is unusable (%s); it is ignored and removed", path, reason)
+        if self._registered(key) is not None:
+            return
+        lock_path = self._lock_path(key)
+        try:
+            lock_existed = os.path.lexists(lock_path)
+            fd = _try_lock(lock_path)
+        except (JobsFolderError, OSError):
+            return
+        if fd is None:
+            return  # live: its owner rewrites the file
+        try:
+            after = os.lstat(path)
+            if (after.st_ino, after.st_mtime_ns) == (info.st_ino, info.st_mtime_ns):
+                path.unlink()
+            if not lock_existed:
+                lock_path.unlink()  # the lock file this probe made
+        except OSError:
+            pass
+        finally:
+            _unlock(fd)
 
     def _holder_alive(self, key: str) -> bool:
         return self._registered(key) is not None or _is_held(self._lock_path(key))
@@ -438,10 +677,7 @@ class JobManager:
         again = self._read(key)
         if again is None or again != status:
             return again
-        try:
-            last_sign_of_life = self._status_path(key).stat().st_mtime
-        except FileNotFoundError:
-            last_sign_of_life = time.time()
+        last_sign_of_life = _mtime_s(self._status_path(key), time.time())
         return replace(
             status,
             state=JobState.FAILED,
@@ -474,7 +710,12 @@ class JobManager:
         if job is None and not _is_held(self._lock_path(key)):
             return False
         request = {"pid": self._pid, "host": self._host, "time": time.time()}
-        write_atomic(self._cancel_path(key), json.dumps(request).encode())
+        try:
+            write_atomic(self._cancel_path(key), json.dumps(request).encode())
+        except OSError as exc:
+            if job is None:
+                raise _folder_error(self._cancel_path(key), exc) from None
+            # our own job: the in-memory request below is enough
         if job is not None:
             job.cancel_event.set()  # wakes a queued job at once instead of at its next poll
         return True
@@ -500,52 +741,66 @@ class JobManager:
             pause = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
 
-    def cleanup(self, older_than_s: float = 86400) -> int:
+    def cleanup(self, older_than_s: float = 86400, keys: Callable[[str], bool] | None = None) -> int:
         """Remove the files of jobs that finished (or whose owner died) more than `older_than_s`
-        seconds ago, orphaned lock and cancel files, and killed writers' temporaries.
-        Live jobs are never touched. Returns the number of files removed."""
+        seconds ago, unusable status files, orphaned lock and cancel files, and killed writers'
+        temporaries; with `keys`, only the entries of the keys it accepts (no temporaries).
+        Live jobs are never touched. Returns the number of files this call removed (another
+        cleanup at the same moment counts its own). JobsFolderError when the folder is unusable."""
+        if not self.jobs_dir.exists():
+            return 0
+        if not self.jobs_dir.is_dir():
+            raise JobsFolderError(f"the jobs folder {self.jobs_dir} is a file, not a folder; {_FIX}")
+        try:
+            return self._cleanup(older_than_s, keys)
+        except OSError as exc:
+            raise _folder_error(Path(exc.filename or self.jobs_dir), exc) from None
+
+    def _cleanup(self, older_than_s: float, wanted: Callable[[str], bool] | None) -> int:
         now = time.time()
         removed = 0
         keys = set()
         for path in self.jobs_dir.iterdir():
-            if not path.is_file():
+            if path.is_dir() and not path.is_symlink():
                 continue
             if is_temporary(path):
-                try:
-                    if now - path.stat().st_mtime > LEFTOVER_TMP_S:
-                        path.unlink()
-                        removed += 1
-                except FileNotFoundError:
-                    pass
-            elif path.suffix in (".json", ".lock", ".cancel") and KEY_PATTERN.fullmatch(path.stem):
+                if wanted is None and _older(path, now, LEFTOVER_TMP_S) and not writer_alive(path):
+                    removed += _remove(path)
+            elif (
+                path.suffix in (".json", ".lock", ".cancel")
+                and KEY_PATTERN.fullmatch(path.stem)
+                and (wanted is None or wanted(path.stem))
+            ):
                 keys.add(path.stem)
         for key in keys:
             if self._registered(key) is not None:
                 continue
             lock_path = self._lock_path(key)
-            lock_existed = lock_path.exists()
-            fd = _try_lock(lock_path)
+            lock_existed = os.path.lexists(lock_path)
+            try:
+                fd = _try_lock(lock_path)
+            except JobsFolderError:
+                if lock_path.is_symlink():  # a link is never ours: remove the name, not what it points to
+                    removed += _remove(lock_path)
+                continue  # a folder where a lock should be: not ours to remove; jobs say so
             if fd is None:
                 continue  # live: its owner holds the lock
             try:
                 status_path = self._status_path(key)
-                if status_path.exists():
+                if os.path.lexists(status_path):
                     status = self._read(key)
-                    try:
-                        when = status_path.stat().st_mtime
-                    except FileNotFoundError:
-                        when = now
-                    if status is not None and status.terminal and status.finished is not None:
-                        when = status.finished
-                    if now - when < older_than_s:
+                    when = status.finished if status is not None and status.finished is not None else None
+                    if status is not None and (not status.terminal or when is None):
+                        when = _mtime_s(status_path, now)  # a dead owner's: aged from its last write
+                    if when is not None and now - when < older_than_s:
                         continue  # recent: keep its status (and its lock file) for the jobs list
-                for path in (status_path, self._cancel_path(key), lock_path):
-                    try:
-                        path.unlink()
-                    except FileNotFoundError:
-                        continue
-                    if path is not lock_path or lock_existed:  # not the lock file we just made to probe
-                        removed += 1
+                for path in (status_path, self._cancel_path(key)):
+                    if not path.is_dir() or path.is_symlink():
+                        removed += _remove(path)
+                if lock_existed:  # the lock file we just made to probe is not counted
+                    removed += _remove(lock_path)
+                else:
+                    lock_path.unlink(missing_ok=True)
             finally:
                 _unlock(fd)
         return removed
@@ -553,6 +808,7 @@ class JobManager:
     # ---------------------------------------------------------------------------- taking a key
     def _claim(self, spec: JobSpec) -> _Claim:
         """Take the key (and queue it), or find who has it, or find it done."""
+        self._prepare()
         while True:
             done, _ = self._check_done(spec)
             if done:
@@ -580,7 +836,10 @@ class JobManager:
                     return _Claim(status=self._done_status(spec))
                 return _Claim(status=self._status_for(spec, JobState.FAILED, message=error, finished=time.time()))
             # A cancel left from an earlier run of this key must not cancel this one.
-            self._cancel_path(spec.key).unlink(missing_ok=True)
+            try:
+                self._cancel_path(spec.key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise _folder_error(self._cancel_path(spec.key), exc) from None
             status = self._status_for(spec, JobState.QUEUED)
             job = _Job(spec, fd, replace(status, position=self._queue_rank(status)))
             with job.cond:
@@ -616,7 +875,7 @@ class JobManager:
         ahead = 0
         mine = (status.submitted, status.key)
         for path in self.jobs_dir.glob("*.json"):
-            if path.stem == status.key:
+            if path.stem == status.key or not KEY_PATTERN.fullmatch(path.stem):
                 continue
             other = self._read(path.stem)
             if other is None:
@@ -656,7 +915,7 @@ class JobManager:
             job.cancel_event.wait(self.poll_s)
 
     def _cancel_requested(self, job: _Job) -> bool:
-        return job.cancel_event.is_set() or self._cancel_path(job.spec.key).exists()
+        return job.cancel_event.is_set() or self._cancel_path(job.spec.key).is_file()  # a folder asks nothing
 
     # --------------------------------------------------------------------------- running a job
     def _execute_quietly(self, job: _Job, needs_slot: bool = True) -> None:
@@ -757,7 +1016,8 @@ class JobManager:
         with job.cond:
             final = replace(job.status, state=state, message=message, position=None, finished=time.time())
             self._write_locked(job, final)
-        self._cancel_path(job.spec.key).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the lock must be let go whatever is in the folder
+            self._cancel_path(job.spec.key).unlink(missing_ok=True)
         with _REGISTRY_LOCK:
             _REGISTRY.pop((self._folder, job.spec.key), None)
         _unlock(job.lock_fd)

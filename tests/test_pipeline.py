@@ -4,6 +4,7 @@ wait on a job that waits on it), a cancelled sweep ends cancelled, a cancel read
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -23,6 +24,12 @@ def one_slot(tmp_path, monkeypatch) -> RunStore:
     pipeline._MANAGERS.clear()
 
 
+def until(condition) -> None:
+    """Wait for what must happen, however slow the machine (a hang: pytest-timeout)."""
+    while not condition():
+        time.sleep(0.01)
+
+
 def watch(root) -> JobManager:
     return JobManager(root, tune_torch_threads=False)
 
@@ -35,22 +42,22 @@ def test_a_sweep_holds_no_slot_so_it_never_deadlocks_with_a_queued_training(one_
 
     def held(cfg, **kwargs):
         if cfg.seed == 7:  # the blocker
-            release.wait(60)
+            release.wait()
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr("core.executors.train", held)
     blocker = TrainConfig(**{**TINY, "seed": 7})
-    submit_training(one_slot, blocker)  # takes the only slot and holds it
-    swept = TrainConfig(**TINY)
-    status = submit_sweep(one_slot, [swept], [CompressConfig(method="binarize")])
-    manager = watch(one_slot.root)
-    for _ in range(50):  # the sweep itself runs at once; its training queues behind the blocker
-        if manager.status(status.key).state is JobState.RUNNING:
-            break
-        threading.Event().wait(0.1)
-    assert manager.status(status.key).state is JobState.RUNNING
-    release.set()
-    final = manager.wait(status.key, timeout=120)
+    try:
+        submit_training(one_slot, blocker)  # takes the only slot and holds it
+        swept = TrainConfig(**TINY)
+        status = submit_sweep(one_slot, [swept], [CompressConfig(method="binarize")])
+        manager = watch(one_slot.root)
+        # the sweep itself runs while the blocker holds the only slot (it holds none); its training queues
+        until(lambda: manager.status(status.key).state is not JobState.QUEUED)
+        assert manager.status(status.key).state is JobState.RUNNING
+    finally:
+        release.set()
+    final = manager.wait(status.key)
     assert final is not None and final.state is JobState.DONE, final
     assert one_slot.load_run(swept.run_id()) is not None and len(one_slot.list_compressions()) == 1
 
@@ -64,17 +71,19 @@ def test_a_cancelled_sweep_ends_cancelled_and_keeps_what_it_stored(one_slot, mon
 
     def slow(cfg, **kwargs):
         started.set()
-        release.wait(60)
+        release.wait()
         return real_train(cfg, **kwargs)
 
     monkeypatch.setattr("core.executors.train", slow)
     runs = [TrainConfig(**{**TINY, "seed": s}) for s in (1, 2)]
-    status = submit_sweep(one_slot, runs, [CompressConfig(method="binarize")])
-    assert started.wait(30)
-    manager = watch(one_slot.root)
-    manager.cancel(status.key)
-    release.set()
-    final = manager.wait(status.key, timeout=120)
+    try:
+        status = submit_sweep(one_slot, runs, [CompressConfig(method="binarize")])
+        started.wait()
+        manager = watch(one_slot.root)
+        manager.cancel(status.key)
+    finally:
+        release.set()
+    final = manager.wait(status.key)
     assert final is not None and final.state is JobState.CANCELLED, final
 
 
