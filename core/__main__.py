@@ -451,7 +451,7 @@ def cmd_gc(args: argparse.Namespace) -> dict:
     report = store.gc(older_than_s=args.older_than)
     from .jobs import JobManager
 
-    old_jobs = JobManager(store.root, tune_torch_threads=False).cleanup(older_than_s=max(args.older_than, 60.0))
+    old_jobs = JobManager(store.root).cleanup(older_than_s=max(args.older_than, 60.0))
     if not args.json:
         for path in report.removed:
             print(f"removed {path}")

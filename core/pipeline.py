@@ -27,7 +27,7 @@ from .calibration import CALIBRATION_SAMPLES
 from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES, Dataset
-from .executors import Executor, get_executor
+from .executors import Executor, get_executor, set_torch_threads
 from .jobs import Cancelled, JobContext, JobManager, JobsFolderError, JobSpec, JobState, JobStatus
 from .pq import check_fits, row_shape
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
@@ -63,6 +63,8 @@ def job_manager(store: RunStore) -> JobManager:
     with _MANAGERS_LOCK:
         if key not in _MANAGERS:
             _MANAGERS[key] = JobManager(store.root)
+            # its jobs run as threads of this process, so their torch pools must share the cores
+            set_torch_threads(_MANAGERS[key].max_running)
             # what a killed writer (kill -9 mid-publication) left behind goes at the first job
             store.clean_temporaries()
         return _MANAGERS[key]

@@ -42,8 +42,7 @@ POLL_S = 0.02  # fast polls keep the in-process tests short; the process tests u
 
 
 def make_manager(root: Path, max_running: int = 2, poll_s: float = POLL_S) -> JobManager:
-    # Torch threads are process-wide: the tests leave them alone (one test checks the setting).
-    return JobManager(root, max_running=max_running, poll_s=poll_s, tune_torch_threads=False)
+    return JobManager(root, max_running=max_running, poll_s=poll_s)
 
 
 def dead_writers_temporary(path: Path) -> Path:
@@ -276,7 +275,7 @@ def test_keys_settings_and_unknown_jobs(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="file name"):
         Work().spec("../escape")
     monkeypatch.setenv("COMPRESSION_LAB_MAX_JOBS", "3")
-    assert default_max_running() == 3 and JobManager(tmp_path, tune_torch_threads=False).max_running == 3
+    assert default_max_running() == 3 and JobManager(tmp_path).max_running == 3
     monkeypatch.setenv("COMPRESSION_LAB_MAX_JOBS", "many")
     with pytest.raises(ValueError, match="COMPRESSION_LAB_MAX_JOBS"):
         default_max_running()
@@ -285,14 +284,28 @@ def test_keys_settings_and_unknown_jobs(tmp_path, monkeypatch):
     JobContext("k").report(1, 2, "no manager", loss=1.0)
 
 
-def test_torch_threads_share_the_cores(tmp_path):
+def test_the_job_layer_leaves_torch_alone(tmp_path):
+    """It knows nothing about training: making a manager sets no torch threads (the pipeline does)."""
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
+    JobManager(tmp_path, max_running=2 * usable_cores())
+    assert torch.get_num_threads() == before
+
+
+def test_the_pipelines_manager_shares_the_cores_among_its_jobs(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from core import pipeline
+    from core.store import RunStore
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("COMPRESSION_LAB_MAX_JOBS", str(2 * usable_cores()))
+    pipeline._MANAGERS.clear()
     try:
-        manager = JobManager(tmp_path, max_running=2 * usable_cores())
-        assert manager.torch_threads == 1 and torch.get_num_threads() == 1
+        pipeline.job_manager(RunStore(tmp_path))
+        assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+        pipeline._MANAGERS.clear()
 
 
 # ------------------------------------------------------------------------------------ processes
@@ -314,7 +327,7 @@ def _file_spec(root: str, seconds: float) -> JobSpec:
 
 
 def _child_run(root: str, out: str, barrier) -> None:
-    manager = JobManager(root, max_running=1, tune_torch_threads=False)  # the default poll, as the CLI uses
+    manager = JobManager(root, max_running=1)  # the default poll, as the CLI uses
     spec = _file_spec(root, seconds=2.0)
     barrier.wait()
     cpu = time.process_time()
@@ -324,11 +337,11 @@ def _child_run(root: str, out: str, barrier) -> None:
 
 
 def _child_hang(root: str) -> None:
-    JobManager(root, max_running=1, tune_torch_threads=False).run(_file_spec(root, seconds=60.0))
+    JobManager(root, max_running=1).run(_file_spec(root, seconds=60.0))
 
 
 def _child_cancel(root: str, keys: list[str], out: str) -> None:
-    manager = JobManager(root, max_running=1, tune_torch_threads=False)
+    manager = JobManager(root, max_running=1)
     Path(out).write_text(json.dumps([manager.cancel(key) for key in keys]))
 
 
@@ -396,7 +409,9 @@ def test_cancel_from_another_process(tmp_path):
     manager.submit(queued.spec("queued"))
     ctx = mp.get_context("spawn")
     out = tmp_path / "cancel.json"
-    child = ctx.Process(target=_child_cancel, args=(str(tmp_path), ["running", "queued", "unknown"], str(out)))
+    # The queued job first: cancelling the running one first frees the slot, and on a busy machine the
+    # queued job could take it and finish before the child gets to its second request.
+    child = ctx.Process(target=_child_cancel, args=(str(tmp_path), ["queued", "running", "unknown"], str(out)))
     with _children(child):
         _join(child)
     assert json.loads(out.read_text()) == [True, True, False]
@@ -595,7 +610,7 @@ def _write_status(root: Path, name: str) -> Path:
 def test_a_bad_status_file_is_unreadable_reported_once_cleaned_and_stops_no_job(tmp_path, caplog, name):
     path = _write_status(tmp_path, name)
     manager = make_manager(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="core.jobs"):
+    with caplog.at_level(logging.WARNING, logger="core.jobfiles"):
         assert manager.status("bad") is None  # unreadable: as if absent
         assert manager.jobs() == []  # the Jobs page lists nothing and does not crash
     reports = [r for r in caplog.records if "bad.json" in r.getMessage()]
@@ -620,7 +635,7 @@ def test_a_bad_status_of_a_live_key_is_left_to_its_owner(tmp_path, caplog):
     try:
         path = tmp_path / "jobs" / "bad.json"
         path.write_text(json.dumps(_status(submitted="x")))
-        with caplog.at_level(logging.WARNING, logger="core.jobs"):
+        with caplog.at_level(logging.WARNING, logger="core.jobfiles"):
             for _ in range(3):
                 assert other.status("bad") is None
         assert len([r for r in caplog.records if "bad.json" in r.getMessage()]) == 1  # once, not per read

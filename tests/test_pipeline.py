@@ -36,7 +36,7 @@ def until(condition) -> None:
 
 
 def watch(root) -> JobManager:
-    return JobManager(root, tune_torch_threads=False)
+    return JobManager(root)
 
 
 def test_a_sweep_holds_no_slot_so_it_never_deadlocks_with_a_queued_training(one_slot, monkeypatch):
