@@ -259,7 +259,6 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
@@ -275,7 +274,7 @@ def test_four_concurrent_identical_trainings_train_once(tmp_path):
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)
     ]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
+    outputs = [proc.communicate() for proc in procs]  # no wall-clock limit: pytest-timeout's net only
     assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
     results = [json.loads(out) for out, _ in outputs]
     assert len({r["run_id"] for r in results}) == 1
@@ -355,7 +354,8 @@ class _FullDisk:
 def _sweep_argv(cache: Path, table: Path) -> list[str]:
     hidden, epochs, lr = ["32", "16"], "2", "3e-3"
     return ["sweep", "--dataset", "digits", "--hidden", *hidden, "--epochs", epochs, "--lr", lr, "--reg", "none",
-            "--lam", "0", "--method", "float", "binarize", "--cache-dir", str(cache), "--csv", str(table), "--json"]  # fmt: skip
+            "--lam", "0", "--method", "float", "binarize", "--cache-dir", str(cache), "--csv", str(table),
+            "--json"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", ["compress --out", "sweep --csv"])
