@@ -5,11 +5,36 @@ quantization, and count every bit. See docs/method.md. For your own model, the p
 
     core.Regularizer, core.compress, core.Compressed, core.finetune, core.save, core.load
     core.CompressConfig (the compression settings)
+
+The names are imported on first use (`core.compress`, `from core import compress`): importing
+`core` alone imports no torch, so the command line's listings (`python -m core runs`, which
+imports this package first) start in a fraction of a second.
 """
 
-from .api import Compressed, ModelSize, compress, finetune, load, save
-from .config import CompressConfig, TrainConfig
-from .regularizers import Regularizer
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type checkers and IDEs see the names as if imported here
+    from .api import Compressed, ModelSize, compress, finetune, load, save
+    from .config import CompressConfig, TrainConfig
+    from .regularizers import Regularizer
+
+# public name -> the module that defines it
+_HOMES = {
+    "Compressed": ".api",
+    "ModelSize": ".api",
+    "compress": ".api",
+    "finetune": ".api",
+    "load": ".api",
+    "save": ".api",
+    "CompressConfig": ".config",
+    "TrainConfig": ".config",
+    "Regularizer": ".regularizers",
+}
 
 __all__ = [
     "CompressConfig",
@@ -22,3 +47,29 @@ __all__ = [
     "load",
     "save",
 ]
+assert sorted(__all__) == sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule core/compress.py binds it as `core.compress`; the public
+        # function of that name must win, as it did when this file imported it eagerly.
+        if name in _HOMES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

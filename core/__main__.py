@@ -12,13 +12,13 @@ dataclasses (core/config.py): one place for each.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, NoReturn
@@ -197,7 +197,13 @@ def _device(args: argparse.Namespace) -> Any:
     return pick_device(args.device)
 
 
-@contextmanager
+def _asked_device(args: argparse.Namespace) -> Any:
+    """The --device asked for, checked now (bad input before any work), or None: the default is
+    picked by whatever computes, so a result found in the store never imports torch."""
+    return _device(args) if args.device is not None else None
+
+
+@contextlib.contextmanager
 def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[..., None]]:
     """A tqdm bar on stderr (or nothing with --json); yields an update(done, total) callback."""
     if not enabled:
@@ -219,6 +225,20 @@ def _progress(enabled: bool, total: int, desc: str) -> Iterator[Callable[..., No
         bar.close()
 
 
+def _write_out(path: str, data: bytes) -> None:
+    """Write a file the user asked for (--out, --csv) atomically; a failed write (a full disk, a
+    folder gone read-only since the check) is one line, and leaves nothing at `path`."""
+    from .fileio import write_atomic
+
+    try:
+        write_atomic(path, data)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CliError(
+            f"could not write {path} ({reason}); nothing was written there: free space or give another path"
+        ) from None
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
@@ -227,15 +247,21 @@ def _pct(x: float) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from .data import load_dataset
-    from .pipeline import get_or_train
+    from .pipeline import get_or_train, stored_run
 
     (cfg,) = _train_configs(args, many=False)
-    device = _device(args)
+    device = _asked_device(args)
     store = _store(args)
-    data = load_dataset(cfg.dataset)  # before the bar: an unavailable dataset is one clean line
-    with _progress(not args.json, cfg.epochs, "train epochs") as update:
-        run, cached = get_or_train(store, cfg, device=device, on_epoch=lambda m, h: update(m.epoch), data=data)
+    run = stored_run(store, cfg)  # look before loading: a stored run needs no dataset, no model
+    cached = run is not None
+    if run is None:
+        from .data import check_available
+
+        # before the bar and before any job: an unavailable dataset is one clean line. The dataset
+        # itself is loaded by the job's owner: a process that waits for another's training loads none.
+        check_available(cfg.dataset)
+        with _progress(not args.json, cfg.epochs, "train epochs") as update:
+            run, cached = get_or_train(store, cfg, device=device, on_epoch=lambda m, h: update(m.epoch))
     if not args.json:
         print(f"run {run.run_id} ({'from the store' if cached else f'trained in {run.seconds:.1f} s'})")
         for m in run.history:
@@ -251,22 +277,24 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 def cmd_compress(args: argparse.Namespace) -> dict:
     from .fileio import check_output_path
-    from .pipeline import get_or_compress
+    from .pipeline import get_or_compress, stored_compression
 
     (cfg,) = _compress_configs(args, many=False)
-    device = _device(args)
+    device = _asked_device(args)
     if args.out:
         check_output_path(args.out)
     store = _store(args)
     run = store.resolve_run(args.run_id)
-    with _progress(not args.json and cfg.finetune_epochs > 0, 1, "fine-tune steps") as update:
-        record, cached = get_or_compress(store, run, cfg, device=device, on_step=update)
+    found = stored_compression(store, run, cfg)  # look before loading
+    if found is not None:
+        record, cached = found, True
+    else:
+        with _progress(not args.json and cfg.finetune_epochs > 0, 1, "fine-tune steps") as update:
+            record, cached = get_or_compress(store, run, cfg, device=device, on_step=update)
     out = record.row() | {"cached": cached}
     if args.out:
-        from .fileio import write_atomic
-
         assert record.file_path is not None  # a stored record always has its file
-        write_atomic(args.out, Path(record.file_path).read_bytes())
+        _write_out(args.out, Path(record.file_path).read_bytes())
         out["file"] = str(args.out)
     if not args.json:
         s = record.size
@@ -357,9 +385,9 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     device = args.device if (args.executor or os.environ.get(ENV_EXECUTOR)) == "ray" else _device(args)
     _check_csv_path(args.csv)
     store = _store(args)
-    from .data import load_dataset
+    from .data import check_available
 
-    load_dataset(train_cfgs[0].dataset)  # fail on an unavailable dataset before any work
+    check_available(train_cfgs[0].dataset)  # fail on an unavailable dataset before any work
     executor = _executor(args)
     parallel = args.parallel or (executor.parallel_tasks() if executor.name == "ray" else 1)
     total = len(train_cfgs) * (1 + len(compress_cfgs))
@@ -380,9 +408,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-        from .fileio import write_atomic
-
-        write_atomic(args.csv, buffer.getvalue().encode())
+        _write_out(args.csv, buffer.getvalue().encode())
     if not args.json:
         print(f"{'run':16}  {'regularizer':16} {'compression':28} {'acc':>7}  {'FC ratio':>9}  {'model':>7}")
         for r in rows:
@@ -474,6 +500,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = COMMANDS[args.command](args)
+        if args.json:
+            json.dump(out, sys.stdout, default=str)
+            sys.stdout.write("\n")
+        sys.stdout.flush()  # here, so that a reader gone (`| head`) is met in this try
+    except BrokenPipeError:
+        # The reader of our output left (`python -m core runs --json | head`): what was computed
+        # is stored; stdout goes nowhere from now on, so the interpreter's own flush at exit is quiet.
+        with contextlib.suppress(OSError, ValueError):  # (a stdout with no file descriptor: nothing to quiet)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):  # stderr may go to the same closed pipe
+            print("error: the output's reader closed the pipe before the end; nothing else was lost", file=sys.stderr)
+        return 2
     except (CliError, ValueError) as err:  # config validation, unavailable data, bad files, divergence
         message = " ".join(str(err).split())  # one line, whatever the exception held
         print(f"error: {message}", file=sys.stderr)
@@ -481,9 +519,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing was stored for the unfinished work", file=sys.stderr)
         return 130
-    if args.json:
-        json.dump(out, sys.stdout, default=str)
-        sys.stdout.write("\n")
     return 0
 
 

@@ -35,12 +35,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 
 import numpy as np
-import torch
 
 from .fileio import write_atomic
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the registry alone (configs, listings) needs none
+    import torch
 
 # The Debian package dataset-fashion-mnist installs the four .gz files here.
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -136,6 +138,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool |
 
 @functools.cache
 def _load_cached(name: str, data_dir: Path, download: bool) -> Dataset:
+    # A dataset is a check worth doing before any training (one clean line when it is unavailable),
+    # but not before a store lookup: a stored result needs no dataset, so callers load it last.
     x_train, y_train, x_test, y_test, classes = DATASET_SOURCES[name].loader(data_dir, download)
     _standardize(x_train, x_test)
     return Dataset(name, x_train, y_train.long(), x_test, y_test.long(), len(classes), tuple(classes))
@@ -156,16 +160,15 @@ def _standardize(x_train: torch.Tensor, x_test: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------------
 # Loaders: (data_dir, download) -> (x_train, y_train, x_test, y_test, classes), x in [0, 1] float32.
 
-_Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]
+_Split: TypeAlias = "tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]"
 
 
 def _split_bundled(pixels: np.ndarray, labels: np.ndarray, scale: float, side: int, test_size: int) -> _Split:
     """Seeded stratified split of a bundled (N, side * side) array, so every run sees the same split."""
-    from sklearn.model_selection import train_test_split
+    import torch
 
-    x_train, x_test, y_train, y_test = train_test_split(
-        pixels, labels, test_size=test_size, stratify=labels, random_state=0
-    )
+    train, test = stratified_split(labels, test_size, seed=0)
+    x_train, x_test, y_train, y_test = pixels[train], pixels[test], labels[train], labels[test]
 
     def to_images(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x / scale).float().reshape(-1, 1, side, side)  # (N, side*side) -> (N, 1, side, side)
@@ -177,6 +180,51 @@ def _split_bundled(pixels: np.ndarray, labels: np.ndarray, scale: float, side: i
         torch.from_numpy(y_test).long(),
         DIGIT_CLASSES,
     )
+
+
+def stratified_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, test indices): the split scikit-learn's
+    `train_test_split(..., test_size=test_size, stratify=labels, random_state=seed)` draws, index for
+    index (its StratifiedShuffleSplit, first split), in numpy alone: scikit-learn and the scipy it
+    imports cost seconds at every start, and the split must stay the one every stored run saw."""
+    n_samples = len(labels)
+    n_train = n_samples - test_size
+    classes, y_indices, class_counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if class_counts.min() < 2 or min(n_train, test_size) < len(classes):
+        raise ValueError(
+            f"a stratified split of {n_samples} examples into {n_train} train / {test_size} test needs at "
+            f"least 2 examples of each class and at least one of each class in each split"
+        )
+    # the examples of each class, in their order in the array
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)  # the legacy generator: the same draws as scikit-learn's
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, test_size, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(classes)):
+        members = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(members[: n_i[i]])
+        test.extend(members[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of `n_draws` come from each class: the floor of each class's share, then one more for
+    the classes with the largest remainders, ties broken at random (scikit-learn's `_approximate_mode`)."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (candidates,) = np.where(remainder == value)
+            add_now = min(len(candidates), need_to_add)
+            floored[rng.choice(candidates, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def _load_digits(data_dir: Path, download: bool) -> _Split:
@@ -228,6 +276,7 @@ def _load_mnist(data_dir: Path, download: bool) -> _Split:
 
 
 def _load_cifar10(data_dir: Path, download: bool) -> _Split:
+    import torch
     from torchvision.datasets import CIFAR10
 
     folder = data_dir / CIFAR10_FOLDER
@@ -277,6 +326,39 @@ class DatasetSource:
     n_classes: int
     n_train: int  # training examples (time estimates before loading)
     loader: Callable[[Path, bool], _Split]
+    # whether the files the loader reads are all there (without reading them): lets a caller check
+    # that a dataset will load before it queues work, and leave the loading to the work itself
+    files_present: Callable[[Path], bool] = lambda data_dir: True  # a bundled copy: always there
+
+
+def _idx_present(folder_name: str, system_copy: bool = False) -> Callable[[Path], bool]:
+    """<data_dir>/<folder_name>/raw holds the four files (packed or not), or the system's copy does."""
+
+    def present(data_dir: Path) -> bool:
+        raw = data_dir / folder_name / "raw"
+        if all((raw / f).is_file() or (raw / f.removesuffix(".gz")).is_file() for f in IDX_FILES):
+            return True
+        system_dir = Path(FASHION_MNIST_SYSTEM_DIR)  # read at call time so tests can point it elsewhere
+        return system_copy and all((system_dir / f).is_file() for f in IDX_FILES)
+
+    return present
+
+
+def _cifar10_present(data_dir: Path) -> bool:
+    folder = data_dir / CIFAR10_FOLDER
+    return (data_dir / CIFAR10_ARCHIVE).is_file() or all((folder / f).is_file() for f in CIFAR10_FILES)
+
+
+def check_available(name: str, data_dir: str | Path | None = None, download: bool | None = None) -> None:
+    """Raise what `load_dataset` would (ValueError, DatasetUnavailable) when the dataset cannot load,
+    loading it only when that is the only way to know (files missing: the message, or a download).
+    Its files all present, it returns at once: the dataset is loaded by whoever computes with it,
+    so a process that finds its result in the store, or waits for another's job, never loads it."""
+    if name not in DATASET_SOURCES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_SOURCES)}")
+    resolved = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if not DATASET_SOURCES[name].files_present(resolved.resolve()):
+        load_dataset(name, data_dir, download)
 
 
 # The one registry of datasets; `core.config.DATASETS` (the names) is derived from it.
@@ -302,6 +384,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         10,
         60_000,
         _load_fashion_mnist,
+        _idx_present("FashionMNIST", system_copy=True),
     ),
     "mnist": DatasetSource(
         "MNIST: 28x28 grayscale digits; official split 60,000 train / 10,000 test; "
@@ -310,6 +393,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         10,
         60_000,
         _load_mnist,
+        _idx_present("MNIST"),
     ),
     "cifar10": DatasetSource(
         "CIFAR-10: 32x32 colour images, 10 classes; official split 50,000 train / 10,000 test; "
@@ -318,6 +402,7 @@ DATASET_SOURCES: dict[str, DatasetSource] = {
         10,
         50_000,
         _load_cifar10,
+        _cifar10_present,
     ),
 }
 DATASET_INFO: dict[str, str] = {name: source.info for name, source in DATASET_SOURCES.items()}

@@ -20,19 +20,23 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from .calibration import CALIBRATION_SAMPLES
-from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
-from .data import DATASET_SOURCES, Dataset
-from .executors import Executor, get_executor, set_torch_threads
+from .data import DATASET_SOURCES
 from .jobs import Cancelled, JobContext, JobManager, JobsFolderError, JobSpec, JobState, JobStatus
-from .pq import check_fits, row_shape
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
-from .train import OnEpoch, OnStep
+
+# A lookup that finds its result in the store, and a waiter that finds it there once the owner
+# publishes, import no torch and load no data: what computes is imported where it computes
+# (the executors, the models, k-means), when a job body of this process runs.
+if TYPE_CHECKING:
+    import torch
+
+    from .data import Dataset
+    from .executors import Executor
+    from .train import OnEpoch, OnStep
 
 OnStatus = Callable[[JobStatus], None]
 
@@ -58,13 +62,12 @@ _MANAGERS_LOCK = threading.Lock()
 
 
 def job_manager(store: RunStore) -> JobManager:
-    """The one JobManager of this process for the store's root."""
+    """The one JobManager of this process for the store's root. It imports no torch: a process that
+    only waits for another's job never needs it; torch's threads are set when a job body runs here."""
     key = str(Path(store.root).resolve())
     with _MANAGERS_LOCK:
         if key not in _MANAGERS:
-            _MANAGERS[key] = JobManager(store.root)
-            # its jobs run as threads of this process, so their torch pools must share the cores
-            set_torch_threads(_MANAGERS[key].max_running)
+            _MANAGERS[key] = JobManager(store.root)  # torch's threads: at its first job body here
             # what a killed writer (kill -9 mid-publication) left behind goes at the first job
             store.clean_temporaries()
         return _MANAGERS[key]
@@ -112,6 +115,20 @@ def _outcome(status: JobStatus, errors: list[BaseException], what: str) -> None:
     raise JobFailed(f"{what} failed: {status.message}")
 
 
+_TORCH_THREADS_SET: set[int] = set()  # the max_running values torch's threads were set for
+
+
+def _share_torch_threads(manager: JobManager) -> None:
+    """Give this process's jobs their share of the cores as torch threads, at its first job body
+    (what JobManager does at construction when asked; here, where torch is needed anyway)."""
+    with _MANAGERS_LOCK:
+        if manager.max_running not in _TORCH_THREADS_SET:
+            _TORCH_THREADS_SET.add(manager.max_running)
+            from .executors import set_torch_threads
+
+            set_torch_threads(manager.max_running)
+
+
 class _Local:
     """What a job run by this call left behind: whether it ran here, and its exception."""
 
@@ -141,11 +158,16 @@ def _training(
     data: Dataset | None,
     on_epoch: OnEpoch | None,
     on_step: OnStep | None,
-    executor: Executor,
+    executor: Executor | None,
 ) -> Callable[[JobContext], None]:
-    """The job's body: train, reporting each step and epoch (a report is where a cancel lands), publish."""
+    """The job's body: train, reporting each step and epoch (a report is where a cancel lands), publish.
+    `executor` None: the process's default, chosen when the body runs (a waiter imports none)."""
 
     def run(ctx: JobContext) -> None:
+        from .executors import get_executor
+
+        _share_torch_threads(job_manager(store))
+        chosen = executor or get_executor()
         epoch_done = [0]
 
         def step(i: int, n: int) -> None:
@@ -166,12 +188,12 @@ def _training(
             if on_epoch is not None:
                 on_epoch(metrics, histograms)
 
-        ctx.report(0, cfg.epochs, "loading the dataset" if executor.name == "local" else f"on {executor.name}")
+        ctx.report(0, cfg.epochs, "loading the dataset" if chosen.name == "local" else f"on {chosen.name}")
 
         def waiting() -> None:  # a remote executor: no steps to report, but a cancel must land
-            ctx.report(0, cfg.epochs, f"training on the {executor.name} cluster")
+            ctx.report(0, cfg.epochs, f"training on the {chosen.name} cluster")
 
-        record = executor.train(cfg, device=device, on_epoch=epoch, on_step=step, data=data, poll=waiting)
+        record = chosen.train(cfg, device=device, on_epoch=epoch, on_step=step, data=data, poll=waiting)
         ctx.report(cfg.epochs, cfg.epochs, "storing the run")
         store.save_run(record)
 
@@ -189,7 +211,7 @@ def training_spec(
     executor: Executor | None = None,
 ) -> JobSpec:
     run_id = cfg.run_id()
-    body = _training(store, cfg, device, data, on_epoch, on_step, executor or get_executor())
+    body = _training(store, cfg, device, data, on_epoch, on_step, executor)
     return JobSpec(
         key=run_id,
         kind="train",
@@ -197,6 +219,12 @@ def training_spec(
         run=local.wrap(body) if local is not None else body,
         is_done=lambda: store.load_run(run_id, verify_weights=True) is not None,
     )
+
+
+def stored_run(store: RunStore, cfg: TrainConfig) -> RunRecord | None:
+    """The stored run of `cfg`, its weights checked, or None: the look before any loading (no
+    torch, no dataset, no model)."""
+    return store.load_run(cfg.run_id(), verify_weights=True)
 
 
 def get_or_train(
@@ -212,7 +240,7 @@ def get_or_train(
     """(run, was_cached). On a miss, trains as a job (or waits for the thread or process already
     training it) and returns the stored run; was_cached is False only when this call trained it. A
     failed, cancelled or interrupted training stores nothing and raises."""
-    cached = store.load_run(cfg.run_id(), verify_weights=True)
+    cached = stored_run(store, cfg)
     if cached is not None:
         return cached, True
     # an entry whose weights fail their check is replaced by the job's own publication (save_run),
@@ -248,9 +276,12 @@ def compression_spec(
     executor: Executor | None = None,
     transient: bool = False,
 ) -> JobSpec:
-    chosen = executor or get_executor()
-
     def body(ctx: JobContext) -> None:
+        from .executors import get_executor
+
+        _share_torch_threads(job_manager(store))
+        chosen = executor or get_executor()  # here: a waiter imports no executor (nor torch)
+
         def step(i: int, n: int) -> None:
             ctx.report(i, n, f"fine-tuning the centroids: step {i}/{n}")
             if on_step is not None:
@@ -272,6 +303,18 @@ def compression_spec(
     )
 
 
+def stored_compression(
+    store: RunStore, run: RunRecord, cfg: CompressConfig, transient: bool = False
+) -> CompressionRecord | None:
+    """The stored compression of `run` by `cfg`, verified, or None: the look before any loading.
+    A request that is not `transient` settles a transient entry it finds (see get_or_compress)."""
+    cached = store.load_compression(run.run_id, cfg)
+    if cached is not None and cached.transient and not transient:
+        store.settle_compression(run.run_id, cached.key)
+        cached = cached.with_file(cached.file_path, transient=False)
+    return cached
+
+
 def get_or_compress(
     store: RunStore,
     run: RunRecord,
@@ -287,12 +330,12 @@ def get_or_compress(
     (before any work, and before any job) when the setting does not fit the run. `transient` for a
     setting a slider only passes over (kept off the Frontier until settled); any other request for
     it (the CLI, a sweep) settles it."""
-    cached = store.load_compression(run.run_id, cfg)
+    cached = stored_compression(store, run, cfg, transient)
     if cached is not None:
-        if cached.transient and not transient:
-            store.settle_compression(run.run_id, cached.key)
-            cached = cached.with_file(cached.file_path, transient=False)
         return cached, True
+    from .compress import coded_shapes
+    from .pq import check_fits
+
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
     local = _Local()
@@ -307,6 +350,9 @@ def get_or_compress(
 
 def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
+    from .compress import coded_shapes
+    from .pq import check_fits
+
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
     return job_manager(store).submit(compression_spec(store, run, cfg))
@@ -315,6 +361,10 @@ def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> 
 def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
     k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
+    from .calibration import CALIBRATION_SAMPLES
+    from .compress import coded_shapes
+    from .pq import row_shape
+
     kmeans_flops = 0.0
     shapes = coded_shapes(run, cfg.targets)
     if cfg.method in ("kmeans", "pq"):

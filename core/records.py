@@ -12,14 +12,14 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import CompressConfig, TrainConfig
-from .models import build_model
 from .size import SizeReport
+
+if TYPE_CHECKING:  # records are read (listings, cache hits) without torch; tensors import it
+    import torch
+    from torch import nn
 
 
 class CorruptEntry(ValueError):
@@ -134,6 +134,19 @@ class MemoryWeights:
 
 
 @dataclass(frozen=True)
+class BlobWeights:
+    """A verified safetensors file, held in memory as its bytes: made into tensors at each load
+    (so a lookup that only reads the record, a cache hit, imports no torch)."""
+
+    blob: bytes = field(repr=False)
+
+    def load(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load as st_load
+
+        return st_load(self.blob)
+
+
+@dataclass(frozen=True)
 class StoredWeights:
     """A safetensors file of the store with the sha256 it must have; checked at every load."""
 
@@ -183,6 +196,8 @@ class RunRecord:
 
     def model(self) -> nn.Module:
         """A fresh model with the trained weights (safe to modify)."""
+        from .models import build_model
+
         model = build_model(self.config.model, self.input_shape, self.n_classes, self.config.hidden)
         model.load_state_dict(self.state_dict())
         return model.eval()

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from .config import CompressConfig
-from .pq import n_chunks, row_shape
 
 FLOAT_BITS = 32
 
@@ -94,6 +93,8 @@ class LayerBits:
 
 def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerBits:
     """The exact bits of one weight coded by `cfg`: a conv counts as its rows of in * kh * kw values."""
+    from .pq import n_chunks, row_shape  # here: reading a stored record (its SizeReport) imports no torch
+
     out, inp = row_shape(shape)
     n = out * inp
     if cfg.method == "float":

@@ -34,13 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
-
 from .config import CompressConfig
-from .export import NotACompressedModel, read_payload
 from .fileio import hold_temporary, is_temporary, temporary_name, write_atomic, writer_alive
-from .records import CompressionRecord, MemoryWeights, RunRecord, StoredWeights, sha256
+from .records import BlobWeights, CompressionRecord, RunRecord, StoredWeights, sha256
 
 ENV_VAR = "COMPRESSION_LAB_CACHE"
 _WHERE = f"--cache-dir, {ENV_VAR}"  # how a user picks another store: the CLI's option, the app's variable
@@ -151,14 +147,21 @@ class RunStore:
             if record.run_id != run_id:
                 return None  # a folder copied under another id
             if verify_weights:
+                # safetensors' own checks of the file, in numpy: a cache hit imports no torch
+                from safetensors import SafetensorError
+                from safetensors.numpy import load as np_load
+
                 blob = weights_path.read_bytes()
                 if sha256(blob) != weights_sha:
                     return None
-                state = st_load(blob)
+                try:
+                    state = np_load(blob)
+                except SafetensorError:  # (numpy cannot hold every dtype either: a TypeError, caught below)
+                    return None
                 expected = {layer.name: layer.shape for layer in record.layers}
                 if any(tuple(state[name].shape) != shape for name, shape in expected.items()):
                     return None
-                record = record.with_weights(MemoryWeights(state))
+                record = record.with_weights(BlobWeights(blob))
             return record
         except _READ_ERRORS:
             return None
@@ -166,6 +169,8 @@ class RunStore:
     def save_run(self, record: RunRecord) -> RunRecord:
         """Publish a run atomically; a valid entry already there wins, a corrupt one is replaced.
         Returns the stored record (weights read from the store from then on)."""
+        from safetensors.torch import save as st_save
+
         blob = st_save(record.state_dict())
         blob_sha = sha256(blob)
         final = self.run_dir(record.run_id)
@@ -249,6 +254,8 @@ class RunStore:
 
     def _load_compression(self, run_id: str, key: str) -> CompressionRecord | None:
         """The verified compression record (with its file path), or None when absent or not valid."""
+        from .export import NotACompressedModel, read_payload  # the reader's checks: torch, here only
+
         try:
             json_path, file_path = self.compression_paths(run_id, key)
             record_json, file_sha = _open_envelope(json_path, "file_sha256")

