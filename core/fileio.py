@@ -9,6 +9,7 @@ dot-file ending in `.tmp` that `is_temporary` recognizes and housekeeping remove
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -36,8 +37,11 @@ def is_temporary(path: Path) -> bool:
 
 def hold_temporary(fd: int) -> None:
     """Mark the temporary open as `fd` as in use (an exclusive flock) until the descriptor closes:
-    the kernel lets go when its writer exits, even by SIGKILL, so `writer_alive` sees a dead writer."""
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    the kernel lets go when its writer exits, even by SIGKILL, so `writer_alive` sees a dead writer.
+    A file system without flock (some network mounts) still gets the write: the process id in the
+    name then tells `writer_alive` that its writer is at work, on this host."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def writer_alive(path: Path) -> bool:
