@@ -28,6 +28,7 @@ onnx is imported lazily: core works without it, and the export says which packag
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import io
@@ -41,17 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import (
-    MODULE_FORMAT,
-    NotACompressedModel,
-    _parse_header,
-    build_module_payload,
-    fill_module,
-    from_bytes,
-    model_from_payload,
-    module_from_bytes,
-    read_file_bytes,
-)
+from .decoded import read_compressed
+from .export import build_module_payload
 from .fileio import check_output_path, write_atomic
 from .models import select_weights
 from .pq import n_chunks, row_shape
@@ -153,27 +145,15 @@ def _payload(
                 f"of the module that was compressed"
             ) from None
         return tensors, meta, decoded.eval(), example_input
-    if isinstance(source, bytes):
-        blob, name = source, "the data"
-    elif isinstance(source, str | Path):
-        blob, name = read_file_bytes(source), str(source)
-    else:
+    if not isinstance(source, str | Path | bytes):
         raise ValueError(f"cannot export a {type(source).__name__}: give a file path or a core.Compressed")
+    if model is not None:
+        model, example_input = _own_module(model, example_input, "a core.save file")
+    tensors, meta, decoded_model = read_compressed(source, model)
     if model is None:
-        try:
-            tensors, meta = from_bytes(blob, name)
-        except NotACompressedModel:
-            if _file_format(blob) == MODULE_FORMAT:
-                raise ValueError(
-                    f"{name} was written by core.save for your own module: pass model= (an instance of it) and "
-                    f"example_input= (a batch of its inputs)"
-                ) from None
-            raise
-        example = torch.zeros(1, *meta["input_shape"])  # (1, C, H, W); the batch axis is dynamic
-        return tensors, meta, model_from_payload(tensors, meta), example
-    model, example_input = _own_module(model, example_input, "a core.save file")
-    tensors, meta = module_from_bytes(blob, model, name)
-    return tensors, meta, fill_module(copy.deepcopy(model), tensors, meta).eval(), example_input
+        example_input = torch.zeros(1, *meta["input_shape"])  # (1, C, H, W); the batch axis is dynamic
+    assert example_input is not None
+    return tensors, meta, decoded_model, example_input
 
 
 def _own_module(
@@ -204,30 +184,19 @@ def _check_coded_layers(model: nn.Module, coded: Sequence[tuple[str, tuple[int, 
             raise ValueError(f"coded weight {name} has shape {list(shape)} but the model's is {list(weights[name])}")
 
 
-def _file_format(blob: bytes) -> str | None:
-    """The `format` a compressed file's metadata claims, when it can be read at all."""
-    import json
-
-    try:
-        _, meta_text = _parse_header(blob)
-        meta = json.loads(meta_text)
-    except Exception:  # any unreadable file: the reader's own refusal is the message
-        return None
-    return meta.get("format") if isinstance(meta, dict) else None
-
-
 def _torch_export(model: nn.Module, example: torch.Tensor) -> bytes:
     """The float graph, by torch's TorchScript exporter (no extra package, works offline).
 
     No constant folding, so that every parameter stays an initializer under its state-dict name."""
     buffer = io.BytesIO()
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # redirect: on failure the exporter prints its whole TorchScript graph; core never prints
+        with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
             torch.onnx.export(
                 model.eval(),
                 (example,),
-                buffer,
+                buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to a file object
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[INPUT_NAME],
@@ -332,8 +301,8 @@ def decode_stage(
     if layout == "per-chunk":  # codes (chunks, out), codebook g for chunk g: one flat table, offset codes
         table = g.op("Reshape", [books, g.const(np.array([groups * k, dim], dtype=np.int64))])  # (G * k, d)
         grid = g.op("Reshape", [codes, g.const(np.array([groups, out_features], dtype=np.int64))])  # (G, out)
-        scalar = np.int64
-        starts = g.op("Range", [g.const(scalar(0), "scalar.zero"), g.const(scalar(groups * k)), g.const(scalar(k))])
+        zero, end, step = (np.array(value, dtype=np.int64) for value in (0, groups * k, k))  # 0-d: Range's scalars
+        starts = g.op("Range", [g.const(zero, "scalar.zero"), g.const(end), g.const(step)])
         offsets = g.op("Unsqueeze", [starts, g.const(np.array([1], dtype=np.int64), "axis.one")])  # (G, 1): g * k
         picked = g.op("Gather", [table, g.op("Add", [grid, offsets])], axis=0)  # (G, out, d)
         return g.op("Transpose", [picked], perm=[1, 0, 2])  # (out, G, d)
@@ -396,11 +365,11 @@ def _replace_weights(onnx: Any, proto: Any, layers: Sequence[dict], tensors: dic
             alpha_tensor = tensors[f"{name}.alpha"]
             alpha = _float32(g, g.const(alpha_tensor.numpy(), f"{name}.alpha"), alpha_tensor.dtype)
             pair = g.op("Concat", [g.op("Neg", [alpha]), alpha], axis=0)  # (2,): the codebook [-alpha, +alpha]
-            books, books_shape = pair, (1, 2, 1)
+            books, books_shape = pair, [1, 2, 1]  # (G, k, d)
         else:
             book_tensor = tensors[f"{name}.codebooks"]
             books = _float32(g, g.const(book_tensor.numpy(), f"{name}.codebooks"), book_tensor.dtype)
-            books_shape = tuple(book_tensor.shape)
+            books_shape = list(book_tensor.shape)
         stage = decode_stage(g, codes, books, layout, shape, books_shape)
         decoded_weight(g, [stage], shape, books_shape[-1], name)
     nodes = [*g.nodes, *graph.node]  # the decode first: nodes stay in topological order
