@@ -14,7 +14,7 @@ printed). Latency is measured twice: with ONNX Runtime's default graph optimizat
 constant-folded once, when the session is created, so the session's creation time carries it) and
 with all optimizations disabled (the decode runs on every call: its full cost). One ORT thread.
 
-    python bench/onnx_export.py            # ~10 min on 2 shared CPU cores
+    python bench/onnx_export.py            # the LeNets ~7 min, VGG-11 ~16 min (2 CPU cores, load ~11-18)
     python bench/onnx_export.py --smoke    # no VGG-11, fewer rounds
     python bench/onnx_export.py --no-vgg   # the LeNets only
 """
