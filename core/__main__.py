@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--parallel", type=int, help="runs in flight at once (default: 1 locally, the cluster's CPUs with ray)"
     )
 
+    p = sub.add_parser("export", parents=[common], help="write a compressed model file as ONNX, its weights kept coded")
+    p.add_argument("file", help="a compressed model file from `compress --out`")
+    p.add_argument("--format", choices=("onnx",), default="onnx", help="onnx: runs in ONNX Runtime (default)")
+    p.add_argument("--out", required=True, help="the file to write, e.g. model.onnx")
+
     sub.add_parser("runs", parents=[common], help="list the stored runs")
 
     p = sub.add_parser("rm", parents=[common], help="delete runs (with their compressions) or one compression")
@@ -354,6 +359,21 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return out
 
 
+def cmd_export(args: argparse.Namespace) -> dict:
+    from .fileio import check_output_path
+    from .onnx_export import OPSET, MissingDependency, export_onnx, require_onnx
+
+    check_output_path(args.out)  # the output, the package and the input file, all before the export
+    try:
+        require_onnx()
+        written = export_onnx(args.file, args.out)
+    except MissingDependency as exc:
+        raise CliError(str(exc)) from None
+    if not args.json:
+        print(f"wrote {args.out}: {written:,} bytes, ONNX opset {OPSET}, the weights kept coded")
+    return {"file": args.file, "format": args.format, "out": args.out, "bytes": written, "opset": OPSET}
+
+
 def _check_csv_path(path: str | None) -> None:
     if path:
         from .fileio import check_output_path
@@ -490,6 +510,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict]] = {
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
     "sweep": cmd_sweep,
+    "export": cmd_export,
     "runs": cmd_runs,
     "rm": cmd_rm,
     "gc": cmd_gc,

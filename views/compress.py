@@ -8,6 +8,7 @@ once, with no retraining ever.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import streamlit as st
 
@@ -15,6 +16,7 @@ from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvecto
 from core.compress import coded_shapes
 from core.config import LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
+from core.onnx_export import MissingDependency, onnx_bytes, require_onnx
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
@@ -225,6 +227,19 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
         key="download",
         on_click="ignore",
     )
+    try:  # the same model as ONNX, its weights kept coded: built only when the button is clicked
+        require_onnx()
+    except MissingDependency as exc:
+        st.caption(plain(str(exc)))
+    else:
+        st.download_button(
+            "Download for ONNX Runtime (.onnx, weights kept coded)",
+            partial(onnx_bytes, record.file_path),
+            file_name=download_name(record).removesuffix(".safetensors") + ".onnx",
+            mime="application/octet-stream",
+            key="download_onnx",
+            on_click="ignore",
+        )
     st.caption(
         "Load it with `python -m core evaluate FILE` or `core.export.load_file(path)`: the accuracy above is "
         "measured on the model rebuilt from this very file."
