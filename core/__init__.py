@@ -5,6 +5,7 @@ quantization, and count every bit. See docs/method.md. For your own model, the p
 
     core.Regularizer, core.compress, core.Compressed, core.finetune, core.save, core.load
     core.CompressConfig (the compression settings)
+    core.decompress (a float state dict), core.export_onnx (an ONNX graph with the codes kept coded)
 
 The names are imported on first use (`core.compress`, `from core import compress`): importing
 `core` alone imports no torch, so the command line's listings (`python -m core runs`, which
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # type checkers and IDEs see the names as if imported here
     from .api import Compressed, ModelSize, compress, finetune, load, save
     from .config import CompressConfig, TrainConfig
+    from .decoded import decompress
+    from .onnx_export import export_onnx
     from .regularizers import Regularizer
 
 # public name -> the module that defines it
@@ -33,6 +36,8 @@ _HOMES = {
     "save": ".api",
     "CompressConfig": ".config",
     "TrainConfig": ".config",
+    "decompress": ".decoded",
+    "export_onnx": ".onnx_export",
     "Regularizer": ".regularizers",
 }
 
@@ -43,6 +48,8 @@ __all__ = [
     "Regularizer",
     "TrainConfig",
     "compress",
+    "decompress",
+    "export_onnx",
     "finetune",
     "load",
     "save",
