@@ -344,6 +344,9 @@ class _FullDisk:
         self.file.write(bytes(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
+    def fileno(self):
+        return self.file.fileno()
+
     def __enter__(self):
         return self
 
