@@ -15,16 +15,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .experiments import pareto_mask
+from .methods import METHOD_SPECS
 from .records import CompressionRecord, EpochMetrics, LayerHistogram
 from .size import SizeReport
 
-# One colour per compression method, on every page (Okabe-Ito, colour-blind safe).
-METHOD_COLORS: dict[str, str] = {
-    "float": "#555555",
-    "binarize": "#D55E00",
-    "kmeans": "#E69F00",
-    "pq": "#0072B2",
-}
+# One colour per compression method, on every page (Okabe-Ito, colour-blind safe): each method's own.
+METHOD_COLORS: dict[str, str] = {name: method.color for name, method in METHOD_SPECS.items()}
 # One colour per regularizer where runs (not compressions) are drawn.
 REG_COLORS: dict[str, str] = {"none": "#555555", "binary": "#CC79A7", "levels": "#009E73", "pq": "#56B4E9"}
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")

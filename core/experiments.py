@@ -25,6 +25,7 @@ import torch
 from .config import METHODS, CompressConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .executors import Executor
+from .methods import METHOD_SPECS
 from .models import build_model, fc_layers
 from .pipeline import get_or_compress, get_or_train
 from .pq import DoesNotFit, check_fits
@@ -52,41 +53,31 @@ def compression_grid(
     layouts: Iterable[str] = ("shared",),
     finetune_epochs: Iterable[int] = (0,),
     fixed: Mapping[str, Any] | None = None,
+    stages: Iterable[int] = (1,),
 ) -> list[CompressConfig]:
     """Every compression setting of the grid, canonical and each once (by `cfg.key()`), in the order
-    methods x d x k x layout x fine-tuning epochs. A method only spans the axes it reads: float is one
-    setting, binarize one per fine-tuning value, kmeans one per k; so float needs no k and pq needs d and k.
+    methods x d x k x layout x fine-tuning epochs x stages. A method only spans the axes it reads
+    (`Method.axes`): float is one setting, binarize one per fine-tuning value, kmeans one per k; so
+    float needs no k and pq needs d and k.
     The other fields (centroid_bits, kmeans_iters, init, seed, finetune_lr) come from `fixed`, plain
     field values: not a CompressConfig, which would already have reset what its own method ignores
     (a base with finetune_epochs=0 forgets its finetune_lr).
     Raises ValueError (from the config's validation) for an unknown method or an out-of-range d or k."""
     fixed = dict(fixed or {})
-    sizes, ks, lays, fts = list(subvector_sizes), list(centroids), list(layouts), list(finetune_epochs)
+    axes: dict[str, list[Any]] = {
+        "subvector_size": list(subvector_sizes),
+        "n_centroids": list(centroids),
+        "layout": list(layouts),
+        "finetune_epochs": list(finetune_epochs),
+        "stages": list(stages),
+    }
     grid: dict[str, CompressConfig] = {}
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        # (d, k, layout, fine-tuning epochs) of each setting; the config resets what its method ignores.
-        combos: list[tuple[Any, ...]]
-        if method == "float":
-            combos = [(1, 2, "shared", 0)]
-        elif method == "binarize":
-            combos = [(1, 2, "shared", ft) for ft in fts]
-        elif method == "kmeans":
-            combos = [(1, k, "shared", ft) for k in ks for ft in fts]
-        else:
-            combos = list(itertools.product(sizes, ks, lays, fts))
-        for size, k, layout, ft in combos:
-            cfg = CompressConfig(
-                **{
-                    **fixed,
-                    "method": method,
-                    "subvector_size": size,
-                    "n_centroids": k,
-                    "layout": layout,
-                    "finetune_epochs": ft,
-                }
-            )
+        spanned = [name for name in axes if name in METHOD_SPECS[method].axes]  # the config resets the rest
+        for combo in itertools.product(*(axes[name] for name in spanned)):
+            cfg = CompressConfig(**{**fixed, "method": method, **dict(zip(spanned, combo))})
             grid.setdefault(cfg.key(), cfg)
     return list(grid.values())
 

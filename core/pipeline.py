@@ -22,24 +22,21 @@ from pathlib import Path
 
 import torch
 
-from .calibration import CALIBRATION_SAMPLES
 from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES, Dataset
 from .executors import Executor, get_executor
 from .jobs import Cancelled, JobContext, JobManager, JobSpec, JobState, JobStatus
-from .pq import check_fits, row_shape
+from .pq import check_fits
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
 from .train import OnEpoch, OnStep
 
 OnStatus = Callable[[JobStatus], None]
 
-# Work this machine does in a second (2 CPU cores; measured on LeNet-300-100 / mnist-5k: pq d=8 k=256
-# in 0.27 s, i.e. ~17 GFLOP/s of distances; pq d=2 k=4096 in 8.2 s, ~9 GFLOP/s; one epoch of centroid
-# fine-tuning in ~0.2 s, ~30 GFLOP/s), rounded down; used to tell a cheap compression (computed at
-# once in the app) from an expensive one (computed as a job after a click). Over-estimating is safe.
-KMEANS_FLOPS_PER_S = 8e9
+# Work this machine does in a second (2 CPU cores; one epoch of centroid fine-tuning on LeNet-300-100 /
+# mnist-5k in ~0.2 s, ~30 GFLOP/s), rounded down; with the method's own estimate, used to tell a cheap
+# compression (computed at once in the app) from an expensive one (computed as a job after a click).
 TRAIN_FLOPS_PER_S = 15e9
 CHEAP_SECONDS = 1.0
 
@@ -286,34 +283,15 @@ def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> 
 
 
 def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
-    """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
-    k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
-    kmeans_flops = 0.0
+    """A rough estimate of a compression's time on this machine: the method's quantization work (it
+    says what it costs), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
     shapes = coded_shapes(run, cfg.targets)
-    if cfg.method in ("kmeans", "pq"):
-        for _, shape in shapes:
-            out_features, in_features = row_shape(shape)
-            n_sub = out_features * -(-in_features // cfg.subvector_size)
-            if n_sub <= cfg.n_centroids:
-                continue  # every subvector is its own centroid: nothing to iterate
-            if cfg.subvector_size == 1:  # scalar: a binary search per weight, not k distances
-                per_point = 30.0 * max(1, cfg.n_centroids.bit_length())
-            else:
-                per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
-            kmeans_flops += n_sub * per_point * (cfg.kmeans_iters + 2)
-        if cfg.weighting == "activations":
-            # plain k-means first, then as many weighted iterations (each about as costly), after a
-            # forward pass over the calibration inputs with each layer's chunked second moments
-            kmeans_flops *= 2
-            kmeans_flops += sum(
-                2.0 * math.prod(shape) * CALIBRATION_SAMPLES * (1 + cfg.subvector_size) for _, shape in shapes
-            )
     # fine-tuning: a forward and a backward pass over the training split an epoch (~6 flops a weight
     # and an example; a conv's weights count once a position of its output, which this leaves out)
     weights = sum(math.prod(shape) for _, shape in shapes)
     n_train = DATASET_SOURCES[run.config.dataset].n_train
     finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs
-    return 0.2 + kmeans_flops / KMEANS_FLOPS_PER_S + finetune_flops / TRAIN_FLOPS_PER_S
+    return 0.2 + cfg.method_spec.estimate_seconds(shapes, cfg) + finetune_flops / TRAIN_FLOPS_PER_S
 
 
 # ----------------------------------------------------------------------------------------- sweep

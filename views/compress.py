@@ -15,6 +15,8 @@ from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvecto
 from core.compress import coded_shapes
 from core.config import LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
+from core.methods import METHOD_SPECS
+from core.methods.base import SHARED_CONTROLS
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
@@ -43,7 +45,8 @@ from ui.widgets import number_input, radio, select_slider, selectbox
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
-    """The compression widgets; ValueError when the combination is not valid."""
+    """The compression widgets; ValueError when the combination is not valid. Which ones a method uses
+    (the others are disabled) and the controls of its own (drawn only for it) are the method's to say."""
     col1, col2, col3 = st.columns(3)
     with col1:
         method = selectbox(
@@ -52,9 +55,10 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "pq",
             "method",
             True,
-            help="float: no compression (reference); binarize: sign(W)·α, 1 bit a weight; "
-            "kmeans: scalar k-means (d = 1); pq: product quantization.",
+            help="; ".join(f"{spec.name}: {spec.summary}" for spec in METHOD_SPECS.values()) + ".",
         )
+        spec = METHOD_SPECS[method]
+        unused = {name: name not in spec.controls for name in SHARED_CONTROLS}
         layout = radio(
             "Codebook layout",
             LAYOUTS,
@@ -62,11 +66,11 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "layout",
             True,
             horizontal=True,
-            disabled=method != "pq",
+            disabled=unused["layout"],
             help="shared: one codebook per layer; per-chunk: one per chunk position (needs k ≤ rows).",
         )
     with col2:
-        subvector_size = select_slider("Subvector size d (pq)", D_OPTIONS, 8, "d", True, disabled=method != "pq")
+        subvector_size = select_slider("Subvector size d", D_OPTIONS, 8, "d", True, disabled=unused["subvector_size"])
         n_centroids = select_slider(
             "Centroids k",
             K_OPTIONS,
@@ -74,27 +78,32 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "k",
             True,
             format_func=fmt_k,
-            disabled=method not in ("pq", "kmeans"),
+            disabled=unused["n_centroids"],
             help="A code is log2(k) bits per subvector.",
         )
+        own = {
+            option.field: select_slider(option.label, option.options, option.default, option.field, True,
+                                        help=option.help)
+            for option in spec.options
+        }  # fmt: skip
     with col3:
         centroid_bits = radio(
-            "Centroid precision (bits)", (32, 16), 32, "bits", True, horizontal=True, disabled=method == "float"
+            "Centroid precision (bits)", (32, 16), 32, "bits", True, horizontal=True, disabled=unused["centroid_bits"]
         )
         finetune_epochs = number_input(
-            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=method == "float"
+            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=unused["finetune_epochs"]
         )
         weighting = radio(
             "k-means minimizes", WEIGHTINGS, "none", "weighting", True, horizontal=True,
             format_func=lambda w: {"none": "weight error", "activations": "output error"}[w],
-            disabled=method not in ("pq", "kmeans"),
+            disabled=unused["weighting"],
             help="output error: activation-aware k-means (Stock et al. 2019), weighted by each layer's input "
             "statistics on 2,048 training images; it lowers each layer's output error, not always the accuracy.",
         )  # fmt: skip
         targets = radio(
             "Layers to code", TARGETS, "fc", "targets", True, horizontal=True,
             format_func=lambda t: {"fc": "FC only (the paper)", "fc+conv": "FC + conv"}[t],
-            disabled=method == "float" or not has_conv,
+            disabled=unused["targets"] or not has_conv,
             help="The paper codes the FC layers only; coding the convolutions too takes the model ratio past "
             "the conv barrier (lenet5, cifar-cnn). A conv's filters are cut into subvectors along their "
             "in x kh x kw values.",
@@ -108,6 +117,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         finetune_epochs=int(finetune_epochs),
         targets=targets if has_conv else "fc",
         weighting=weighting,
+        **{field: int(value) for field, value in own.items()},
     )
 
 
@@ -210,7 +220,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
             key="chart_scatter",
         )
     elif picture["kind"] == "none":
-        st.info("Method float keeps the weights as they are: no centroids to draw.")
+        st.info(f"Method {plain(method)} keeps the weights as they are: no centroids to draw.")
     else:
         st.info(
             f"With d = {picture['subvector_size']} the subvectors live in {picture['subvector_size']} dimensions; "
