@@ -5,6 +5,7 @@ every one of them.
 - binarize (binarize.py): sign(W) * alpha_l, 1 bit a weight plus one float a layer.
 - kmeans (kmeans.py): scalar k-means, i.e. PQ with d = 1 and one shared codebook.
 - pq (pq.py): product quantization (`shared` or `per-chunk` codebooks).
+- rq (rq.py): residual quantization, M stages of pq codebooks that add up.
 Applied to an unregularized run, binarize / kmeans / pq are Gong et al. 2014's baselines; applied
 to a regularized run, they are the paper's method. The code is the same.
 
@@ -29,12 +30,13 @@ from .binarize import BINARIZE, binarize_weight
 from .float import FLOAT
 from .kmeans import KMEANS
 from .pq import PQ
+from .rq import RQ
 
 if TYPE_CHECKING:
     from ..config import CompressConfig
 
 # The one registry of methods, in the order they are offered; config.METHODS is its names.
-METHOD_SPECS: dict[str, Method] = {method.name: method for method in (FLOAT, BINARIZE, KMEANS, PQ)}
+METHOD_SPECS: dict[str, Method] = {method.name: method for method in (FLOAT, BINARIZE, KMEANS, PQ, RQ)}
 
 
 def quantize_model(
