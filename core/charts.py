@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .experiments import pareto_mask
+from .analysis import pareto_mask
 from .methods import METHOD_SPECS
 from .records import CompressionRecord, EpochMetrics, LayerHistogram
 from .size import SizeReport
@@ -426,7 +426,7 @@ def frontier_figure(
 ) -> go.Figure:
     """Accuracy against size for every (run, compression) point: colour = method, symbol = the run
     (regularizer and λ, and epochs / seed where they differ), the Pareto-optimal set (`pareto`, one
-    flag a point, as the caller computed it with `core.experiments.pareto_mask`; computed here when
+    flag a point, as the caller computed it with `core.analysis.pareto_mask`; computed here when
     not given) ringed and joined by a line. Each marker's customdata[0] is its index in `points`, so
     a selection maps back to the record."""
     axis_title, larger_is_better = SIZE_AXES[x]

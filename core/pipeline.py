@@ -3,7 +3,7 @@ published when it is not, always as a job (core/jobs.py) keyed by its content ha
 
     training     key = run id                         (TrainConfig.run_id())
     compression  key = run id + "-" + compression key (CompressConfig.key())
-    sweep        key = "sweep-" + hash of its runs and settings
+    sweep        key = "sweep-" + hash of its runs and settings (core/experiments.py, above this module)
 
 so a second request for a key that is being computed, by another thread, tab or process on the
 same store, waits for that one instead of computing it again, and at most `max_running` jobs
@@ -14,10 +14,9 @@ The store (core/store.py) only persists; this module decides what runs.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES, Dataset
 from .executors import Executor, get_executor
-from .jobs import Cancelled, JobContext, JobManager, JobSpec, JobState, JobStatus
+from .jobs import JobContext, JobManager, JobSpec, JobState, JobStatus
 from .pq import check_fits
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
@@ -66,11 +65,6 @@ def job_manager(store: RunStore) -> JobManager:
 
 def compression_key(run_id: str, cfg: CompressConfig) -> str:
     return f"{run_id}-{cfg.key()}"
-
-
-def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> str:
-    text = ",".join(cfg.run_id() for cfg in train_cfgs) + "|" + ",".join(cfg.key() for cfg in compress_cfgs)
-    return "sweep-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _outcome(status: JobStatus, errors: list[BaseException], what: str) -> None:
@@ -292,46 +286,3 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     n_train = DATASET_SOURCES[run.config.dataset].n_train
     finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs
     return 0.2 + cfg.method_spec.estimate_seconds(shapes, cfg) + finetune_flops / TRAIN_FLOPS_PER_S
-
-
-# ----------------------------------------------------------------------------------------- sweep
-
-
-def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> JobSpec:
-    """One job for a whole sweep. It holds no slot itself: each of its trainings and compressions is a
-    job of its own key that queues for a slot like any other (so a sweep never waits on a job that
-    waits on the sweep's slot), and each point is in the store (and on the Frontier) as it lands.
-    A sweep is never "already done" before it runs: run_sweep itself skips what is stored, cheaply."""
-    from .experiments import run_sweep
-
-    finished = threading.Event()
-
-    def body(ctx: JobContext) -> None:
-        result = run_sweep(
-            store,
-            list(train_cfgs),
-            list(compress_cfgs),
-            on_progress=lambda done, total, text: ctx.report(done, total, text),
-            should_stop=ctx.cancelled,
-        )
-        if result.stopped:
-            raise Cancelled  # what is done is stored; the sweep itself ends cancelled, not failed
-        if not result.stopped:
-            skipped = "; ".join(f"skipped {s.label} on run {s.run_id[:6]}: {s.reason}" for s in result.skipped)
-            total = len(train_cfgs) * (1 + len(compress_cfgs))
-            ctx.report(total, total, f"{len(result.points)} points, {len(result.skipped)} skipped. {skipped}".strip())
-            finished.set()
-
-    return JobSpec(
-        key=sweep_key(train_cfgs, compress_cfgs),
-        kind="sweep",
-        label=f"sweep: {len(train_cfgs)} runs x {len(compress_cfgs)} settings",
-        run=body,
-        is_done=finished.is_set,
-    )
-
-
-def submit_sweep(
-    store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
-) -> JobStatus:
-    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs), slot=False)

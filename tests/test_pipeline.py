@@ -9,8 +9,9 @@ import pytest
 
 from core import pipeline
 from core.config import CompressConfig, TrainConfig
+from core.experiments import submit_sweep
 from core.jobs import Cancelled, JobManager, JobState, JobStatus
-from core.pipeline import JobCancelled, JobFailed, _outcome, submit_sweep, submit_training
+from core.pipeline import JobCancelled, JobFailed, _outcome, submit_training
 from core.store import RunStore
 from tests.tiny import TINY
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.analysis import pareto_mask
 from core.charts import SIZE_AXES, frontier_figure
 from core.config import LAYOUTS, METHODS, TrainConfig
 from core.data import DATASET_SOURCES
-from core.experiments import compression_grid, pareto_mask, train_grid
+from core.experiments import compression_grid, submit_sweep, train_grid
 from core.jobs import JobState
-from core.pipeline import submit_sweep
 from core.records import CompressionRecord
 from ui.common import (
     D_OPTIONS,
