@@ -27,6 +27,7 @@ KMEANS_PP_SAMPLE_PER_CENTROID = 16
 # each multi-threaded op over it, small enough to stay near the cache (interleaved probes on 2 cores:
 # 2^20-2^21 1.3x faster than 2^18 and 2^22) and to bound memory at k = 65,536.
 _DIST_BLOCK = 1 << 20
+DIST_BLOCK = _DIST_BLOCK  # public: the cost model (core/methods/pq.py) counts passes in blocks
 _SMALL_BLOCK = 1 << 15  # below this many distances, plain argmin (fewer ops) beats `_first_argmin`
 
 

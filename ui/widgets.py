@@ -79,7 +79,11 @@ def selectbox(label: str, options: Sequence[Any], default: Any, key: str, bind: 
 
 
 def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
-    bind = bind and link_notice(key, in_options(options), default)
+    format_func = kwargs.get("format_func")
+    # a bound slider reads its URL value as the text it shows (k=65,536): any other spelling of an
+    # option (k=65536) would silently become the default, so it gets the notice instead
+    accepts = in_options(options) if format_func is None else in_options([format_func(o) for o in options])
+    bind = bind and link_notice(key, accepts, format_func(default) if format_func else default)
     return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
 
 

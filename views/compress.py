@@ -17,14 +17,20 @@ from core.config import LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
 from core.methods import METHOD_SPECS
 from core.methods.base import SHARED_CONTROLS
-from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
+from core.pipeline import (
+    CHEAP_SECONDS,
+    INLINE_LIMIT_S,
+    compress_within,
+    compression_key,
+    estimate_seconds,
+    submit_compression,
+)
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
     compression_plot_data,
-    compute_compression,
     file_bytes,
     fmt_bytes,
     fmt_k,
@@ -121,11 +127,23 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
     )
 
 
-def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
-    """A cheap setting: computed in this script run (still one job per key: a second session
-    asking for it at the same moment waits for this one)."""
-    with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-        return compute_compression(run, cfg, transient=True)
+def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | None:
+    """A cheap setting: computed as a job this script run waits on for at most INLINE_LIMIT_S (one job
+    per key: a second session asking for it at the same moment waits for the same one). Past the
+    limit it goes on in the background, shown with its progress and a Cancel button; None then."""
+    key = compression_key(run.run_id, cfg)
+    status = manager().status(key)
+    record = None
+    if status is None or not status.live:  # one already running past the limit is not waited on again
+        with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
+            record = compress_within(store(), run, cfg)
+    if record is None:
+        st.info(
+            f"{plain(cfg.label())} takes longer than the {INLINE_LIMIT_S:g} s this page waits, so it goes on "
+            "as a job in the background: you can cancel it, or leave the page and come back."
+        )
+        job_progress_ui(key, f"Compressing {cfg.label()}")
+    return record
 
 
 SETTLE_S = 2.0  # a setting shown this long is one the user settled on: it goes on the Frontier
@@ -266,6 +284,8 @@ def page() -> None:
             seconds = estimate_seconds(run, cfg)
             if seconds <= CHEAP_SECONDS:
                 record = compress_now(run, cfg)  # raises DoesNotFit before any work
+                if record is None:
+                    return  # still running: its job panel is shown
             else:
                 check_fits(coded_shapes(run, cfg.targets), cfg)  # before offering it
                 offer_job(run, cfg, seconds)

@@ -132,8 +132,13 @@ class Method:
         """Raise core.pq.DoesNotFit (a sentence that says what would fit) when `cfg` cannot code
         weights of these shapes; `shapes` is never empty."""
 
+    def cost_features(self, shapes: Shapes, cfg: CompressConfig) -> dict[str, float]:
+        """Its quantization work, by kind (what `estimate_seconds` prices): none unless it says so."""
+        return {}
+
     def estimate_seconds(self, shapes: Shapes, cfg: CompressConfig) -> float:
-        """Seconds of quantization work on this machine (fine-tuning is counted by the pipeline)."""
+        """Seconds of quantization work on this machine, from its measured cost model (the rest of a
+        compression, fine-tuning included, is counted by the pipeline)."""
         return 0.0
 
     # ------------------------------------------------------------------------------- the file

@@ -11,16 +11,39 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..calibration import CALIBRATION_SAMPLES
-from ..pq import QuantizedLayer, check_codebooks_fit, n_chunks, quantize_weight, row_shape
+from ..pq import (
+    DIST_BLOCK,
+    KMEANS_PP_MAX_K,
+    KMEANS_PP_SAMPLE_PER_CENTROID,
+    QuantizedLayer,
+    check_codebooks_fit,
+    n_chunks,
+    quantize_weight,
+    row_shape,
+)
 from ..size import code_width
 from .base import SHARED_CONTROLS, LayerCost, LayerFormat, Method, Shapes
 
 if TYPE_CHECKING:
     from ..config import CompressConfig
 
-# Work this machine does in a second (2 CPU cores; measured on LeNet-300-100 / mnist-5k: pq d=8 k=256
-# in 0.27 s, i.e. ~17 GFLOP/s of distances; pq d=2 k=4096 in 8.2 s, ~9 GFLOP/s), rounded down.
-KMEANS_FLOPS_PER_S = 8e9
+# Seconds a unit of each kind of work takes on this machine (2 shared CPU cores), fitted by
+# bench/estimate.py to measured quantizations of LeNet-300-100's and LeNet-5's layers (its results:
+# bench/results/estimate.md), then scaled so that no calibration point took longer than its estimate.
+COST_SECONDS = {
+    "layers": 0.134,  # per coded weight (the fixed cost of coding one)
+    "points": 1.79e-07,  # per (subvector x d) of one pass over the points (sums, counts, gathers)
+    "distances": 2.94e-09,  # per (subvector x centroid x d) of one Lloyd assignment
+    "scalar": 0.0,  # per (weight x log2 k) of one scalar (d = 1) assignment
+    "seeding": 0.0,  # per (seed point x centroid x d) of k-means++
+    "passes": 0.00121,  # per pass over a block of distances, or step of k-means++ (the op overhead)
+    "weighted": 6.47e-11,  # per flop of an activation-aware iteration
+    # per (centroid system x (10 + d^2)) solved at an activation-aware iteration: measured apart
+    # (torch.linalg.solve of 65,536 systems, one thread: 1.9e-7 s each at d = 2, 8.5e-7 at 8, 3.8e-6 at 16),
+    # after the tests found pq d=8 k=65,536 with output weighting taking 3x its estimate without it
+    "systems": 1.5e-8,
+    "calibration": 0.0,  # per flop of the calibration pass
+}
 
 CODEBOOK_FIELDS = (
     "subvector_size",
@@ -79,26 +102,45 @@ class ProductQuantization(Method):
     def check_fits(self, shapes: Shapes, cfg: CompressConfig) -> None:
         check_codebooks_fit(shapes, cfg.subvector_size, cfg.n_centroids, cfg.layout)
 
-    def estimate_seconds(self, shapes: Shapes, cfg: CompressConfig) -> float:
-        """k-means distance work (subvectors x k x d x iterations); with weighting, twice that plus the
-        calibration pass."""
-        flops = 0.0
+    def cost_features(self, shapes: Shapes, cfg: CompressConfig) -> dict[str, float]:
+        """The work of quantizing these weights, by kind (the keys of COST_SECONDS), counted as the
+        k-means of core/pq.py does it: k-means++ seeding on at most 16 k points, then at most
+        kmeans_iters + 1 assignments; nothing to iterate when a codebook has no more points than k.
+        The activation-aware k-means runs its iterations whatever the plain one did."""
+        work = dict.fromkeys(COST_SECONDS, 0.0)
+        dim, k, iters = cfg.subvector_size, cfg.n_centroids, cfg.kmeans_iters
         for _, shape in shapes:
-            out_features, in_features = row_shape(shape)
-            n_sub = out_features * -(-in_features // cfg.subvector_size)
-            if n_sub <= cfg.n_centroids:
-                continue  # every subvector is its own centroid: nothing to iterate
-            if cfg.subvector_size == 1:  # scalar: a binary search per weight, not k distances
-                per_point = 30.0 * max(1, cfg.n_centroids.bit_length())
-            else:
-                per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
-            flops += n_sub * per_point * (cfg.kmeans_iters + 2)
-        if cfg.weighting == "activations":
-            # plain k-means first, then as many weighted iterations (each about as costly), after a
-            # forward pass over the calibration inputs with each layer's chunked second moments
-            flops *= 2
-            flops += sum(2.0 * math.prod(shape) * CALIBRATION_SAMPLES * (1 + cfg.subvector_size) for _, shape in shapes)
-        return flops / KMEANS_FLOPS_PER_S
+            rows = row_shape(shape)
+            n_books, per_book = codebook_groups(rows, dim, cfg.layout)
+            chunks = n_chunks(rows[1], dim)
+            points = n_books * per_book
+            work["layers"] += 1
+            if per_book > k:
+                work["points"] += (iters + 1) * points * dim
+                if dim == 1:
+                    work["scalar"] += (iters + 1) * points * max(1, k.bit_length())
+                    work["passes"] += iters + 1
+                else:
+                    work["distances"] += (iters + 1) * points * k * dim
+                    work["passes"] += (iters + 1) * (1 + points * k // DIST_BLOCK)
+                if cfg.init == "kmeans++" and k <= KMEANS_PP_MAX_K:
+                    sample = min(per_book, KMEANS_PP_SAMPLE_PER_CENTROID * k)
+                    work["seeding"] += n_books * sample * k * dim
+                    work["passes"] += k
+            if cfg.weighting == "activations":
+                # per iteration: the assignment, each codebook's quadratic terms, the centroid systems
+                per_iteration = 2 * points * k * dim + chunks * k * dim * dim + n_books * k * dim**3
+                per_iteration += n_books * k * chunks * dim * dim
+                work["weighted"] += iters * per_iteration
+                work["points"] += iters * points * dim * dim
+                work["systems"] += iters * n_books * k * (10 + dim * dim)
+                work["passes"] += iters * (4 + points * k // DIST_BLOCK)
+                work["calibration"] += 2.0 * math.prod(shape) * CALIBRATION_SAMPLES * (1 + dim)
+        return work
+
+    def estimate_seconds(self, shapes: Shapes, cfg: CompressConfig) -> float:
+        work = self.cost_features(shapes, cfg)
+        return sum(COST_SECONDS[kind] * amount for kind, amount in work.items())
 
     def code_bits(self, layer: QuantizedLayer) -> int:
         return code_width(layer.n_centroids)

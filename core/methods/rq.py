@@ -83,8 +83,9 @@ class ResidualQuantization(ProductQuantization):
         one = super().layer_bits(rows, cfg)  # one stage: codes and codebooks of pq
         return LayerCost(cfg.stages * one.code_bits, cfg.stages * one.codebook_bits, 0)
 
-    def estimate_seconds(self, shapes: Shapes, cfg: CompressConfig) -> float:
-        return cfg.stages * super().estimate_seconds(shapes, cfg)  # a pq k-means a stage
+    def cost_features(self, shapes: Shapes, cfg: CompressConfig) -> dict[str, float]:
+        one = super().cost_features(shapes, cfg)  # a pq k-means a stage
+        return {kind: cfg.stages * amount for kind, amount in one.items()}
 
     def layer_extra(self, layer: QuantizedLayer) -> dict[str, int]:
         return {"stages": layer.stages}
