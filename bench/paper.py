@@ -37,9 +37,10 @@ if str(ROOT) not in sys.path:
 
 import pandas as pd
 
+from core.analysis import best_within_budget, pareto_mask
 from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable, load_dataset
-from core.experiments import SweepResult, best_within_budget, fc_shapes, fits, pareto_mask, run_sweep
+from core.experiments import SweepResult, fc_shapes, fits, run_sweep
 from core.store import RunStore
 
 BUDGETS = (0.5, 1.0, 2.0)  # accuracy-drop budgets, in points below the float unregularized baseline
@@ -262,7 +263,7 @@ def run_label(cfg: TrainConfig) -> str:
 def budget_table(points: pd.DataFrame, float_acc: float) -> pd.DataFrame:
     """For each budget and family: the largest FC ratio among points within `budget` points of
     `float_acc` (the unregularized float accuracy), with its model ratio, accuracy and config
-    (core.experiments.best_within_budget, families in alphabetical order)."""
+    (core.analysis.best_within_budget, families in alphabetical order)."""
     # Groups come in the order they first appear: sorted points give the families alphabetically.
     by_family = points.sort_values("family", kind="stable")
     best = best_within_budget(by_family, BUDGETS, float_acc, size_col="fc_ratio", group_col="family")

@@ -9,7 +9,7 @@ of each pair of neighbouring calls, the median of the pairs and their spread pri
 2. Regularizer cost: epoch time with binary / pq against none (LeNet-300-100 on mnist-5k and fashion-mnist).
 3. Training throughput: core.train.train_epoch against a minimal plain PyTorch loop.
 4. App recompute: recompress a stored run with a new k (cold) and the cached lookup (warm); frontier
-   data from a store of 200 points (list + DataFrame + core.experiments.pareto_mask, the app's own
+   data from a store of 200 points (list + DataFrame + core.analysis.pareto_mask, the app's own
    Pareto set, and core.charts.frontier_figure).
 
 faiss is a bench dependency only; core never imports it.
@@ -43,9 +43,9 @@ import torch
 from torch.nn import functional as F
 
 from core import pq as core_pq
+from core.analysis import pareto_mask, point_rows
 from core.config import CompressConfig, TrainConfig
 from core.data import DatasetUnavailable, load_dataset
-from core.experiments import pareto_mask, point_rows
 from core.models import build_model
 from core.pipeline import get_or_compress, get_or_train
 from core.regularizers import Regularizer

@@ -55,6 +55,7 @@ COMPRESS_SWEEP: dict[str, list[Any]] = {
     "n_centroids": [2, 16, 256],
     "layout": ["shared"],
     "finetune_epochs": [0],
+    "stages": [1],
 }
 
 
@@ -179,6 +180,7 @@ def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConf
         values["layout"],
         values["finetune_epochs"],
         fixed=fixed,
+        stages=values["stages"],
     )
 
 

@@ -14,17 +14,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .experiments import pareto_mask
+from .analysis import pareto_mask
+from .methods import METHOD_SPECS
 from .records import CompressionRecord, EpochMetrics, LayerHistogram
 from .size import SizeReport
 
-# One colour per compression method, on every page (Okabe-Ito, colour-blind safe).
-METHOD_COLORS: dict[str, str] = {
-    "float": "#555555",
-    "binarize": "#D55E00",
-    "kmeans": "#E69F00",
-    "pq": "#0072B2",
-}
+# One colour per compression method, on every page (Okabe-Ito, colour-blind safe): each method's own.
+METHOD_COLORS: dict[str, str] = {name: method.color for name, method in METHOD_SPECS.items()}
 # One colour per regularizer where runs (not compressions) are drawn.
 REG_COLORS: dict[str, str] = {"none": "#555555", "binary": "#CC79A7", "levels": "#009E73", "pq": "#56B4E9"}
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
@@ -498,7 +494,7 @@ def frontier_figure(
 ) -> go.Figure:
     """Accuracy against size for every (run, compression) point: colour = method, symbol = the run
     (regularizer and λ, and epochs / seed where they differ), the Pareto-optimal set (`pareto`, one
-    flag a point, as the caller computed it with `core.experiments.pareto_mask`; computed here when
+    flag a point, as the caller computed it with `core.analysis.pareto_mask`; computed here when
     not given) ringed and joined by a line. Each marker's customdata[0] is its index in `points`, so
     a selection maps back to the record."""
     axis_title, larger_is_better = SIZE_AXES[x]

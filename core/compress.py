@@ -8,6 +8,7 @@ exported file gives back exactly the accuracy reported here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -62,10 +63,7 @@ def tune_centroids(
     not modified). `batches(epoch)` yields (inputs, targets); `loss_fn(model(inputs), targets)` is
     the loss. Returns the layers with the tuned codebooks (rounded to float16 when `centroid_bits` is 16).
     """
-    moved = [
-        QuantizedLayer(q.name, q.shape, q.subvector_size, q.layout, q.codebooks.to(device), q.codes.to(device))
-        for q in layers
-    ]
+    moved = [dataclasses.replace(q, codebooks=q.codebooks.to(device), codes=q.codes.to(device)) for q in layers]
     params = [p.to(device).detach().requires_grad_(True) for p in _trainable_codebooks(moved)]
     # a copy: the caller's module keeps its mode, its device and its buffers (BatchNorm statistics
     # move in train mode); the frozen tensors are copies too, so a Compressed's `rest` stays as it was
@@ -96,9 +94,7 @@ def tune_centroids(
         books = _codebooks_of(layer, param.detach()).cpu()
         if centroid_bits == 16:
             books = books.half().float()
-        tuned.append(
-            QuantizedLayer(layer.name, layer.shape, layer.subvector_size, layer.layout, books, layer.codes.cpu())
-        )
+        tuned.append(dataclasses.replace(layer, codebooks=books, codes=layer.codes.cpu()))
     return tuned
 
 

@@ -25,13 +25,15 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .data import DATASET_SOURCES
+from .methods import METHOD_SPECS
+from .methods.base import Method
 
 DATASETS = tuple(DATASET_SOURCES)
 # The networks of `core.models.MODEL_BUILDERS` (the same names, tested), named here so that a
 # config is made and checked without importing torch: listing the store builds one a run.
 MODELS = ("mlp", "lenet5", "cifar-cnn")
 REGULARIZERS = ("none", "binary", "levels", "pq")  # implemented in core/regularizers.py (TERMS)
-METHODS = ("float", "binarize", "kmeans", "pq")  # implemented in core/methods.py (METHOD_IMPLEMENTATIONS)
+METHODS = tuple(METHOD_SPECS)  # one file each in core/methods/, in its registry
 LAYOUTS = ("shared", "per-chunk")
 INITS = ("kmeans++", "random")
 CENTROID_BITS = (32, 16)
@@ -44,7 +46,7 @@ TARGETS = ("fc", "fc+conv")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
-LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none"}
+LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none", "stages": 1}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -55,6 +57,7 @@ MAX_HIDDEN_LAYERS = 8
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1
 MAX_ITERS = 1_000
+MAX_STAGES = 16
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
@@ -276,7 +279,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CompressConfig:
-    method: str = _f("pq", "float | binarize (sign * alpha) | kmeans (scalar, d = 1) | pq", choices=METHODS)
+    method: str = _f("pq", " | ".join(f"{m.name}: {m.summary}" for m in METHOD_SPECS.values()), choices=METHODS)
     subvector_size: int = _f(8, "PQ subvector size d (inputs per chunk); 1 for kmeans")
     n_centroids: int = _f(256, f"centroids k per codebook, 2 to {MAX_CENTROIDS:,}; a code is ceil(log2 k) bits")
     layout: str = _f("shared", "shared: one codebook per layer | per-chunk: one per chunk position", choices=LAYOUTS)
@@ -293,6 +296,7 @@ class CompressConfig:
         "(minimizes the layer's output error on training inputs; Stock et al. 2019)",
         choices=WEIGHTINGS,
     )
+    stages: int = _f(1, f"codebooks that add up to each subvector, 1 to {MAX_STAGES} (methods that read it)")
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -314,28 +318,27 @@ class CompressConfig:
         _int("seed", self.seed, 0, MAX_SEED)
         _int("finetune_epochs", self.finetune_epochs, 0, MAX_EPOCHS)
         _float("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.0001")
+        _int("stages", self.stages, 1, MAX_STAGES)
+
+    @property
+    def method_spec(self) -> Method:
+        """The method (core/methods/): what it reads, codes, counts, writes and how it is drawn."""
+        return METHOD_SPECS[self.method]
 
     def _canonicalize(self) -> None:
-        """Reset the fields a method ignores, so equal compressions share one cache key."""
+        """Reset the fields a method ignores, so equal compressions share one cache key: the method
+        says (`Method.canonical`), and when it is another method for this setting, that one says."""
         defaults = {f.name: f.default for f in fields(self)}
-        if self.method == "pq" and self.subvector_size == 1 and self.layout == "shared":
-            _set(self, "method", "kmeans")  # scalar k-means with one shared codebook: the same compression
-        read: tuple[str, ...] = tuple(defaults)  # the fields the method reads; the rest go to their defaults
-        if self.method == "float":
-            read = ("method",)
-        elif self.method == "binarize":
-            read = ("method", "finetune_epochs", "finetune_lr", "targets")
-            _set(self, "subvector_size", 1)  # one sign bit a weight: d = 1, k = 2, by definition
-            _set(self, "n_centroids", 2)
-        elif self.method == "kmeans":
-            _set(self, "subvector_size", 1)
-            _set(self, "layout", "shared")
-        for name, default in defaults.items():
-            keep_binarize_shape = self.method == "binarize" and name in ("subvector_size", "n_centroids")
-            if name not in read and not keep_binarize_shape:
-                _set(self, name, default)
-        if self.finetune_epochs == 0:
-            _set(self, "finetune_lr", defaults["finetune_lr"])
+        values = asdict(self)
+        for _ in METHODS:  # a method hands over to another at most once per method
+            canonical = METHOD_SPECS[values["method"]].canonical(values, defaults)
+            if canonical == values:
+                break
+            values = canonical
+        if values["finetune_epochs"] == 0:
+            values["finetune_lr"] = defaults["finetune_lr"]
+        for name, value in values.items():
+            _set(self, name, value)
 
     def key(self) -> str:
         payload = _without_later_defaults(asdict(self))
@@ -344,14 +347,7 @@ class CompressConfig:
 
     def label(self) -> str:
         """Short human label, e.g. 'pq d=8 k=256 shared'."""
-        if self.method == "float":
-            return "float"
-        if self.method == "binarize":
-            text = "binarize"
-        elif self.method == "kmeans":
-            text = f"kmeans k={self.n_centroids}"
-        else:
-            text = f"pq d={self.subvector_size} k={self.n_centroids} {self.layout}"
+        text = self.method_spec.label(self)
         if self.targets == "fc+conv":
             text += " +conv"
         if self.weighting == "activations":

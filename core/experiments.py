@@ -1,32 +1,33 @@
-"""Sweeps, the Pareto set and the best point within an accuracy budget: the one home of each.
-
-One rule for each, for the CLI, the pages, the charts and the bench scripts alike:
+"""Sweeps: the one home of each rule, for the CLI, the pages and the bench scripts alike:
 
     compression_grid / train_grid   the settings of a sweep, canonical and each once
     fits                            whether a compression setting fits a network (else why not)
     run_sweep                       train what is missing, compress each run with every fitting setting
-    pareto_mask                     the points no other point dominates (ties kept)
-    best_within_budget              per budget and group, the most compressed point within the budget
+    submit_sweep                    the same as one job the app polls
+
+It sits above core/pipeline.py (whose get_or_* each step calls). The analysis of the points (the
+Pareto set, best within a budget) is core/analysis.py's, below both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 
 from .config import METHODS, CompressConfig, TrainConfig
 from .data import Dataset, load_dataset
 from .executors import Executor
+from .jobs import Cancelled, JobContext, JobSpec, JobStatus
+from .methods import METHOD_SPECS
 from .models import build_model, fc_layers
-from .pipeline import get_or_compress, get_or_train
+from .pipeline import get_or_compress, get_or_train, job_manager
 from .pq import DoesNotFit, check_fits
 from .records import CompressionRecord, RunRecord
 from .train import TrainingDiverged
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 
 OnProgress = Callable[[int, int, str], None]  # (steps done, steps in all, what is happening)
 ShouldStop = Callable[[], bool]
-
-# Budgets are compared in points (100 * accuracy): 100 * (0.95 - 0.94) is 1.0000000000000009, which
-# must count as within a budget of 1 point.
-BUDGET_TOLERANCE = 1e-9
-NONE_WITHIN_BUDGET = "none within budget"
 
 # ------------------------------------------------------------------------------------- the grids
 
@@ -52,41 +48,31 @@ def compression_grid(
     layouts: Iterable[str] = ("shared",),
     finetune_epochs: Iterable[int] = (0,),
     fixed: Mapping[str, Any] | None = None,
+    stages: Iterable[int] = (1,),
 ) -> list[CompressConfig]:
     """Every compression setting of the grid, canonical and each once (by `cfg.key()`), in the order
-    methods x d x k x layout x fine-tuning epochs. A method only spans the axes it reads: float is one
-    setting, binarize one per fine-tuning value, kmeans one per k; so float needs no k and pq needs d and k.
+    methods x d x k x layout x fine-tuning epochs x stages. A method only spans the axes it reads
+    (`Method.axes`): float is one setting, binarize one per fine-tuning value, kmeans one per k; so
+    float needs no k and pq needs d and k.
     The other fields (centroid_bits, kmeans_iters, init, seed, finetune_lr) come from `fixed`, plain
     field values: not a CompressConfig, which would already have reset what its own method ignores
     (a base with finetune_epochs=0 forgets its finetune_lr).
     Raises ValueError (from the config's validation) for an unknown method or an out-of-range d or k."""
     fixed = dict(fixed or {})
-    sizes, ks, lays, fts = list(subvector_sizes), list(centroids), list(layouts), list(finetune_epochs)
+    axes: dict[str, list[Any]] = {
+        "subvector_size": list(subvector_sizes),
+        "n_centroids": list(centroids),
+        "layout": list(layouts),
+        "finetune_epochs": list(finetune_epochs),
+        "stages": list(stages),
+    }
     grid: dict[str, CompressConfig] = {}
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        # (d, k, layout, fine-tuning epochs) of each setting; the config resets what its method ignores.
-        combos: list[tuple[Any, ...]]
-        if method == "float":
-            combos = [(1, 2, "shared", 0)]
-        elif method == "binarize":
-            combos = [(1, 2, "shared", ft) for ft in fts]
-        elif method == "kmeans":
-            combos = [(1, k, "shared", ft) for k in ks for ft in fts]
-        else:
-            combos = list(itertools.product(sizes, ks, lays, fts))
-        for size, k, layout, ft in combos:
-            cfg = CompressConfig(
-                **{
-                    **fixed,
-                    "method": method,
-                    "subvector_size": size,
-                    "n_centroids": k,
-                    "layout": layout,
-                    "finetune_epochs": ft,
-                }
-            )
+        spanned = [name for name in axes if name in METHOD_SPECS[method].axes]  # the config resets the rest
+        for combo in itertools.product(*(axes[name] for name in spanned)):
+            cfg = CompressConfig(**{**fixed, "method": method, **dict(zip(spanned, combo))})
             grid.setdefault(cfg.key(), cfg)
     return list(grid.values())
 
@@ -265,127 +251,48 @@ class _RunOutcome:
     new_points: int = 0
 
 
-def point_rows(points: Iterable[CompressionRecord]) -> pd.DataFrame:
-    """One row per compression result (its `.row()`): the frontier's and the budget table's input."""
-    return pd.DataFrame([point.row() for point in points])
+def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> str:
+    text = ",".join(cfg.run_id() for cfg in train_cfgs) + "|" + ",".join(cfg.key() for cfg in compress_cfgs)
+    return "sweep-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------------------------- pareto
+# ----------------------------------------------------------------------------------- sweep job
 
 
-def pareto_mask(sizes: Sequence[float], accuracies: Sequence[float], larger_is_better: bool) -> list[bool]:
-    """True for the points no other point dominates: none is at least as good on both size and accuracy
-    and strictly better on one. Exact duplicates are both kept. A point with a NaN is never on the set
-    and dominates nothing. `larger_is_better` says how to read the size (a ratio: True; bits: False).
+def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> JobSpec:
+    """One job for a whole sweep. It holds no slot itself: each of its trainings and compressions is a
+    job of its own key that queues for a slot like any other (so a sweep never waits on a job that
+    waits on the sweep's slot), and each point is in the store (and on the Frontier) as it lands.
+    A sweep is never "already done" before it runs: run_sweep itself skips what is stored, cheaply."""
+    finished = threading.Event()
 
-    O(n log n): sorted best size first, a point survives when it has the best accuracy of its size and
-    beats every accuracy of the strictly better sizes before it."""
-    if len(sizes) != len(accuracies):
-        raise ValueError(f"sizes and accuracies differ in length ({len(sizes)} and {len(accuracies)})")
-    sign = 1.0 if larger_is_better else -1.0
-    # (goodness of size, accuracy, index): larger is better on both axes once the size is signed.
-    ranked = [
-        (sign * float(size), float(accuracy), index)
-        for index, (size, accuracy) in enumerate(zip(sizes, accuracies))
-        if not (math.isnan(size) or math.isnan(accuracy))
-    ]
-    ranked.sort(key=lambda point: (-point[0], -point[1]))
-    mask = [False] * len(sizes)
-    best_of_better_sizes: float | None = None  # best accuracy among strictly better sizes
-    start = 0
-    while start < len(ranked):
-        size, top_accuracy, _ = ranked[start]  # sorted: the first of a size has its best accuracy
-        end = start
-        while end < len(ranked) and ranked[end][0] == size:
-            _, accuracy, index = ranked[end]
-            if accuracy == top_accuracy and (best_of_better_sizes is None or accuracy > best_of_better_sizes):
-                mask[index] = True
-            end += 1
-        if best_of_better_sizes is None or top_accuracy > best_of_better_sizes:
-            best_of_better_sizes = top_accuracy
-        start = end
-    return mask
+    def body(ctx: JobContext) -> None:
+        result = run_sweep(
+            store,
+            list(train_cfgs),
+            list(compress_cfgs),
+            on_progress=lambda done, total, text: ctx.report(done, total, text),
+            should_stop=ctx.cancelled,
+        )
+        if result.stopped:
+            raise Cancelled  # what is done is stored; the sweep itself ends cancelled, not failed
+        if not result.stopped:
+            skipped = "; ".join(f"skipped {s.label} on run {s.run_id[:6]}: {s.reason}" for s in result.skipped)
+            total = len(train_cfgs) * (1 + len(compress_cfgs))
+            ctx.report(total, total, f"{len(result.points)} points, {len(result.skipped)} skipped. {skipped}".strip())
+            finished.set()
 
-
-# ---------------------------------------------------------------------------------------- budget
-
-
-def best_within_budget(
-    points: pd.DataFrame,
-    budgets: Sequence[float],
-    reference: float | Mapping[str, float],
-    size_col: str = "fc_ratio",
-    group_col: str | None = None,
-) -> pd.DataFrame:
-    """For each budget (an accuracy drop in points, i.e. percentage points) and each group, the point
-    with the largest `size_col` ratio whose accuracy is at most `budget` points below the reference;
-    ties go to the higher accuracy, then to the label, then to the run id (alphabetical).
-
-    `reference` is one accuracy in [0, 1] for every point (e.g. the best float accuracy), or a mapping
-    run_id -> accuracy (each run measured from its own float accuracy). `points` needs the columns
-    accuracy, `size_col`, label and run_id (and `group_col`); points with a NaN accuracy or size never
-    qualify. Groups come in the order they first appear; no group_col means one group of all points.
-
-    One row per (budget, group), budgets in the order given: budget_pts, the group column, the chosen
-    point's columns, reference, drop_pts (its drop in points) and found. Where no point is within the
-    budget, label is "none within budget", found is False and the point's columns are empty (NaN)."""
-    needed = ["accuracy", size_col, "label", "run_id", *([group_col] if group_col else [])]
-    missing = [column for column in needed if column not in points.columns]
-    if missing:
-        raise ValueError(f"the points lack the column(s) {', '.join(missing)}; they need {', '.join(needed)}")
-    for budget in budgets:
-        if not math.isfinite(budget):
-            raise ValueError(f"budget {budget!r} must be a finite number of accuracy points, e.g. 1.0")
-    frame = points.reset_index(drop=True)
-    if isinstance(reference, Mapping):
-        for run_id, accuracy in reference.items():
-            _check_accuracy(accuracy, f"reference accuracy of run {run_id}")
-        unknown = sorted(set(frame["run_id"]) - set(reference))
-        if unknown:
-            raise ValueError(f"no reference accuracy for run(s) {', '.join(map(str, unknown))}")
-        ref = frame["run_id"].map(reference).astype(float)
-    else:
-        _check_accuracy(reference, "the reference accuracy")
-        ref = pd.Series(float(reference), index=frame.index)
-    drop_pts = 100.0 * (ref - frame["accuracy"].astype(float))
-    valid = frame["accuracy"].notna() & frame[size_col].notna()
-    ranked = frame.assign(reference=ref, drop_pts=drop_pts)[valid].sort_values(
-        [size_col, "accuracy", "label", "run_id"], ascending=[False, False, True, True], kind="stable"
+    return JobSpec(
+        key=sweep_key(train_cfgs, compress_cfgs),
+        kind="sweep",
+        label=f"sweep: {len(train_cfgs)} runs x {len(compress_cfgs)} settings",
+        run=body,
+        is_done=finished.is_set,
     )
-    groups = list(dict.fromkeys(frame[group_col])) if group_col else [None]
-    added = {"budget_pts", "reference", "drop_pts", "found"}
-    point_columns = [column for column in frame.columns if column != group_col and column not in added]
-    columns = ["budget_pts", *([group_col] if group_col else []), *point_columns, "reference", "drop_pts", "found"]
-
-    rows = []
-    for budget in budgets:
-        within = ranked[ranked["drop_pts"] <= budget + BUDGET_TOLERANCE]
-        best = within.drop_duplicates(group_col) if group_col else within.head(1)
-        chosen = {row[group_col] if group_col else None: row for row in best.to_dict("records")}
-        for group in groups:
-            row = chosen.get(group)
-            if row is None:
-                row = dict.fromkeys(point_columns, math.nan) | {
-                    "label": NONE_WITHIN_BUDGET,
-                    "reference": _group_reference(reference, group_col, group),
-                    "drop_pts": math.nan,
-                    "found": False,
-                }
-            else:
-                row = row | {"found": True}
-            rows.append(row | {"budget_pts": float(budget), **({group_col: group} if group_col else {})})
-    return pd.DataFrame(rows, columns=columns)
 
 
-def _check_accuracy(value: float, what: str) -> None:
-    if not 0.0 <= value <= 1.0:  # also false for NaN
-        raise ValueError(f"{what} is {value!r}; give an accuracy in [0, 1] (0.95, not 95)")
-
-
-def _group_reference(reference: float | Mapping[str, float], group_col: str | None, group: object) -> float:
-    """The reference of a group that has no point within the budget, where there is a single one."""
-    if not isinstance(reference, Mapping):
-        return float(reference)
-    if group_col == "run_id" and isinstance(group, str) and group in reference:
-        return float(reference[group])
-    return math.nan
+def submit_sweep(
+    store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
+) -> JobStatus:
+    store.check_writable()
+    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs), slot=False)

@@ -3,8 +3,9 @@ configs in the metadata. Loading needs nothing but the file.
 
 Tensors in the file, for each FC weight `W` (state-dict key, e.g. `fcs.0.weight`):
   `W.codes`      uint8, the layer's codes bit-packed (b = ceil(log2 k) bits each, MSB first)
-  `W.codebooks`  float32 / float16, (G, k, d)          (kmeans, pq)
+  `W.codebooks`  float32 / float16, (G, k, d)          (kmeans, pq; rq: (stages * G, k, d))
   `W.alpha`      float32 / float16, (1,)               (binarize: the codebook is [-alpha, +alpha])
+(each method says what it writes and what the reader expects: `Method.layer_tensors`, `layer_format`),
 and every other state-dict entry (biases, convs; FC weights too for method float) in float32.
 
 Size on disk = model bits / 8 (the accounting of size.py) + under one byte of padding per FC
@@ -42,8 +43,7 @@ from torch import nn
 from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
 from .models import build_model, coded_weights, select_weights
-from .pq import QuantizedLayer, check_fits, n_chunks, row_shape
-from .size import code_width
+from .pq import QuantizedLayer, check_fits, row_shape
 
 FORMAT = "compression-lab/1"
 HEADER_BOUND = 8 * 1024  # bytes: safetensors header of every model here, metadata included
@@ -134,22 +134,18 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy(codes)
 
 
-def _code_bits(layer: QuantizedLayer) -> int:
-    return 1 if layer.layout == "sign" else code_width(layer.n_centroids)
-
-
-def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], centroid_bits: int) -> list[dict]:
-    """Put each coded layer's tensors into `tensors` (packed codes; codebooks, or alpha for signs, in
-    float32 or float16) and return its entries of the metadata's layer list: both file kinds share it."""
-    store_dtype = torch.float16 if centroid_bits == 16 else torch.float32
+def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig) -> list[dict]:
+    """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
+    them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
+    share it."""
+    method = cfg.method_spec
+    store_dtype = torch.float16 if cfg.centroid_bits == 16 else torch.float32
     layer_info = []
     for layer in layers:
-        bits = _code_bits(layer)
+        bits = method.code_bits(layer)
         tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
-        if layer.layout == "sign":
-            tensors[f"{layer.name}.alpha"] = layer.codebooks[0, 1].detach().cpu().to(store_dtype).reshape(1)
-        else:
-            tensors[f"{layer.name}.codebooks"] = layer.codebooks.detach().cpu().to(store_dtype).contiguous()
+        for suffix, tensor in method.layer_tensors(layer).items():
+            tensors[f"{layer.name}.{suffix}"] = tensor.detach().cpu().to(store_dtype).contiguous()
         groups, count = layer.codes.shape
         layer_info.append(
             {
@@ -161,6 +157,7 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
                 "code_bits": bits,
                 "groups": groups,
                 "codes_per_group": count,
+                **method.layer_extra(layer),
             }
         )
     return layer_info
@@ -178,7 +175,7 @@ def build_payload(
     """The tensors and metadata of the file. `state_dict` gives the float rest."""
     coded = {layer.name for layer in layers}
     tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
-    layer_info = _add_coded(tensors, layers, compress_cfg.centroid_bits)
+    layer_info = _add_coded(tensors, layers, compress_cfg)
     meta = {
         "format": FORMAT,
         "train_config": train_cfg.to_json(),
@@ -192,20 +189,21 @@ def build_payload(
 
 
 def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
-    """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers."""
+    """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers
+    by the method its compress_config names."""
+    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
         codes = unpack_codes(tensors[f"{name}.codes"], info["code_bits"], groups * count).reshape(groups, count)
-        if info["layout"] == "sign":
-            alpha = tensors[f"{name}.alpha"].float().reshape(())
-            codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
-        else:
-            codebooks = tensors[f"{name}.codebooks"].float()
-        layers.append(
-            QuantizedLayer(name, tuple(info["shape"]), info["subvector_size"], info["layout"], codebooks, codes)
-        )
+        layers.append(method.read_layer(name, info, tensors, codes))
     return layers
+
+
+def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str]:
+    """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
+    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
+    return {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
 
 
 def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
@@ -218,11 +216,9 @@ def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Modul
     """
     cfg = TrainConfig.from_dict(meta["train_config"])
     model = build_model(cfg.model, tuple(meta["input_shape"]), meta["n_classes"], cfg.hidden)
-    state: dict[str, torch.Tensor] = {}
-    coded: set[str] = set()
-    for layer in layers_from_payload(tensors, meta):
-        state[layer.name] = layer.decode()
-        coded.update(f"{layer.name}.{part}" for part in ("codes", "codebooks", "alpha"))
+    layers = layers_from_payload(tensors, meta)
+    state = {layer.name: layer.decode() for layer in layers}
+    coded = _coded_tensor_names(layers, meta)
     state.update({key: value.float() for key, value in tensors.items() if key not in coded})
     model.load_state_dict(state, strict=True)
     return model.eval()
@@ -435,11 +431,13 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
     except ValueError as exc:
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
+    method = cfg.method_spec
+    layer_keys = (*_LAYER_KEYS, *method.layer_keys)
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
-        if not isinstance(info, dict) or set(info) != set(_LAYER_KEYS):
-            _invalid(f"layers[{index}] does not have exactly the keys {', '.join(_LAYER_KEYS)}")
+        if not isinstance(info, dict) or set(info) != set(layer_keys):
+            _invalid(f"layers[{index}] does not have exactly the keys {', '.join(layer_keys)}")
         name = info["name"]
         if name not in expected.fc_names:
             what = "an FC weight" if cfg.targets == "fc" and expected.every_one else "an FC or conv weight"
@@ -458,18 +456,19 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
         dim = _int(info["subvector_size"], f"layer {name}'s subvector_size", 1, in_features)
         k = _int(info["n_centroids"], f"layer {name}'s n_centroids", 2, MAX_CENTROIDS)
-        if cfg.method == "binarize":
-            if (layout, dim, k) != ("sign", 1, 2):
-                _invalid(f"layer {name} is {layout} d={dim} k={k} but method binarize writes sign d=1 k=2")
-        elif cfg.method in ("kmeans", "pq"):
-            if (layout, dim, k) != (cfg.layout, cfg.subvector_size, cfg.n_centroids):
-                _invalid(
-                    f"layer {name} is {layout} d={dim} k={k} but compress_config says {cfg.layout} "
-                    f"d={cfg.subvector_size} k={cfg.n_centroids}"
-                )
-        else:
+        form = method.layer_format((out_features, in_features), cfg)
+        if form is None:
             _invalid(f"layer {name} is coded but method {cfg.method} codes no layer")
-        bits = 1 if layout == "sign" else code_width(k)
+        declared = (layout, dim, k, *(info[key] for key in method.layer_keys))
+        writes = (form.layout, form.subvector_size, form.n_centroids, *form.extra.values())
+        if not all(_is_int(info[key]) for key in method.layer_keys) or declared != writes:
+            extra = "".join(f" {key}={_show(info[key])}" for key in method.layer_keys)
+            wants = "".join(f" {key}={value}" for key, value in form.extra.items())
+            _invalid(
+                f"layer {name} is {layout} d={dim} k={k}{extra} but compress_config says method {cfg.method} "
+                f"writes {form.layout} d={form.subvector_size} k={form.n_centroids}{wants}"
+            )
+        bits = form.code_bits
         if not _is_int(info["code_bits"]) or info["code_bits"] != bits:
             _invalid(f"layer {name} declares code_bits {_show(info['code_bits'])}; k={k} needs {bits}")
         groups = _int(info["groups"], f"layer {name}'s groups", 1, MAX_FILE_BYTES)
@@ -485,24 +484,17 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
                 f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
                 f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
             )
-        chunks = n_chunks(in_features, dim)
-        implied = {
-            "shared": (1, out_features * chunks),
-            "per-chunk": (chunks, out_features),
-            "sign": (1, out_features * in_features),
-        }[layout]
+        implied = (form.groups, form.codes_per_group)
         if (groups, count) != implied:
             _invalid(
                 f"layer {name} declares groups={groups:,}, codes_per_group={count:,} but layout {layout} with "
                 f"d={dim} implies groups={implied[0]:,}, codes_per_group={implied[1]:,}"
             )
         wanted[f"{name}.codes"] = ("U8", (held,))
-        if layout == "sign":
-            wanted[f"{name}.alpha"] = (centroid_dtype, (1,))
-        else:
-            wanted[f"{name}.codebooks"] = (centroid_dtype, (chunks if layout == "per-chunk" else 1, k, dim))
+        for suffix, tensor_shape in form.tensors.items():
+            wanted[f"{name}.{suffix}"] = (centroid_dtype, tensor_shape)
     uncoded = [name for name in expected.fc_names if name not in coded]
-    if expected.every_one and cfg.method != "float" and uncoded:
+    if expected.every_one and uncoded and method.layer_format(row_shape(expected.shapes[uncoded[0]]), cfg):
         _invalid(f"method {cfg.method} codes every weight it targets, but {uncoded[0]} has no layer entry")
     for key, shape in expected.shapes.items():
         if key in coded:
@@ -658,7 +650,7 @@ def build_module_payload(
     writes them) and its uncoded tensors in their own dtypes. No training config: `load_module`
     fills a freshly built instance of the module, which says what every tensor must be."""
     tensors = {key: value.detach().cpu().contiguous() for key, value in rest.items()}
-    layer_info = _add_coded(tensors, layers, cfg.centroid_bits)
+    layer_info = _add_coded(tensors, layers, cfg)
     meta = {"format": MODULE_FORMAT, "compress_config": cfg.to_json(), "layers": layer_info}
     return tensors, meta
 
@@ -710,11 +702,9 @@ def fill_module(
 ) -> nn.Module:
     """Load a checked module payload into `into`: coded weights decoded, the rest as stored, and each
     of `aliases` (key -> the key holding its shared tensor) from the tensor it shares."""
-    state: dict[str, torch.Tensor] = {}
-    coded: set[str] = set()
-    for layer in layers_from_payload(tensors, meta):
-        state[layer.name] = layer.decode()
-        coded.update(f"{layer.name}.{part}" for part in ("codes", "codebooks", "alpha"))
+    layers = layers_from_payload(tensors, meta)
+    state = {layer.name: layer.decode() for layer in layers}
+    coded = _coded_tensor_names(layers, meta)
     state.update({key: value for key, value in tensors.items() if key not in coded})
     state.update({key: state[kept] for key, kept in (aliases or {}).items()})
     into.load_state_dict(state, strict=True)

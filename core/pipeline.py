@@ -3,7 +3,7 @@ published when it is not, always as a job (core/jobs.py) keyed by its content ha
 
     training     key = run id                         (TrainConfig.run_id())
     compression  key = run id + "-" + compression key (CompressConfig.key())
-    sweep        key = "sweep-" + hash of its runs and settings
+    sweep        key = "sweep-" + hash of its runs and settings (core/experiments.py, above this module)
 
 so a second request for a key that is being computed, by another thread, tab or process on the
 same store, waits for that one instead of computing it again, and at most `max_running` jobs
@@ -15,16 +15,16 @@ The store (core/store.py) only persists; this module decides what runs.
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import functools
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES
-from .jobs import Cancelled, JobContext, JobManager, JobsFolderError, JobSpec, JobState, JobStatus
+from .jobs import JobContext, JobManager, JobsFolderError, JobSpec, JobState, JobStatus
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
 
@@ -40,13 +40,23 @@ if TYPE_CHECKING:
 
 OnStatus = Callable[[JobStatus], None]
 
-# Work this machine does in a second (2 CPU cores; measured on LeNet-300-100 / mnist-5k: pq d=8 k=256
-# in 0.27 s, i.e. ~17 GFLOP/s of distances; pq d=2 k=4096 in 8.2 s, ~9 GFLOP/s; one epoch of centroid
-# fine-tuning in ~0.2 s, ~30 GFLOP/s), rounded down; used to tell a cheap compression (computed at
-# once in the app) from an expensive one (computed as a job after a click). Over-estimating is safe.
-KMEANS_FLOPS_PER_S = 8e9
-TRAIN_FLOPS_PER_S = 15e9
-CHEAP_SECONDS = 1.0
+# Seconds a unit of each kind of work takes on this machine (2 shared CPU cores), fitted by
+# bench/estimate.py (bench/results/estimate.md) and scaled so that no calibration point took longer
+# than its estimate; with the method's own estimate, they tell a cheap compression (computed at once
+# in the app) from an expensive one (computed as a job after a click).
+COMPRESSION_COST_SECONDS = {
+    # build the model, the file, the record: left at 0 by the fit; the compression that does nothing else
+    # (float of LeNet-300-100, 0.09 s) bounds it
+    "fixed": 0.09,
+    "evaluation": 1.56e-10,  # per multiply-add of evaluating the rebuilt model (counted on the training split)
+    "finetune_steps": 0.124,  # per fine-tuning step (the op overhead)
+    "finetune_macs": 1.97e-09,  # per multiply-add of a fine-tuning forward pass (the backward included)
+    "finetune_decoded": 0.0,  # per coded weight decoded at a fine-tuning step
+}
+CHEAP_SECONDS = 3.0  # CPU seconds of one busy thread: well under a second on a quiet machine's two
+# The longest a page waits on a compression it computes at once; past it, the compression goes on as
+# a job with a Cancel button (the estimate is a model, and a model can be wrong).
+INLINE_LIMIT_S = 10.0
 
 
 class JobFailed(ValueError):
@@ -95,11 +105,6 @@ def delete_compression(store: RunStore, run_id: str, key: str) -> int:
     with contextlib.suppress(JobsFolderError):
         job_manager(store).cleanup(older_than_s=0, keys=lambda job_key: job_key == compression_key(run_id, key))
     return freed
-
-
-def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> str:
-    text = ",".join(cfg.run_id() for cfg in train_cfgs) + "|" + ",".join(cfg.key() for cfg in compress_cfgs)
-    return "sweep-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _outcome(status: JobStatus, errors: list[BaseException], what: str) -> None:
@@ -292,6 +297,7 @@ def compression_spec(
 
         ctx.report(0, 1, f"compressing: {cfg.label()}")
         record, blob = chosen.compress(run, cfg, device=device, data=data, on_step=step, poll=waiting)
+        ctx.report(1, 1, f"storing: {cfg.label()}")  # a cancel asked during the k-means lands here
         store.save_compression(record, blob, transient=transient)
 
     return JobSpec(
@@ -348,90 +354,87 @@ def get_or_compress(
     return record, not local.ran
 
 
-def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
+def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig, transient: bool = False) -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
     from .compress import coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
-    return job_manager(store).submit(compression_spec(store, run, cfg))
+    return job_manager(store).submit(compression_spec(store, run, cfg, transient=transient))
+
+
+def compress_within(
+    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float = INLINE_LIMIT_S
+) -> CompressionRecord | None:
+    """A setting the estimate calls cheap, for a page that waits on it: computed as a job (transient:
+    kept off the Frontier until settled) that this call waits on for at most `limit_s`. Its stored
+    record when it is done by then; None when it is still running (it goes on as a job the page shows,
+    with its Cancel), so that no estimate, however wrong, holds a page longer. DoesNotFit before any
+    work; a failure or a cancel raises as `get_or_compress` does."""
+    cached = store.load_compression(run.run_id, cfg)
+    if cached is not None:
+        return cached
+    status = submit_compression(store, run, cfg, transient=True)
+    final = job_manager(store).wait(status.key, timeout=limit_s) or status
+    if not final.terminal:
+        return None
+    _outcome(final, [], f"compression {cfg.label()} of run {run.run_id}")
+    record = store.load_compression(run.run_id, cfg)
+    if record is None:
+        raise JobFailed(f"compression {cfg.label()} finished but its stored entry fails its checks")
+    return record
+
+
+@functools.lru_cache(maxsize=64)
+def forward_macs(model: str, input_shape: tuple[int, int, int], n_classes: int, hidden: tuple[int, ...]) -> int:
+    """Multiply-adds of one example's forward pass through a built-in network (its FC and conv layers)."""
+    import torch
+
+    from .models import build_model
+
+    macs = [0]
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        weight = module.weight
+        assert isinstance(weight, torch.Tensor)
+        per_output = weight[0].numel()  # in (FC), in / groups * kh * kw (conv)
+        macs[0] += per_output * output[0].numel()
+
+    net = build_model(model, input_shape, n_classes, hidden)
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, *input_shape))
+    for hook in hooks:
+        hook.remove()
+    return macs[0]
+
+
+def compression_cost_features(run: RunRecord, cfg: CompressConfig) -> dict[str, float]:
+    """The work of a compression beside the method's own (the keys of COMPRESSION_COST_SECONDS): the
+    evaluation of the rebuilt model on the test split, and the centroid fine-tuning (each step a
+    forward and a backward pass of a mini-batch, and a decode of every coded weight)."""
+    from .compress import coded_shapes
+
+    source = DATASET_SOURCES[run.config.dataset]
+    macs = forward_macs(run.config.model, run.input_shape, run.n_classes, tuple(run.config.hidden))
+    coded = sum(math.prod(shape) for _, shape in coded_shapes(run, cfg.targets))
+    steps = cfg.finetune_epochs * math.ceil(source.n_train / run.config.batch_size)
+    return {
+        "fixed": 1.0,
+        "evaluation": float(source.n_train * macs),  # the test split is never larger than the training one
+        "finetune_steps": float(steps),
+        "finetune_macs": float(steps * run.config.batch_size * macs),
+        "finetune_decoded": float(steps * coded),
+    }
 
 
 def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
-    """A rough estimate of a compression's time on this machine: k-means distance work (subvectors x
-    k x d x iterations), plus centroid fine-tuning epochs. Enough to tell under a second from minutes."""
-    from .calibration import CALIBRATION_SAMPLES
+    """An estimate of a compression's time on this machine, from a model measured on it
+    (bench/estimate.py): the method's quantization (it counts its own work), the evaluation and the
+    centroid fine-tuning. It tells what the page computes at once from what it offers as a job."""
     from .compress import coded_shapes
-    from .pq import row_shape
 
-    kmeans_flops = 0.0
-    shapes = coded_shapes(run, cfg.targets)
-    if cfg.method in ("kmeans", "pq"):
-        for _, shape in shapes:
-            out_features, in_features = row_shape(shape)
-            n_sub = out_features * -(-in_features // cfg.subvector_size)
-            if n_sub <= cfg.n_centroids:
-                continue  # every subvector is its own centroid: nothing to iterate
-            if cfg.subvector_size == 1:  # scalar: a binary search per weight, not k distances
-                per_point = 30.0 * max(1, cfg.n_centroids.bit_length())
-            else:
-                per_point = 3.0 * cfg.n_centroids * cfg.subvector_size
-            kmeans_flops += n_sub * per_point * (cfg.kmeans_iters + 2)
-        if cfg.weighting == "activations":
-            # plain k-means first, then as many weighted iterations (each about as costly), after a
-            # forward pass over the calibration inputs with each layer's chunked second moments
-            kmeans_flops *= 2
-            kmeans_flops += sum(
-                2.0 * math.prod(shape) * CALIBRATION_SAMPLES * (1 + cfg.subvector_size) for _, shape in shapes
-            )
-    # fine-tuning: a forward and a backward pass over the training split an epoch (~6 flops a weight
-    # and an example; a conv's weights count once a position of its output, which this leaves out)
-    weights = sum(math.prod(shape) for _, shape in shapes)
-    n_train = DATASET_SOURCES[run.config.dataset].n_train
-    finetune_flops = 6.0 * weights * n_train * cfg.finetune_epochs
-    return 0.2 + kmeans_flops / KMEANS_FLOPS_PER_S + finetune_flops / TRAIN_FLOPS_PER_S
-
-
-# ----------------------------------------------------------------------------------------- sweep
-
-
-def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> JobSpec:
-    """One job for a whole sweep. It holds no slot itself: each of its trainings and compressions is a
-    job of its own key that queues for a slot like any other (so a sweep never waits on a job that
-    waits on the sweep's slot), and each point is in the store (and on the Frontier) as it lands.
-    A sweep is never "already done" before it runs: run_sweep itself skips what is stored, cheaply."""
-    from .experiments import run_sweep
-
-    finished = threading.Event()
-
-    def body(ctx: JobContext) -> None:
-        result = run_sweep(
-            store,
-            list(train_cfgs),
-            list(compress_cfgs),
-            on_progress=lambda done, total, text: ctx.report(done, total, text),
-            should_stop=ctx.cancelled,
-        )
-        if result.stopped:
-            raise Cancelled  # what is done is stored; the sweep itself ends cancelled, not failed
-        if not result.stopped:
-            skipped = "; ".join(f"skipped {s.label} on run {s.run_id[:6]}: {s.reason}" for s in result.skipped)
-            total = len(train_cfgs) * (1 + len(compress_cfgs))
-            ctx.report(total, total, f"{len(result.points)} points, {len(result.skipped)} skipped. {skipped}".strip())
-            finished.set()
-
-    return JobSpec(
-        key=sweep_key(train_cfgs, compress_cfgs),
-        kind="sweep",
-        label=f"sweep: {len(train_cfgs)} runs x {len(compress_cfgs)} settings",
-        run=body,
-        is_done=finished.is_set,
-    )
-
-
-def submit_sweep(
-    store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
-) -> JobStatus:
-    store.check_writable()
-    return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs), slot=False)
+    work = compression_cost_features(run, cfg)
+    rest = sum(COMPRESSION_COST_SECONDS[kind] * amount for kind, amount in work.items())
+    return rest + cfg.method_spec.estimate_seconds(coded_shapes(run, cfg.targets), cfg)

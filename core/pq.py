@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .config import CompressConfig
+if TYPE_CHECKING:
+    from .config import CompressConfig  # config imports the methods, which import this module
 
 # k-means++ makes k sequential passes over the data; above this k it is slower than the whole
 # Lloyd loop, and random init (faiss's choice) is used instead.
@@ -25,6 +27,7 @@ KMEANS_PP_SAMPLE_PER_CENTROID = 16
 # each multi-threaded op over it, small enough to stay near the cache (interleaved probes on 2 cores:
 # 2^20-2^21 1.3x faster than 2^18 and 2^22) and to bound memory at k = 65,536.
 _DIST_BLOCK = 1 << 20
+DIST_BLOCK = _DIST_BLOCK  # public: the cost model (core/methods/pq.py) counts passes in blocks
 _SMALL_BLOCK = 1 << 15  # below this many distances, plain argmin (fewer ops) beats `_first_argmin`
 
 
@@ -293,14 +296,18 @@ class QuantizedLayer:
 
     layout is 'shared' or 'per-chunk' (PQ, scalar k-means when d = 1) or 'sign' (binarization:
     codes are the signs, the codebook is [-alpha, +alpha] and only alpha is stored).
+
+    With several `stages` (residual quantization) the codebooks and codes of the stages are stacked,
+    stage by stage: codebooks (stages * G, k, d), codes (stages * G, N); the weight is their sum.
     """
 
     name: str  # state-dict key of the weight, e.g. 'fcs.0.weight'
     shape: tuple[int, ...]  # the weight's own shape: (out, in) or (out, in, kh, kw)
     subvector_size: int  # d
     layout: str  # 'shared' | 'per-chunk' | 'sign'
-    codebooks: torch.Tensor  # (G, k, d)
-    codes: torch.Tensor  # (G, N) int64, G * N = out * ceil(in / d)
+    codebooks: torch.Tensor  # (stages * G, k, d)
+    codes: torch.Tensor  # (stages * G, N) int64, G * N = out * ceil(in / d)
+    stages: int = 1  # codebooks whose centroids add up to each subvector (residual quantization)
 
     @property
     def n_centroids(self) -> int:
@@ -315,8 +322,13 @@ class QuantizedLayer:
         """(G, N) codes -> the weight in its own shape; pass `codebooks` to decode through trainable ones."""
         books = self.codebooks if codebooks is None else codebooks
         dim = books.shape[-1]
-        index = self.codes.unsqueeze(-1).expand(-1, -1, dim)  # (G, N, d)
-        grouped = torch.gather(books, 1, index)  # (G, N, d)
+        index = self.codes.unsqueeze(-1).expand(-1, -1, dim)  # (stages * G, N, d)
+        grouped = torch.gather(books, 1, index)  # (stages * G, N, d)
+        if self.stages > 1:  # the stages' centroids add up, in stage order
+            staged = grouped.reshape(self.stages, -1, *grouped.shape[1:])
+            grouped = staged[0]
+            for stage in staged[1:]:
+                grouped = grouped + stage
         out_features, in_features = self.rows
         matrix = from_subvectors(from_groups(grouped, self._group_layout, out_features), in_features)
         return matrix.reshape(self.shape)  # (out, in) -> the weight's shape
@@ -331,22 +343,26 @@ class DoesNotFit(ValueError):
 
 
 def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
-    """Raise DoesNotFit when the PQ settings do not fit every layer (a conv counts as its rows of
-    in * kh * kw values); the message names the layer whose limit it states, and says what would fit."""
-    if cfg.method not in ("kmeans", "pq") or not fc_shapes:
-        return
-    fc_shapes = [(name, row_shape(shape)) for name, shape in fc_shapes]
-    narrowest, (_, narrowest_in) = min(fc_shapes, key=lambda entry: entry[1][1])
-    if cfg.subvector_size > narrowest_in:
+    """Raise DoesNotFit when `cfg` does not fit every layer (a conv counts as its rows of in * kh * kw
+    values): the method says, and its message names the layer whose limit it states and what would fit."""
+    if fc_shapes:
+        cfg.method_spec.check_fits(list(fc_shapes), cfg)
+
+
+def check_codebooks_fit(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, k: int, layout: str) -> None:
+    """DoesNotFit unless subvectors of `dim` fit every layer and, per-chunk, k centroids fit its rows."""
+    rows = [(name, row_shape(shape)) for name, shape in fc_shapes]
+    narrowest, (_, narrowest_in) = min(rows, key=lambda entry: entry[1][1])
+    if dim > narrowest_in:
         raise DoesNotFit(
-            f"subvector size d={cfg.subvector_size} is wider than layer {narrowest}, which has {narrowest_in} "
+            f"subvector size d={dim} is wider than layer {narrowest}, which has {narrowest_in} "
             f"inputs; use d <= {narrowest_in}"
         )
-    fewest, (fewest_out, _) = min(fc_shapes, key=lambda entry: entry[1][0])
-    if cfg.layout == "per-chunk" and cfg.n_centroids > fewest_out:
+    fewest, (fewest_out, _) = min(rows, key=lambda entry: entry[1][0])
+    if layout == "per-chunk" and k > fewest_out:
         raise DoesNotFit(
             f"the per-chunk layout learns each codebook from the rows of a layer, and layer {fewest} has "
-            f"{fewest_out} rows, so k={cfg.n_centroids} is too many; use k <= {fewest_out} or the shared layout"
+            f"{fewest_out} rows, so k={k} is too many; use k <= {fewest_out} or the shared layout"
         )
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from .config import CompressConfig
+if TYPE_CHECKING:
+    from .config import CompressConfig  # config imports the methods, which import this module
 
 FLOAT_BITS = 32
 
@@ -92,21 +94,13 @@ class LayerBits:
 
 
 def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerBits:
-    """The exact bits of one weight coded by `cfg`: a conv counts as its rows of in * kh * kw values."""
-    from .pq import n_chunks, row_shape  # here: reading a stored record (its SizeReport) imports no torch
+    """The exact bits of one weight coded by `cfg`, as its method counts them (core/methods/): a conv
+    counts as its rows of in * kh * kw values."""
+    from .pq import row_shape  # here: reading a stored record (its SizeReport) imports no torch
 
     out, inp = row_shape(shape)
-    n = out * inp
-    if cfg.method == "float":
-        return LayerBits(name, tuple(shape), FLOAT_BITS * n, 0, 0, FLOAT_BITS * n)
-    if cfg.method == "binarize":
-        return LayerBits(name, tuple(shape), n, 0, cfg.centroid_bits, FLOAT_BITS * n)  # a sign bit each; alpha
-    dim, k = cfg.subvector_size, cfg.n_centroids
-    chunks = n_chunks(inp, dim)
-    n_codebooks = chunks if cfg.layout == "per-chunk" else 1
-    return LayerBits(
-        name, tuple(shape), out * chunks * code_width(k), n_codebooks * k * dim * cfg.centroid_bits, 0, FLOAT_BITS * n
-    )
+    cost = cfg.method_spec.layer_bits((out, inp), cfg)
+    return LayerBits(name, tuple(shape), cost.code_bits, cost.codebook_bits, cost.scale_bits, FLOAT_BITS * out * inp)
 
 
 def size_report(

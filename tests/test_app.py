@@ -771,3 +771,17 @@ def test_compress_activation_aware_from_a_link_and_a_bad_value_gets_a_notice(lab
         assert_clean(at)
         assert at.radio(key="weighting").value == "none"
         assert any("weighting" in str(w.value) for w in at.warning)
+
+
+def test_compress_link_k_without_its_comma_says_so(lab_store):
+    """issue 17: the k slider shows 65,536 and Streamlit reads a bound slider's URL value as that text,
+    so k=65536 typed without the comma silently became the default 256: now it says so; 65,536 as the
+    slider writes it is that k (and, its estimate being minutes of weighted k-means, offered as a job)."""
+    query = {"run": PLAIN.run_id(), "method": "pq", "d": "2", "weighting": "output error"}
+    at = open_page("compress", {**query, "k": "65536"})
+    assert_clean(at)
+    assert any("k=65536 cannot be used here; showing 256" in w.value for w in at.warning)
+    at = open_page("compress", {**query, "k": "65,536"})
+    assert_clean(at)
+    assert at.select_slider(key="k").value == 65_536
+    assert any("Compute (about" in b.label for b in at.button)

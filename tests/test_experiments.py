@@ -9,17 +9,9 @@ import random
 import pandas as pd
 import pytest
 
+from core.analysis import NONE_WITHIN_BUDGET, best_within_budget, pareto_mask, point_rows
 from core.config import CompressConfig, TrainConfig
-from core.experiments import (
-    NONE_WITHIN_BUDGET,
-    best_within_budget,
-    compression_grid,
-    fits,
-    pareto_mask,
-    point_rows,
-    run_sweep,
-    train_grid,
-)
+from core.experiments import compression_grid, fits, run_sweep, train_grid
 from core.store import RunStore
 
 # ---------------------------------------------------------------------------------------- pareto
@@ -291,3 +283,42 @@ def test_run_sweep_skips_a_diverged_run(tmp_path, monkeypatch):
     result = run_sweep(store, [TrainConfig(**TINY, reg="binary", lam=1e5)], SETTINGS[:1], device="cpu")
     assert result.points == [] and result.runs == []
     assert [(s.label, s.reason) for s in result.skipped] == [("training", "training diverged in epoch 1: lower lam")]
+
+
+def test_core_has_no_import_circle():
+    """The modules of core/ import each other as a tree: the analysis below the sweep, the sweep above
+    the pipeline, the config above the methods (imports only for type checking left out)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    graph: dict[str, set[str]] = {}
+    for path in (root / "core").rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module.split(".") if parts[-1] == "__init__" else module.split(".")[:-1]
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(node)
+            for branch in ast.walk(tree)
+            if isinstance(branch, ast.If) and getattr(branch.test, "id", "") == "TYPE_CHECKING"
+            for node in ast.walk(branch)
+        }
+        graph[module] = {
+            ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level and id(node) not in typing_only
+        }
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        assert module not in path, "import circle: " + " -> ".join([*path[path.index(module) :], module])
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, [*path, module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert "core.experiments" not in graph["core.charts"] | graph["core.pipeline"]

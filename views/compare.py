@@ -8,8 +8,8 @@ from dataclasses import asdict
 import pandas as pd
 import streamlit as st
 
+from core.analysis import best_within_budget, pareto_mask
 from core.charts import RUN_COLORS, frontier_figure, histogram_range, training_curves, weight_histogram
-from core.experiments import best_within_budget, pareto_mask
 from core.records import RunRecord
 from ui.common import compressions, keep, kept, runs, runs_multiselect_ui
 

@@ -16,8 +16,17 @@ from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvecto
 from core.compress import coded_shapes
 from core.config import LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
+from core.methods import METHOD_SPECS
+from core.methods.base import SHARED_CONTROLS
 from core.onnx_export import MissingDependency, onnx_bytes, require_onnx
-from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
+from core.pipeline import (
+    CHEAP_SECONDS,
+    INLINE_LIMIT_S,
+    compress_within,
+    compression_key,
+    estimate_seconds,
+    submit_compression,
+)
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.common import (
@@ -25,7 +34,6 @@ from ui.common import (
     K_OPTIONS,
     SETTLE_S,
     compression_plot_data,
-    compute_compression,
     file_bytes,
     fmt_bytes,
     fmt_k,
@@ -46,7 +54,8 @@ from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS, number_input, radio, sel
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
-    """The compression widgets; ValueError when the combination is not valid."""
+    """The compression widgets; ValueError when the combination is not valid. Which ones a method uses
+    (the others are disabled) and the controls of its own (drawn only for it) are the method's to say."""
     col1, col2, col3 = st.columns(3)
     with col1:
         method = selectbox(
@@ -55,9 +64,10 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "pq",
             "method",
             True,
-            help="float: no compression (reference); binarize: sign(W)·α, 1 bit a weight; "
-            "kmeans: scalar k-means (d = 1); pq: product quantization.",
+            help="; ".join(f"{spec.name}: {spec.summary}" for spec in METHOD_SPECS.values()) + ".",
         )
+        spec = METHOD_SPECS[method]
+        unused = {name: name not in spec.controls for name in SHARED_CONTROLS}
         layout = radio(
             "Codebook layout",
             LAYOUTS,
@@ -65,11 +75,11 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "layout",
             True,
             horizontal=True,
-            disabled=method != "pq",
+            disabled=unused["layout"],
             help="shared: one codebook per layer; per-chunk: one per chunk position (needs k ≤ rows).",
         )
     with col2:
-        subvector_size = select_slider("Subvector size d (pq)", D_OPTIONS, 8, "d", True, disabled=method != "pq")
+        subvector_size = select_slider("Subvector size d", D_OPTIONS, 8, "d", True, disabled=unused["subvector_size"])
         n_centroids = select_slider(
             "Centroids k",
             K_OPTIONS,
@@ -77,27 +87,32 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "k",
             True,
             format_func=fmt_k,
-            disabled=method not in ("pq", "kmeans"),
+            disabled=unused["n_centroids"],
             help="A code is log2(k) bits per subvector.",
         )
+        own = {
+            option.field: select_slider(option.label, option.options, option.default, option.field, True,
+                                        help=option.help)
+            for option in spec.options
+        }  # fmt: skip
     with col3:
         centroid_bits = radio(
-            "Centroid precision (bits)", (32, 16), 32, "bits", True, horizontal=True, disabled=method == "float"
+            "Centroid precision (bits)", (32, 16), 32, "bits", True, horizontal=True, disabled=unused["centroid_bits"]
         )
         finetune_epochs = number_input(
-            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=method == "float"
+            "Centroid fine-tuning epochs (codes fixed)", 0, 20, 0, "ft", True, disabled=unused["finetune_epochs"]
         )
         weighting = radio(
             "k-means minimizes", WEIGHTINGS, "none", "weighting", True, horizontal=True,
             format_func=WEIGHTING_LABELS.__getitem__,
-            disabled=method not in ("pq", "kmeans"),
+            disabled=unused["weighting"],
             help="output error: activation-aware k-means (Stock et al. 2019), weighted by each layer's input "
             "statistics on 2,048 training images; it lowers each layer's output error, not always the accuracy.",
         )  # fmt: skip
         targets = radio(
             "Layers to code", TARGETS, "fc", "targets", True, horizontal=True,
             format_func=TARGET_LABELS.__getitem__,
-            disabled=method == "float" or not has_conv,
+            disabled=unused["targets"] or not has_conv,
             help="The paper codes the FC layers only; coding the convolutions too takes the model ratio past "
             "the conv barrier (lenet5, cifar-cnn). A conv's filters are cut into subvectors along their "
             "in x kh x kw values.",
@@ -111,14 +126,27 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         finetune_epochs=int(finetune_epochs),
         targets=targets if has_conv else "fc",
         weighting=weighting,
+        **{field: int(value) for field, value in own.items()},
     )
 
 
-def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord:
-    """A cheap setting: computed in this script run (still one job per key: a second session
-    asking for it at the same moment waits for this one)."""
-    with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-        return compute_compression(run, cfg, transient=True)
+def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | None:
+    """A cheap setting: computed as a job this script run waits on for at most INLINE_LIMIT_S (one job
+    per key: a second session asking for it at the same moment waits for the same one). Past the
+    limit it goes on in the background, shown with its progress and a Cancel button; None then."""
+    key = compression_key(run.run_id, cfg)
+    status = manager().status(key)
+    record = None
+    if status is None or not status.live:  # one already running past the limit is not waited on again
+        with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
+            record = compress_within(store(), run, cfg)
+    if record is None:
+        st.info(
+            f"{plain(cfg.label())} takes longer than the {INLINE_LIMIT_S:g} s this page waits, so it goes on "
+            "as a job in the background: you can cancel it, or leave the page and come back."
+        )
+        job_progress_ui(key, f"Compressing {cfg.label()}")
+    return record
 
 
 def settle_ui(record: CompressionRecord) -> None:
@@ -210,7 +238,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
             key="chart_scatter",
         )
     elif picture["kind"] == "none":
-        st.info("Method float keeps the weights as they are: no centroids to draw.")
+        st.info(f"Method {plain(method)} keeps the weights as they are: no centroids to draw.")
     else:
         st.info(
             f"With d = {picture['subvector_size']} the subvectors live in {picture['subvector_size']} dimensions; "
@@ -270,6 +298,8 @@ def page() -> None:
             seconds = estimate_seconds(run, cfg)
             if seconds <= CHEAP_SECONDS:
                 record = compress_now(run, cfg)  # raises DoesNotFit before any work
+                if record is None:
+                    return  # still running: its job panel is shown
             else:
                 check_fits(coded_shapes(run, cfg.targets), cfg)  # before offering it
                 offer_job(run, cfg, seconds)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.analysis import pareto_mask
 from core.charts import SIZE_AXES, frontier_figure
-from core.config import LAYOUTS, TrainConfig
+from core.config import LAYOUTS, METHODS, TrainConfig
 from core.data import DATASET_SOURCES
-from core.experiments import compression_grid, pareto_mask, train_grid
+from core.experiments import compression_grid, submit_sweep, train_grid
 from core.jobs import JobState
-from core.pipeline import submit_sweep
 from core.records import CompressionRecord
 from ui.common import (
     D_OPTIONS,
@@ -52,10 +52,7 @@ def sweep_form() -> None:
                 format_func=fmt_lam,
                 key="sw_lams",
             )
-            methods = st.multiselect(
-                "Methods", ["float", "binarize", "kmeans", "pq"], default=["float", "binarize", "kmeans", "pq"],
-                key="sw_methods",
-            )  # fmt: skip
+            methods = st.multiselect("Methods", METHODS, default=list(METHODS), key="sw_methods")
         with col2:
             dims = st.multiselect("Subvector sizes d (pq)", D_OPTIONS, default=[4, 8], key="sw_dims")
             ks = st.multiselect(
