@@ -337,6 +337,12 @@ def decoded_weight(g: _Graph, stages: Sequence[str], shape: Sequence[int], dim: 
     return rows
 
 
+def _rows(g: _Graph, tensor: str, start: int, end: int) -> str:
+    """tensor[start:end] along its first axis."""
+    bounds = (g.const(np.array([value], dtype=np.int64)) for value in (start, end))
+    return g.op("Slice", [tensor, *bounds])
+
+
 def _float32(g: _Graph, name: str, dtype: torch.dtype) -> str:
     return name if dtype == torch.float32 else g.op("Cast", [name], to=g.onnx.TensorProto.FLOAT)
 
@@ -370,8 +376,17 @@ def _replace_weights(onnx: Any, proto: Any, layers: Sequence[dict], tensors: dic
             book_tensor = tensors[f"{name}.codebooks"]
             books = _float32(g, g.const(book_tensor.numpy(), f"{name}.codebooks"), book_tensor.dtype)
             books_shape = list(book_tensor.shape)
-        stage = decode_stage(g, codes, books, layout, shape, books_shape)
-        decoded_weight(g, [stage], shape, books_shape[-1], name)
+        stages = int(info.get("stages", 1))  # residual quantization: the stages' lookups add up
+        groups, k, dim = books_shape[0] // stages, books_shape[1], books_shape[2]
+        per_stage = count // stages  # codes and codebooks are stacked stage by stage
+        lookups = []
+        for stage in range(stages):
+            stage_codes, stage_books = codes, books
+            if stages > 1:
+                stage_codes = _rows(g, codes, stage * per_stage, (stage + 1) * per_stage)
+                stage_books = _rows(g, books, stage * groups, (stage + 1) * groups)
+            lookups.append(decode_stage(g, stage_codes, stage_books, layout, shape, [groups, k, dim]))
+        decoded_weight(g, lookups, shape, dim, name)
     nodes = [*g.nodes, *graph.node]  # the decode first: nodes stay in topological order
     del graph.node[:]
     graph.node.extend(nodes)

@@ -42,6 +42,8 @@ METHODS = [
     CompressConfig(method="pq", subvector_size=2, n_centroids=16, centroid_bits=16),
     CompressConfig(method="pq", subvector_size=3, n_centroids=6, layout="per-chunk", centroid_bits=16),
     CompressConfig(method="pq", subvector_size=2, n_centroids=256),  # 8-bit codes: a plain cast
+    CompressConfig(method="rq", subvector_size=4, n_centroids=8, stages=3),  # residual: three lookups summed
+    CompressConfig(method="rq", subvector_size=3, n_centroids=4, stages=2, layout="per-chunk", centroid_bits=16),
     CompressConfig(method="float"),
 ]
 
