@@ -20,6 +20,7 @@ it (padding is coded, never counted as weights). docs/method.md has the details.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 
 from .compress import tune_centroids
 from .config import CompressConfig
-from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, to_bytes
+from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, stored_code_bits, to_bytes
 from .fileio import check_output_path, write_atomic
 from .methods import quantize_model
 from .models import select_weights
@@ -127,7 +128,13 @@ def compress(
     coded_names = {layer.name for layer in coded}
     rest = {key: value for key, value in state.items() if key not in coded_names}
     coded_shapes = [(layer.name, tuple(layer.shape)) for layer in coded]
-    return Compressed(cfg, tuple(coded), rest, tuple(state), _size(cfg, coded_shapes, rest))
+    size = _size(cfg, coded_shapes, rest)
+    if cfg.entropy != "none":  # the entropy-coded line, measured on the codes as the file will hold them
+        tensors, meta = build_module_payload(rest, coded, cfg)
+        size = ModelSize(
+            dataclasses.replace(size.totals, entropy_code_bits=stored_code_bits(tensors, meta)), size.layers
+        )
+    return Compressed(cfg, tuple(coded), rest, tuple(state), size)
 
 
 def finetune(

@@ -45,6 +45,11 @@ SIZE_AXES: dict[str, tuple[str, bool]] = {
     "fc_bits": ("compressed FC size (bits; log scale)", False),
     "model_bits": ("compressed model size (bits; log scale)", False),
 }
+# The same axes with the codes as stored (entropy-coded where a compression is; the Frontier's switch).
+SIZE_AXES |= {
+    f"entropy_{name}": (title.replace("; log scale)", "; codes entropy-coded where they are; log scale)"), larger)
+    for name, (title, larger) in SIZE_AXES.items()
+}
 
 
 # Marks that must read on a light and a dark background alike (the pages draw every chart with

@@ -41,10 +41,23 @@ WEIGHTINGS = ("none", "activations")
 # Which layers of a built-in network the regularizer acts on and the compression codes: its FC
 # layers (the paper), or its FC and conv layers (beyond the paper: past the conv barrier).
 TARGETS = ("fc", "fc+conv")
+# How the codes are stored: bit-packed, or entropy-coded by rANS under each layer's code frequencies
+# (core/entropy.py). A stage after any coding method: no method reads it, every coding method keeps it.
+ENTROPY_CODERS = ("none", "ans")
+# Stages that wrap any coding method's codes: kept through a method's canonical form (which resets the
+# fields it does not read), reset only for a method that codes nothing.
+STAGE_FIELDS = ("entropy",)
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
-LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none", "stages": 1}
+LATER_FIELDS = {
+    "reg_targets": "fc",
+    "targets": "fc",
+    "warmup_start": 0,
+    "weighting": "none",
+    "stages": 1,
+    "entropy": "none",
+}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -265,6 +278,12 @@ class CompressConfig:
         choices=WEIGHTINGS,
     )
     stages: int = _f(1, f"codebooks that add up to each subvector, 1 to {MAX_STAGES} (methods that read it)")
+    entropy: str = _f(
+        "none",
+        "none: codes bit-packed | ans: codes entropy-coded (rANS, constriction) under each layer's code "
+        "frequencies, the table counted in the size (a layer keeps packed codes where that is smaller)",
+        choices=ENTROPY_CODERS,
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -278,6 +297,7 @@ class CompressConfig:
         _choice("k-means init", self.init, INITS)
         _choice("targets", self.targets, TARGETS)
         _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("entropy coder", self.entropy, ENTROPY_CODERS)
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -297,14 +317,17 @@ class CompressConfig:
         """Reset the fields a method ignores, so equal compressions share one cache key: the method
         says (`Method.canonical`), and when it is another method for this setting, that one says."""
         defaults = {f.name: f.default for f in fields(self)}
+        method_defaults = {name: value for name, value in defaults.items() if name not in STAGE_FIELDS}
         values = asdict(self)
         for _ in METHODS:  # a method hands over to another at most once per method
-            canonical = METHOD_SPECS[values["method"]].canonical(values, defaults)
+            canonical = METHOD_SPECS[values["method"]].canonical(values, method_defaults)
             if canonical == values:
                 break
             values = canonical
         if values["finetune_epochs"] == 0:
             values["finetune_lr"] = defaults["finetune_lr"]
+        if values["method"] == "float":  # nothing coded: no stage has codes to act on
+            values.update({name: defaults[name] for name in STAGE_FIELDS})
         for name, value in values.items():
             _set(self, name, value)
 
@@ -324,6 +347,8 @@ class CompressConfig:
             text += " fp16"
         if self.finetune_epochs:
             text += f" +ft{self.finetune_epochs}"
+        if self.entropy != "none":
+            text += f" +{self.entropy}"
         return text
 
     def to_json(self) -> dict:
@@ -344,6 +369,7 @@ class CompressConfig:
 __all__ = [
     "CODE_VERSION",
     "DATASETS",
+    "ENTROPY_CODERS",
     "INITS",
     "LAYOUTS",
     "METHODS",

@@ -7,6 +7,9 @@ Tensors in the file, for each FC weight `W` (state-dict key, e.g. `fcs.0.weight`
   `W.alpha`      float32 / float16, (1,)               (binarize: the codebook is [-alpha, +alpha])
 (each method says what it writes and what the reader expects: `Method.layer_tensors`, `layer_format`),
 and every other state-dict entry (biases, convs; FC weights too for method float) in float32.
+With `entropy="ans"` (core/entropy.py), a layer entry says how its codes are stored (`"entropy"`:
+"ans" or "none"), and an "ans" layer's `W.codes` holds the ANS stream beside `W.code_counts`
+(int32, (k,)), its frequency table; the ledger's `entropy_code_bits` is what these tensors hold.
 
 Size on disk = model bits / 8 (the accounting of size.py) + under one byte of padding per FC
 layer (each layer's codes are packed to whole bytes) + the safetensors header (8 bytes of length
@@ -40,6 +43,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from . import entropy
 from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
 from .models import build_model, coded_weights, select_weights
@@ -64,6 +68,7 @@ _DTYPES = {
     "F16": (torch.float16, 2),
     "BF16": (torch.bfloat16, 2),
     "F32": (torch.float32, 4),
+    "I32": (torch.int32, 4),  # an entropy-coded layer's code counts
     "F64": (torch.float64, 8),
     "I64": (torch.int64, 8),  # a module's integer buffers (BatchNorm's num_batches_tracked)
 }
@@ -143,7 +148,16 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
     layer_info = []
     for layer in layers:
         bits = method.code_bits(layer)
+        stored: dict[str, str] = {}
         tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
+        if cfg.entropy == "ans":
+            coded = entropy.encode(layer.codes.cpu().numpy(), layer.n_centroids)
+            # the table can outweigh what a small layer saves: then its codes stay packed
+            use = coded.bits < layer.codes.numel() * bits
+            stored["entropy"] = "ans" if use else "none"
+            if use:
+                tensors[f"{layer.name}.codes"] = torch.from_numpy(coded.stream.astype("<u4").view(np.uint8).copy())
+                tensors[f"{layer.name}.code_counts"] = torch.from_numpy(coded.counts.astype(np.int32))
         for suffix, tensor in method.layer_tensors(layer).items():
             tensors[f"{layer.name}.{suffix}"] = tensor.detach().cpu().to(store_dtype).contiguous()
         groups, count = layer.codes.shape
@@ -158,6 +172,7 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
                 "groups": groups,
                 "codes_per_group": count,
                 **method.layer_extra(layer),
+                **stored,
             }
         )
     return layer_info
@@ -188,6 +203,29 @@ def build_payload(
     return tensors, meta
 
 
+def stored_code_bits(tensors: dict[str, torch.Tensor], meta: dict) -> int:
+    """Bits the file holds for the coded layers' codes: an entropy-coded layer's stream and table, a
+    packed layer's codes exactly (without the padding to a whole byte). The ledger's entropy line."""
+    total = 0
+    for info in meta["layers"]:
+        name = info["name"]
+        if info.get("entropy") == "ans":
+            total += 8 * tensors[f"{name}.codes"].numel() + entropy.COUNT_BITS * tensors[f"{name}.code_counts"].numel()
+        else:
+            total += info["groups"] * info["codes_per_group"] * info["code_bits"]
+    return total
+
+
+def _layer_codes(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+    """(groups * codes_per_group,) int64 codes of a layer entry, however they are stored."""
+    name, count = info["name"], info["groups"] * info["codes_per_group"]
+    if info.get("entropy") == "ans":
+        stream = tensors[f"{name}.codes"].numpy().view("<u4")
+        counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)
+        return torch.from_numpy(entropy.decode(stream, counts))
+    return unpack_codes(tensors[f"{name}.codes"], info["code_bits"], count)
+
+
 def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
     """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers
     by the method its compress_config names."""
@@ -195,7 +233,7 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
-        codes = unpack_codes(tensors[f"{name}.codes"], info["code_bits"], groups * count).reshape(groups, count)
+        codes = _layer_codes(tensors, info).reshape(groups, count)
         layers.append(method.read_layer(name, info, tensors, codes))
     return layers
 
@@ -203,7 +241,8 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
 def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str]:
     """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
     method = CompressConfig.from_dict(meta["compress_config"]).method_spec
-    return {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    names = {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    return names | {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
 
 
 def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
@@ -432,7 +471,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
     method = cfg.method_spec
-    layer_keys = (*_LAYER_KEYS, *method.layer_keys)
+    layer_keys = (*_LAYER_KEYS, *method.layer_keys, *(("entropy",) if cfg.entropy != "none" else ()))
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
@@ -479,7 +518,17 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         if codes_entry.dtype != "U8" or len(codes_entry.shape) != 1:
             _invalid(f"tensor {name}.codes is {codes_entry.dtype} {list(codes_entry.shape)}; expected 1-D U8")
         held = codes_entry.end - codes_entry.begin
-        if _packed_bytes(groups * count, bits) != held:
+        stored = info.get("entropy", "none")
+        if stored not in ("none", cfg.entropy):
+            _invalid(f"layer {name} stores its codes as {_show(stored)}; expected none or {cfg.entropy}")
+        if stored == "ans":
+            if held == 0 or held % 4 or held > _packed_bytes(groups * count, bits):
+                _invalid(
+                    f"layer {name}'s ANS stream is {held:,} bytes; expected whole 32-bit words, at most the "
+                    f"{_packed_bytes(groups * count, bits):,} bytes of its packed codes"
+                )
+            wanted[f"{name}.code_counts"] = ("I32", (k,))
+        elif _packed_bytes(groups * count, bits) != held:
             _invalid(
                 f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
                 f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
@@ -529,6 +578,15 @@ def _check_values(tensors: dict[str, torch.Tensor], meta: dict, entries: dict[st
     for info in meta["layers"]:
         name, bits, k = info["name"], info["code_bits"], info["n_centroids"]
         count = info["groups"] * info["codes_per_group"]
+        if info.get("entropy") == "ans":
+            counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)
+            if int(counts.min()) < 0 or int(counts.sum()) != count:
+                _invalid(f"layer {name}'s code counts do not sum to its {count:,} codes")
+            try:  # every code is then below k: the model has k symbols
+                _layer_codes(tensors, info)
+            except ValueError as exc:
+                _invalid(f"layer {name}'s ANS stream is not valid: {exc}")
+            continue
         packed = tensors[f"{name}.codes"].numpy()
         padding = 8 * len(packed) - count * bits
         if padding and int(packed[-1]) & ((1 << padding) - 1):

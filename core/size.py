@@ -2,6 +2,11 @@
 
 FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
 model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
+
+With entropy coding (CompressConfig.entropy, core/entropy.py), the ledger gains its entropy-coded
+line: `entropy_code_bits`, the bits the file holds for the codes (each entropy-coded layer's ANS
+stream and its frequency table, each other layer's packed codes), measured on the written codes;
+the entropy_* ratios put it in place of `code_bits`.
 """
 
 from __future__ import annotations
@@ -35,9 +40,33 @@ class SizeReport:
     model_float_bits: int  # 32 * (N_fc + N_rest)
     fc_ratio: float
     model_ratio: float
+    # the codes as the file holds them entropy-coded (stream + table); None: not entropy-coded
+    entropy_code_bits: int | None = None
+
+    @property
+    def entropy_fc_bits(self) -> int:
+        """The coded layers' bits with the codes as stored (entropy-coded when they are)."""
+        if self.entropy_code_bits is None:
+            return self.fc_bits
+        return self.entropy_code_bits + self.codebook_bits + self.scale_bits
+
+    @property
+    def entropy_model_bits(self) -> int:
+        return self.entropy_fc_bits + self.rest_bits
+
+    @property
+    def entropy_fc_ratio(self) -> float:
+        return self.fc_float_bits / self.entropy_fc_bits
+
+    @property
+    def entropy_model_ratio(self) -> float:
+        return self.model_float_bits / self.entropy_model_bits
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.entropy_code_bits is None:
+            del data["entropy_code_bits"]  # a record from before entropy coding keeps its JSON
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> SizeReport:
@@ -57,10 +86,16 @@ class SizeReport:
         }
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints.values()):
             raise ValueError("size fields must be whole numbers of bits")
+        entropy_code_bits = data.get("entropy_code_bits")
+        if entropy_code_bits is not None and (
+            not isinstance(entropy_code_bits, int) or isinstance(entropy_code_bits, bool) or entropy_code_bits < 1
+        ):
+            raise ValueError("entropy_code_bits must be a positive whole number of bits")
         report = cls(
             **ints,
             fc_ratio=ints["fc_float_bits"] / max(1, ints["fc_bits"]),
             model_ratio=ints["model_float_bits"] / max(1, ints["model_bits"]),
+            entropy_code_bits=entropy_code_bits,
         )
         consistent = (
             report.fc_bits == report.code_bits + report.codebook_bits + report.scale_bits
