@@ -46,7 +46,7 @@ TARGETS = ("fc", "fc+conv")
 ENTROPY_CODERS = ("none", "ans")
 # Stages that wrap any coding method's codes: kept through a method's canonical form (which resets the
 # fields it does not read), reset only for a method that codes nothing.
-STAGE_FIELDS = ("entropy",)
+STAGE_FIELDS = ("entropy", "sparsity")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
@@ -57,6 +57,7 @@ LATER_FIELDS = {
     "weighting": "none",
     "stages": 1,
     "entropy": "none",
+    "sparsity": 0.0,
 }
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
@@ -284,12 +285,24 @@ class CompressConfig:
         "frequencies, the table counted in the size (a layer keeps packed codes where that is smaller)",
         choices=ENTROPY_CODERS,
     )
+    sparsity: float = _f(
+        0.0,
+        "magnitude pruning before coding: the fraction s in [0, 1) of each coded weight's smallest weights set "
+        "to exact zeros (the mask stored, 1 bit a weight or entropy-coded); the method codes the survivors",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
             _set(self, "finetune_lr", float(self.finetune_lr))
+        if isinstance(self.sparsity, int) and not isinstance(self.sparsity, bool):
+            _set(self, "sparsity", float(self.sparsity))
         self._validate()
         self._canonicalize()
+        if self.sparsity > 0 and (self.layout == "per-chunk" or self.weighting == "activations"):
+            raise ValueError(
+                "pruning codes each layer's surviving weights as one sequence: use layout shared and "
+                "weighting none with sparsity > 0"
+            )
 
     def _validate(self) -> None:
         _choice("method", self.method, METHODS)
@@ -298,6 +311,11 @@ class CompressConfig:
         _choice("targets", self.targets, TARGETS)
         _choice("weighting", self.weighting, WEIGHTINGS)
         _choice("entropy coder", self.entropy, ENTROPY_CODERS)
+        ok = isinstance(self.sparsity, float) and math.isfinite(self.sparsity) and 0 <= self.sparsity < 1
+        if not ok:
+            raise ValueError(
+                f"sparsity={self.sparsity!r} must be a number from 0 (no pruning) up to but not including 1, e.g. 0.9"
+            )
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -347,6 +365,8 @@ class CompressConfig:
             text += " fp16"
         if self.finetune_epochs:
             text += f" +ft{self.finetune_epochs}"
+        if self.sparsity:
+            text = f"prune {self.sparsity:g} + " + text
         if self.entropy != "none":
             text += f" +{self.entropy}"
         return text

@@ -10,6 +10,9 @@ and every other state-dict entry (biases, convs; FC weights too for method float
 With `entropy="ans"` (core/entropy.py), a layer entry says how its codes are stored (`"entropy"`:
 "ans" or "none"), and an "ans" layer's `W.codes` holds the ANS stream beside `W.code_counts`
 (int32, (k,)), its frequency table; the ledger's `entropy_code_bits` is what these tensors hold.
+With `sparsity > 0` (core/prune.py), a layer entry says how its mask is stored (`"mask"`: "bitmap" or
+"ans"): `W.mask` holds the survivors' bitmap (1 bit a weight, row-major, MSB first), or its ANS stream
+beside `W.mask_counts` (int32, (2,)); the codes then code the survivors only, as one (1, n_kept) row.
 
 Size on disk = model bits / 8 (the accounting of size.py) + under one byte of padding per FC
 layer (each layer's codes are packed to whole bytes) + the safetensors header (8 bytes of length
@@ -26,6 +29,7 @@ else is refused with one `NotACompressedModel` line saying what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -48,6 +52,7 @@ from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, Train
 from .fileio import write_atomic
 from .models import build_model, coded_weights, select_weights
 from .pq import QuantizedLayer, check_fits, row_shape
+from .prune import coded_rows, n_kept
 
 FORMAT = "compression-lab/1"
 HEADER_BOUND = 8 * 1024  # bytes: safetensors header of every model here, metadata included
@@ -139,6 +144,29 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy(codes)
 
 
+def _store_symbols(
+    tensors: dict[str, torch.Tensor], key: str, symbols: torch.Tensor, k: int, bits: int, coder: str
+) -> str:
+    """Put symbols in [0, k) (a layer's codes, or its mask with k = 2) under `key`: bit-packed, or with
+    coder "ans" their ANS stream and `<key minus the part after the dot>_counts` when that is smaller (a
+    small layer's table can outweigh what it saves). Returns how they are stored: "ans" or "none"."""
+    tensors[key] = pack_codes(symbols, bits)
+    if coder != "ans":
+        return "none"
+    coded = entropy.encode(symbols.cpu().numpy(), k)
+    if coded.bits >= symbols.numel() * bits:
+        return "none"
+    tensors[key] = torch.from_numpy(coded.stream.astype("<u4").view(np.uint8).copy())
+    tensors[_counts_key(key)] = torch.from_numpy(coded.counts.astype(np.int32))
+    return "ans"
+
+
+def _counts_key(key: str) -> str:
+    """W.codes -> W.code_counts, W.mask -> W.mask_counts: the frequency table beside a stream."""
+    base, part = key.rsplit(".", 1)
+    return f"{base}.{'code' if part == 'codes' else part}_counts"
+
+
 def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig) -> list[dict]:
     """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
     them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
@@ -149,15 +177,13 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
     for layer in layers:
         bits = method.code_bits(layer)
         stored: dict[str, str] = {}
-        tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
-        if cfg.entropy == "ans":
-            coded = entropy.encode(layer.codes.cpu().numpy(), layer.n_centroids)
-            # the table can outweigh what a small layer saves: then its codes stay packed
-            use = coded.bits < layer.codes.numel() * bits
-            stored["entropy"] = "ans" if use else "none"
-            if use:
-                tensors[f"{layer.name}.codes"] = torch.from_numpy(coded.stream.astype("<u4").view(np.uint8).copy())
-                tensors[f"{layer.name}.code_counts"] = torch.from_numpy(coded.counts.astype(np.int32))
+        how = _store_symbols(tensors, f"{layer.name}.codes", layer.codes, layer.n_centroids, bits, cfg.entropy)
+        if cfg.entropy != "none":
+            stored["entropy"] = how
+        if cfg.sparsity > 0:
+            assert layer.mask is not None  # quantize_model prunes every coded weight
+            how = _store_symbols(tensors, f"{layer.name}.mask", layer.mask.flatten().long(), 2, 1, cfg.entropy)
+            stored["mask"] = "ans" if how == "ans" else "bitmap"
         for suffix, tensor in method.layer_tensors(layer).items():
             tensors[f"{layer.name}.{suffix}"] = tensor.detach().cpu().to(store_dtype).contiguous()
         groups, count = layer.codes.shape
@@ -213,7 +239,22 @@ def stored_code_bits(tensors: dict[str, torch.Tensor], meta: dict) -> int:
             total += 8 * tensors[f"{name}.codes"].numel() + entropy.COUNT_BITS * tensors[f"{name}.code_counts"].numel()
         else:
             total += info["groups"] * info["codes_per_group"] * info["code_bits"]
+        if info.get("mask") == "ans":
+            total += 8 * tensors[f"{name}.mask"].numel() + entropy.COUNT_BITS * 2
+        elif info.get("mask") == "bitmap":
+            total += math.prod(info["shape"])
     return total
+
+
+def _layer_mask(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+    """The bool survivors' mask of a pruned layer entry, in the weight's shape."""
+    name, n = info["name"], math.prod(info["shape"])
+    if info["mask"] == "ans":
+        stream = tensors[f"{name}.mask"].numpy().view("<u4")
+        flat = torch.from_numpy(entropy.decode(stream, tensors[f"{name}.mask_counts"].numpy().astype(np.int64)))
+    else:
+        flat = unpack_codes(tensors[f"{name}.mask"], 1, n)
+    return flat.bool().reshape(info["shape"])
 
 
 def _layer_codes(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
@@ -234,7 +275,10 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
         codes = _layer_codes(tensors, info).reshape(groups, count)
-        layers.append(method.read_layer(name, info, tensors, codes))
+        layer = method.read_layer(name, info, tensors, codes)
+        if "mask" in info:
+            layer = dataclasses.replace(layer, mask=_layer_mask(tensors, info))
+        layers.append(layer)
     return layers
 
 
@@ -242,7 +286,9 @@ def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str
     """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
     method = CompressConfig.from_dict(meta["compress_config"]).method_spec
     names = {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
-    return names | {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
+    names |= {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
+    names |= {f"{info['name']}.mask" for info in meta["layers"] if "mask" in info}
+    return names | {f"{info['name']}.mask_counts" for info in meta["layers"] if info.get("mask") == "ans"}
 
 
 def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
@@ -471,7 +517,8 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
     method = cfg.method_spec
-    layer_keys = (*_LAYER_KEYS, *method.layer_keys, *(("entropy",) if cfg.entropy != "none" else ()))
+    stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if cfg.sparsity > 0 else ()))
+    layer_keys = (*_LAYER_KEYS, *method.layer_keys, *stage_keys)
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
@@ -495,7 +542,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
         dim = _int(info["subvector_size"], f"layer {name}'s subvector_size", 1, in_features)
         k = _int(info["n_centroids"], f"layer {name}'s n_centroids", 2, MAX_CENTROIDS)
-        form = method.layer_format((out_features, in_features), cfg)
+        form = method.layer_format(coded_rows((out_features, in_features), cfg.sparsity), cfg)
         if form is None:
             _invalid(f"layer {name} is coded but method {cfg.method} codes no layer")
         declared = (layout, dim, k, *(info[key] for key in method.layer_keys))
@@ -533,6 +580,8 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
                 f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
                 f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
             )
+        if cfg.sparsity > 0:
+            _check_mask_entry(info, entries, wanted, out_features * in_features)
         implied = (form.groups, form.codes_per_group)
         if (groups, count) != implied:
             _invalid(
@@ -561,6 +610,46 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid(f"tensor {_show(unexpected[0])} is not part of the model")
 
 
+def _check_mask_entry(
+    info: dict, entries: dict[str, _Entry], wanted: dict[str, tuple[str, tuple[int, ...]]], n: int
+) -> None:
+    """A pruned layer's mask tensor (and its counts) against the layer's n weights: header only."""
+    name, how = info["name"], info["mask"]
+    if how not in ("bitmap", "ans"):
+        _invalid(f"layer {name} stores its mask as {_show(how)}; expected bitmap or ans")
+    entry = entries.get(f"{name}.mask")
+    if entry is None or entry.dtype != "U8" or len(entry.shape) != 1:
+        _invalid(f"layer {name} is pruned but has no 1-D U8 {name}.mask tensor")
+    held = entry.end - entry.begin
+    if how == "bitmap" and held != _packed_bytes(n, 1):
+        _invalid(f"layer {name}'s mask is {held:,} bytes; its {n:,} weights need {_packed_bytes(n, 1):,}")
+    if how == "ans" and (held == 0 or held % 4 or held > _packed_bytes(n, 1)):
+        _invalid(f"layer {name}'s ANS mask is {held:,} bytes; expected whole 32-bit words, fewer than a bitmap")
+    wanted[f"{name}.mask"] = ("U8", (held,))
+    if how == "ans":
+        wanted[f"{name}.mask_counts"] = ("I32", (2,))
+
+
+def _check_mask_values(tensors: dict[str, torch.Tensor], info: dict, kept: int) -> None:
+    """A pruned layer's mask: exactly `kept` survivors (what the sparsity leaves), every bit accounted."""
+    name, n = info["name"], math.prod(info["shape"])
+    if info["mask"] == "bitmap":
+        packed = tensors[f"{name}.mask"].numpy()
+        padding = 8 * len(packed) - n
+        if padding and int(packed[-1]) & ((1 << padding) - 1):
+            _invalid(f"layer {name}'s mask has non-zero padding bits after its last weight")
+    else:
+        counts = tensors[f"{name}.mask_counts"].numpy().astype(np.int64)
+        if int(counts.min()) < 0 or int(counts.sum()) != n:
+            _invalid(f"layer {name}'s mask counts do not sum to its {n:,} weights")
+    try:
+        survivors = int(_layer_mask(tensors, info).sum())
+    except ValueError as exc:
+        _invalid(f"layer {name}'s ANS mask is not valid: {exc}")
+    if survivors != kept:
+        _invalid(f"layer {name}'s mask keeps {survivors:,} weights; the sparsity leaves {kept:,}")
+
+
 def _model_label(cfg: TrainConfig) -> str:
     return f"model {cfg.model}" + (f" with hidden {list(cfg.hidden)}" if cfg.model == "mlp" else "")
 
@@ -578,6 +667,9 @@ def _check_values(tensors: dict[str, torch.Tensor], meta: dict, entries: dict[st
     for info in meta["layers"]:
         name, bits, k = info["name"], info["code_bits"], info["n_centroids"]
         count = info["groups"] * info["codes_per_group"]
+        if "mask" in info:
+            sparsity = CompressConfig.from_dict(meta["compress_config"]).sparsity
+            _check_mask_values(tensors, info, n_kept(math.prod(info["shape"]), sparsity))
         if info.get("entropy") == "ans":
             counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)
             if int(counts.min()) < 0 or int(counts.sum()) != count:

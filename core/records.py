@@ -330,6 +330,8 @@ class CompressionRecord:
             "rest_bits": s.rest_bits,
             # the sizes with the codes as stored: entropy-coded where the compression is (else the raw ones)
             "entropy": c.entropy,
+            "sparsity": c.sparsity,
+            "mask_bits": s.mask_bits,
             "entropy_fc_bits": s.entropy_fc_bits,
             "entropy_fc_ratio": s.entropy_fc_ratio,
             "entropy_model_bits": s.entropy_model_bits,

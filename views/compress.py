@@ -43,6 +43,8 @@ from ui.detail import download_name
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import number_input, radio, select_slider, selectbox
 
+SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
+
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
     """The compression widgets; ValueError when the combination is not valid. Which ones a method uses
@@ -81,6 +83,12 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             disabled=unused["n_centroids"],
             help="A code is log2(k) bits per subvector.",
         )
+        sparsity = select_slider(
+            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=method == "float",
+            format_func=lambda s: "off" if s == 0 else f"{s:.0%}",
+            help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
+            "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
+        )  # fmt: skip
         own = {
             option.field: select_slider(option.label, option.options, option.default, option.field, True,
                                         help=option.help)
@@ -126,6 +134,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         targets=targets if has_conv else "fc",
         weighting=weighting,
         entropy=entropy,
+        sparsity=float(sparsity),
         **{field: int(value) for field, value in own.items()},
     )
 
@@ -223,6 +232,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
                 picture["centroids"],
                 method=method,
                 title=f"{title}: float weights and the {len(picture['centroids'])} distinct centroids",
+                pruned=picture.get("pruned"),
             ),
             key="chart_centroids",
         )

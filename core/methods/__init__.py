@@ -16,6 +16,7 @@ file, then add its line below (docs/architecture.md, "Adding a method").
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,7 @@ from torch import nn
 from ..calibration import input_moments
 from ..models import coded_weights
 from ..pq import QuantizedLayer
+from ..prune import magnitude_mask
 from .base import LayerCost, LayerFormat, Method, MethodOption
 from .binarize import BINARIZE, binarize_weight
 from .float import FLOAT
@@ -57,8 +59,18 @@ def quantize_model(
         if calibration is None:
             raise ValueError("weighting='activations' needs calibration inputs (batches of the model's inputs)")
         moments = input_moments(model, [name for name, _ in chosen], calibration, cfg.subvector_size)
+    if cfg.sparsity > 0:  # prune, then code the survivors as one row (core/prune.py)
+        return [_pruned(method, name, weight, cfg) for name, weight in chosen]
     coded = (method.quantize(name, weight, cfg, moments.get(name)) for name, weight in chosen)
     return [layer for layer in coded if layer is not None]
+
+
+def _pruned(method: Method, name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
+    mask = magnitude_mask(weight, cfg.sparsity)
+    survivors = weight.detach().float()[mask].reshape(1, -1)  # (1, n_kept), row-major
+    layer = method.quantize(name, survivors, cfg)
+    assert layer is not None  # a method that codes no weight has no sparsity (config resets it)
+    return dataclasses.replace(layer, shape=tuple(weight.shape), mask=mask)
 
 
 __all__ = [
