@@ -153,3 +153,13 @@ def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):  # 
     specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
     names = [trace.get("name", "") for spec in specs for trace in spec["data"]]
     assert any(name.startswith("pruned weights") for name in names)
+
+
+def test_the_sweep_grid_carries_both_stages_to_every_coding_method():
+    from core.experiments import compression_grid
+
+    cfgs = compression_grid(["float", "kmeans", "pq"], [2], [4], fixed={"entropy": "ans", "sparsity": 0.5})
+    by_method = {cfg.method: cfg for cfg in cfgs}
+    assert by_method["float"] == CompressConfig(method="float")
+    for method in ("kmeans", "pq"):
+        assert by_method[method].entropy == "ans" and by_method[method].sparsity == 0.5
