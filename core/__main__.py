@@ -315,6 +315,11 @@ def cmd_compress(args: argparse.Namespace) -> dict:
             f"codebooks {s.codebook_bits:,}, scales {s.scale_bits:,})"
         )
         print(f"model {s.model_bits:,} bits  ratio {s.model_ratio:.2f}x  (float rest {s.rest_bits:,})")
+        if s.entropy_code_bits is not None:
+            print(
+                f"entropy-coded: codes {s.entropy_code_bits:,} bits (streams and tables)  "
+                f"FC ratio {s.entropy_fc_ratio:.2f}x  model ratio {s.entropy_model_ratio:.2f}x"
+            )
         if args.out:
             print(f"wrote {args.out}: {record.file_bytes:,} bytes")
     return out

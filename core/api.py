@@ -36,7 +36,7 @@ from torch import nn
 
 from .compress import tune_centroids
 from .config import MAX_EPOCHS, CompressConfig, _float, _int
-from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, to_bytes
+from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, stored_code_bits, to_bytes
 from .fileio import check_output_path, write_atomic
 from .methods import quantize_model
 from .models import layer_patterns, module_name, select_weights
@@ -233,6 +233,11 @@ def compress(
         size = _size(cfg, shapes, {key: value for key, value in rest.items() if key not in dict(shapes)})
     else:
         size = _size(cfg, [(layer.name, tuple(layer.shape)) for layer in coded], rest)
+    if cfg.entropy != "none":  # the entropy-coded line, measured on the codes as the file will hold them
+        tensors, meta = build_module_payload(rest, coded, cfg)
+        size = ModelSize(
+            dataclasses.replace(size.totals, entropy_code_bits=stored_code_bits(tensors, meta)), size.layers
+        )
     return Compressed(cfg, tuple(coded), rest, tuple(state), size, aliases)
 
 

@@ -45,6 +45,11 @@ SIZE_AXES: dict[str, tuple[str, bool]] = {
     "fc_bits": ("compressed FC size (bits; log scale)", False),
     "model_bits": ("compressed model size (bits; log scale)", False),
 }
+# The same axes with the codes as stored (entropy-coded where a compression is; the Frontier's switch).
+SIZE_AXES |= {
+    f"entropy_{name}": (title.replace("; log scale)", "; codes entropy-coded where they are; log scale)"), larger)
+    for name, (title, larger) in SIZE_AXES.items()
+}
 
 
 # Marks that must read on a light and a dark background alike (the pages draw every chart with
@@ -335,14 +340,23 @@ def centroid_histogram(
     title: str | None = None,
     method: str = "kmeans",
     height: int = 380,
+    pruned: Sequence[float] | None = None,
 ) -> go.Figure:
-    """Histogram of a layer's float weights with the 1-D centroids that replace them drawn on top."""
+    """Histogram of a layer's float weights with the 1-D centroids that replace them drawn on top; with
+    pruning, `weights` are the survivors and `pruned` the float values of the weights set to zero, drawn
+    apart (both then in counts, so that their areas compare)."""
     fig = go.Figure()
-    fig.add_trace(
-        go.Histogram(
-            x=list(weights), nbinsx=101, name="trained weights (float)", marker_color="#999999", histnorm="percent"
-        )
-    )
+    norm = "percent" if pruned is None else ""
+    name = "trained weights (float)" if pruned is None else "surviving weights (float, coded)"
+    fig.add_trace(go.Histogram(x=list(weights), nbinsx=101, name=name, marker_color="#999999", histnorm=norm))
+    if pruned is not None:
+        fig.add_trace(
+            go.Histogram(
+                x=list(pruned), nbinsx=101, name=f"pruned weights ({len(pruned):,} shown; stored as exact 0)",
+                marker_color=NEUTRAL, opacity=0.45, histnorm=norm,
+            )
+        )  # fmt: skip
+        fig.update_layout(barmode="overlay")
     color = method_color(method)
     centroids = sorted({float(c) for c in centroids})
     if len(centroids) <= 64:
@@ -359,7 +373,7 @@ def centroid_histogram(
         )
     )
     fig.update_xaxes(title_text="weight value")
-    fig.update_yaxes(title_text="share of weights (%)")
+    fig.update_yaxes(title_text="share of weights (%)" if pruned is None else "weights")
     fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return _style(fig, title, height)
 

@@ -43,10 +43,24 @@ WEIGHTINGS = ("none", "activations")
 # Which layers of a built-in network the regularizer acts on and the compression codes: its FC
 # layers (the paper), or its FC and conv layers (beyond the paper: past the conv barrier).
 TARGETS = ("fc", "fc+conv")
+# How the codes are stored: bit-packed, or entropy-coded by rANS under each layer's code frequencies
+# (core/entropy.py). A stage after any coding method: no method reads it, every coding method keeps it.
+ENTROPY_CODERS = ("none", "ans")
+# Stages that wrap any coding method's codes: kept through a method's canonical form (which resets the
+# fields it does not read), reset only for a method that codes nothing.
+STAGE_FIELDS = ("entropy", "sparsity")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
-LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none", "stages": 1}
+LATER_FIELDS = {
+    "reg_targets": "fc",
+    "targets": "fc",
+    "warmup_start": 0,
+    "weighting": "none",
+    "stages": 1,
+    "entropy": "none",
+    "sparsity": 0.0,
+}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -297,12 +311,30 @@ class CompressConfig:
         choices=WEIGHTINGS,
     )
     stages: int = _f(1, f"codebooks that add up to each subvector, 1 to {MAX_STAGES} (methods that read it)")
+    entropy: str = _f(
+        "none",
+        "none: codes bit-packed | ans: codes entropy-coded (rANS, constriction) under each layer's code "
+        "frequencies, the table counted in the size (a layer keeps packed codes where that is smaller)",
+        choices=ENTROPY_CODERS,
+    )
+    sparsity: float = _f(
+        0.0,
+        "magnitude pruning before coding: the fraction s in [0, 1) of each coded weight's smallest weights set "
+        "to exact zeros (the mask stored, 1 bit a weight or entropy-coded); the method codes the survivors",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
             _set(self, "finetune_lr", float(self.finetune_lr))
+        if isinstance(self.sparsity, int) and not isinstance(self.sparsity, bool):
+            _set(self, "sparsity", float(self.sparsity))
         self._validate()
         self._canonicalize()
+        if self.sparsity > 0 and (self.layout == "per-chunk" or self.weighting == "activations"):
+            raise ValueError(
+                "pruning codes each layer's surviving weights as one sequence: use layout shared and "
+                "weighting none with sparsity > 0"
+            )
 
     def _validate(self) -> None:
         _choice("method", self.method, METHODS)
@@ -310,6 +342,12 @@ class CompressConfig:
         _choice("k-means init", self.init, INITS)
         _choice("targets", self.targets, TARGETS)
         _choice("weighting", self.weighting, WEIGHTINGS)
+        _choice("entropy coder", self.entropy, ENTROPY_CODERS)
+        ok = isinstance(self.sparsity, float) and math.isfinite(self.sparsity) and 0 <= self.sparsity < 1
+        if not ok:
+            raise ValueError(
+                f"sparsity={self.sparsity!r} must be a number from 0 (no pruning) up to but not including 1, e.g. 0.9"
+            )
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -329,14 +367,17 @@ class CompressConfig:
         """Reset the fields a method ignores, so equal compressions share one cache key: the method
         says (`Method.canonical`), and when it is another method for this setting, that one says."""
         defaults = {f.name: f.default for f in fields(self)}
+        method_defaults = {name: value for name, value in defaults.items() if name not in STAGE_FIELDS}
         values = asdict(self)
         for _ in METHODS:  # a method hands over to another at most once per method
-            canonical = METHOD_SPECS[values["method"]].canonical(values, defaults)
+            canonical = METHOD_SPECS[values["method"]].canonical(values, method_defaults)
             if canonical == values:
                 break
             values = canonical
         if values["finetune_epochs"] == 0:
             values["finetune_lr"] = defaults["finetune_lr"]
+        if values["method"] == "float":  # nothing coded: no stage has codes to act on
+            values.update({name: defaults[name] for name in STAGE_FIELDS})
         for name, value in values.items():
             _set(self, name, value)
 
@@ -356,6 +397,10 @@ class CompressConfig:
             text += " fp16"
         if self.finetune_epochs:
             text += f" +ft{self.finetune_epochs}"
+        if self.sparsity:
+            text = f"prune {self.sparsity:g} + " + text
+        if self.entropy != "none":
+            text += f" +{self.entropy}"
         return text
 
     def to_json(self) -> dict:
@@ -376,6 +421,7 @@ class CompressConfig:
 __all__ = [
     "CODE_VERSION",
     "DATASETS",
+    "ENTROPY_CODERS",
     "INITS",
     "LAYOUTS",
     "METHODS",

@@ -7,6 +7,12 @@ Tensors in the file, for each FC weight `W` (state-dict key, e.g. `fcs.0.weight`
   `W.alpha`      float32 / float16, (1,)               (binarize: the codebook is [-alpha, +alpha])
 (each method says what it writes and what the reader expects: `Method.layer_tensors`, `layer_format`),
 and every other state-dict entry (biases, convs; FC weights too for method float) in float32.
+With `entropy="ans"` (core/entropy.py), a layer entry says how its codes are stored (`"entropy"`:
+"ans" or "none"), and an "ans" layer's `W.codes` holds the ANS stream beside `W.code_counts`
+(int32, (k,)), its frequency table; the ledger's `entropy_code_bits` is what these tensors hold.
+With `sparsity > 0` (core/prune.py), a layer entry says how its mask is stored (`"mask"`: "bitmap" or
+"ans"): `W.mask` holds the survivors' bitmap (1 bit a weight, row-major, MSB first), or its ANS stream
+beside `W.mask_counts` (int32, (2,)); the codes then code the survivors only, as one (1, n_kept) row.
 
 Size on disk = model bits / 8 (the accounting of size.py) + under one byte of padding per FC
 layer (each layer's codes are packed to whole bytes) + the safetensors header (8 bytes of length
@@ -23,6 +29,7 @@ else is refused with one `NotACompressedModel` line saying what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -40,10 +47,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from . import entropy
 from .config import DATASETS, LATER_FIELDS, MAX_CENTROIDS, CompressConfig, TrainConfig
 from .fileio import write_atomic
 from .models import build_model, coded_weights, select_weights
 from .pq import QuantizedLayer, check_fits, row_shape
+from .prune import coded_rows, n_kept
 
 FORMAT = "compression-lab/1"
 HEADER_BOUND = 8 * 1024  # bytes: safetensors header of every model here, metadata included
@@ -64,6 +73,7 @@ _DTYPES = {
     "F16": (torch.float16, 2),
     "BF16": (torch.bfloat16, 2),
     "F32": (torch.float32, 4),
+    "I32": (torch.int32, 4),  # an entropy-coded layer's code counts
     "F64": (torch.float64, 8),
     "I64": (torch.int64, 8),  # a module's integer buffers (BatchNorm's num_batches_tracked)
 }
@@ -134,6 +144,29 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     return torch.from_numpy(codes)
 
 
+def _store_symbols(
+    tensors: dict[str, torch.Tensor], key: str, symbols: torch.Tensor, k: int, bits: int, coder: str
+) -> str:
+    """Put symbols in [0, k) (a layer's codes, or its mask with k = 2) under `key`: bit-packed, or with
+    coder "ans" their ANS stream and `<key minus the part after the dot>_counts` when that is smaller (a
+    small layer's table can outweigh what it saves). Returns how they are stored: "ans" or "none"."""
+    tensors[key] = pack_codes(symbols, bits)
+    if coder != "ans":
+        return "none"
+    coded = entropy.encode(symbols.cpu().numpy(), k)
+    if coded.bits >= symbols.numel() * bits:
+        return "none"
+    tensors[key] = torch.from_numpy(coded.stream.astype("<u4").view(np.uint8).copy())
+    tensors[_counts_key(key)] = torch.from_numpy(coded.counts.astype(np.int32))
+    return "ans"
+
+
+def _counts_key(key: str) -> str:
+    """W.codes -> W.code_counts, W.mask -> W.mask_counts: the frequency table beside a stream."""
+    base, part = key.rsplit(".", 1)
+    return f"{base}.{'code' if part == 'codes' else part}_counts"
+
+
 def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig) -> list[dict]:
     """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
     them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
@@ -143,7 +176,14 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
     layer_info = []
     for layer in layers:
         bits = method.code_bits(layer)
-        tensors[f"{layer.name}.codes"] = pack_codes(layer.codes, bits)
+        stored: dict[str, str] = {}
+        how = _store_symbols(tensors, f"{layer.name}.codes", layer.codes, layer.n_centroids, bits, cfg.entropy)
+        if cfg.entropy != "none":
+            stored["entropy"] = how
+        if cfg.sparsity > 0:
+            assert layer.mask is not None  # quantize_model prunes every coded weight
+            how = _store_symbols(tensors, f"{layer.name}.mask", layer.mask.flatten().long(), 2, 1, cfg.entropy)
+            stored["mask"] = "ans" if how == "ans" else "bitmap"
         for suffix, tensor in method.layer_tensors(layer).items():
             tensors[f"{layer.name}.{suffix}"] = tensor.detach().cpu().to(store_dtype).contiguous()
         groups, count = layer.codes.shape
@@ -158,6 +198,7 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
                 "groups": groups,
                 "codes_per_group": count,
                 **method.layer_extra(layer),
+                **stored,
             }
         )
     return layer_info
@@ -188,6 +229,44 @@ def build_payload(
     return tensors, meta
 
 
+def stored_code_bits(tensors: dict[str, torch.Tensor], meta: dict) -> int:
+    """Bits the file holds for the coded layers' codes: an entropy-coded layer's stream and table, a
+    packed layer's codes exactly (without the padding to a whole byte). The ledger's entropy line."""
+    total = 0
+    for info in meta["layers"]:
+        name = info["name"]
+        if info.get("entropy") == "ans":
+            total += 8 * tensors[f"{name}.codes"].numel() + entropy.COUNT_BITS * tensors[f"{name}.code_counts"].numel()
+        else:
+            total += info["groups"] * info["codes_per_group"] * info["code_bits"]
+        if info.get("mask") == "ans":
+            total += 8 * tensors[f"{name}.mask"].numel() + entropy.COUNT_BITS * 2
+        elif info.get("mask") == "bitmap":
+            total += math.prod(info["shape"])
+    return total
+
+
+def _layer_mask(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+    """The bool survivors' mask of a pruned layer entry, in the weight's shape."""
+    name, n = info["name"], math.prod(info["shape"])
+    if info["mask"] == "ans":
+        stream = tensors[f"{name}.mask"].numpy().view("<u4")
+        flat = torch.from_numpy(entropy.decode(stream, tensors[f"{name}.mask_counts"].numpy().astype(np.int64)))
+    else:
+        flat = unpack_codes(tensors[f"{name}.mask"], 1, n)
+    return flat.bool().reshape(info["shape"])
+
+
+def _layer_codes(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
+    """(groups * codes_per_group,) int64 codes of a layer entry, however they are stored."""
+    name, count = info["name"], info["groups"] * info["codes_per_group"]
+    if info.get("entropy") == "ans":
+        stream = tensors[f"{name}.codes"].numpy().view("<u4")
+        counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)
+        return torch.from_numpy(entropy.decode(stream, counts))
+    return unpack_codes(tensors[f"{name}.codes"], info["code_bits"], count)
+
+
 def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
     """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers
     by the method its compress_config names."""
@@ -195,15 +274,21 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
-        codes = unpack_codes(tensors[f"{name}.codes"], info["code_bits"], groups * count).reshape(groups, count)
-        layers.append(method.read_layer(name, info, tensors, codes))
+        codes = _layer_codes(tensors, info).reshape(groups, count)
+        layer = method.read_layer(name, info, tensors, codes)
+        if "mask" in info:
+            layer = dataclasses.replace(layer, mask=_layer_mask(tensors, info))
+        layers.append(layer)
     return layers
 
 
 def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str]:
     """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
     method = CompressConfig.from_dict(meta["compress_config"]).method_spec
-    return {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    names = {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    names |= {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
+    names |= {f"{info['name']}.mask" for info in meta["layers"] if "mask" in info}
+    return names | {f"{info['name']}.mask_counts" for info in meta["layers"] if info.get("mask") == "ans"}
 
 
 def model_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> nn.Module:
@@ -432,7 +517,8 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
     method = cfg.method_spec
-    layer_keys = (*_LAYER_KEYS, *method.layer_keys)
+    stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if cfg.sparsity > 0 else ()))
+    layer_keys = (*_LAYER_KEYS, *method.layer_keys, *stage_keys)
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
@@ -456,7 +542,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
         dim = _int(info["subvector_size"], f"layer {name}'s subvector_size", 1, in_features)
         k = _int(info["n_centroids"], f"layer {name}'s n_centroids", 2, MAX_CENTROIDS)
-        form = method.layer_format((out_features, in_features), cfg)
+        form = method.layer_format(coded_rows((out_features, in_features), cfg.sparsity), cfg)
         if form is None:
             _invalid(f"layer {name} is coded but method {cfg.method} codes no layer")
         declared = (layout, dim, k, *(info[key] for key in method.layer_keys))
@@ -479,11 +565,23 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         if codes_entry.dtype != "U8" or len(codes_entry.shape) != 1:
             _invalid(f"tensor {name}.codes is {codes_entry.dtype} {list(codes_entry.shape)}; expected 1-D U8")
         held = codes_entry.end - codes_entry.begin
-        if _packed_bytes(groups * count, bits) != held:
+        stored = info.get("entropy", "none")
+        if stored not in ("none", cfg.entropy):
+            _invalid(f"layer {name} stores its codes as {_show(stored)}; expected none or {cfg.entropy}")
+        if stored == "ans":
+            if held == 0 or held % 4 or held > _packed_bytes(groups * count, bits):
+                _invalid(
+                    f"layer {name}'s ANS stream is {held:,} bytes; expected whole 32-bit words, at most the "
+                    f"{_packed_bytes(groups * count, bits):,} bytes of its packed codes"
+                )
+            wanted[f"{name}.code_counts"] = ("I32", (k,))
+        elif _packed_bytes(groups * count, bits) != held:
             _invalid(
                 f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
                 f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
             )
+        if cfg.sparsity > 0:
+            _check_mask_entry(info, entries, wanted, out_features * in_features)
         implied = (form.groups, form.codes_per_group)
         if (groups, count) != implied:
             _invalid(
@@ -512,6 +610,46 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         _invalid(f"tensor {_show(unexpected[0])} is not part of the model")
 
 
+def _check_mask_entry(
+    info: dict, entries: dict[str, _Entry], wanted: dict[str, tuple[str, tuple[int, ...]]], n: int
+) -> None:
+    """A pruned layer's mask tensor (and its counts) against the layer's n weights: header only."""
+    name, how = info["name"], info["mask"]
+    if how not in ("bitmap", "ans"):
+        _invalid(f"layer {name} stores its mask as {_show(how)}; expected bitmap or ans")
+    entry = entries.get(f"{name}.mask")
+    if entry is None or entry.dtype != "U8" or len(entry.shape) != 1:
+        _invalid(f"layer {name} is pruned but has no 1-D U8 {name}.mask tensor")
+    held = entry.end - entry.begin
+    if how == "bitmap" and held != _packed_bytes(n, 1):
+        _invalid(f"layer {name}'s mask is {held:,} bytes; its {n:,} weights need {_packed_bytes(n, 1):,}")
+    if how == "ans" and (held == 0 or held % 4 or held > _packed_bytes(n, 1)):
+        _invalid(f"layer {name}'s ANS mask is {held:,} bytes; expected whole 32-bit words, fewer than a bitmap")
+    wanted[f"{name}.mask"] = ("U8", (held,))
+    if how == "ans":
+        wanted[f"{name}.mask_counts"] = ("I32", (2,))
+
+
+def _check_mask_values(tensors: dict[str, torch.Tensor], info: dict, kept: int) -> None:
+    """A pruned layer's mask: exactly `kept` survivors (what the sparsity leaves), every bit accounted."""
+    name, n = info["name"], math.prod(info["shape"])
+    if info["mask"] == "bitmap":
+        packed = tensors[f"{name}.mask"].numpy()
+        padding = 8 * len(packed) - n
+        if padding and int(packed[-1]) & ((1 << padding) - 1):
+            _invalid(f"layer {name}'s mask has non-zero padding bits after its last weight")
+    else:
+        counts = tensors[f"{name}.mask_counts"].numpy().astype(np.int64)
+        if int(counts.min()) < 0 or int(counts.sum()) != n:
+            _invalid(f"layer {name}'s mask counts do not sum to its {n:,} weights")
+    try:
+        survivors = int(_layer_mask(tensors, info).sum())
+    except ValueError as exc:
+        _invalid(f"layer {name}'s ANS mask is not valid: {exc}")
+    if survivors != kept:
+        _invalid(f"layer {name}'s mask keeps {survivors:,} weights; the sparsity leaves {kept:,}")
+
+
 def _model_label(cfg: TrainConfig) -> str:
     return f"model {cfg.model}" + (f" with hidden {list(cfg.hidden)}" if cfg.model == "mlp" else "")
 
@@ -529,6 +667,18 @@ def _check_values(tensors: dict[str, torch.Tensor], meta: dict, entries: dict[st
     for info in meta["layers"]:
         name, bits, k = info["name"], info["code_bits"], info["n_centroids"]
         count = info["groups"] * info["codes_per_group"]
+        if "mask" in info:
+            sparsity = CompressConfig.from_dict(meta["compress_config"]).sparsity
+            _check_mask_values(tensors, info, n_kept(math.prod(info["shape"]), sparsity))
+        if info.get("entropy") == "ans":
+            counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)
+            if int(counts.min()) < 0 or int(counts.sum()) != count:
+                _invalid(f"layer {name}'s code counts do not sum to its {count:,} codes")
+            try:  # every code is then below k: the model has k symbols
+                _layer_codes(tensors, info)
+            except ValueError as exc:
+                _invalid(f"layer {name}'s ANS stream is not valid: {exc}")
+            continue
         packed = tensors[f"{name}.codes"].numpy()
         padding = 8 * len(packed) - count * bits
         if padding and int(packed[-1]) & ((1 << padding) - 1):

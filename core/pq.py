@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .prune import coded_rows
+
 if TYPE_CHECKING:
     from .config import CompressConfig  # config imports the methods, which import this module
 
@@ -308,6 +310,9 @@ class QuantizedLayer:
     codebooks: torch.Tensor  # (stages * G, k, d)
     codes: torch.Tensor  # (stages * G, N) int64, G * N = out * ceil(in / d)
     stages: int = 1  # codebooks whose centroids add up to each subvector (residual quantization)
+    # pruning (core/prune.py): True where a weight survives, of the weight's shape; the codes then code
+    # the survivors only, row-major as one (1, n_kept) matrix, and the pruned weights decode to exact zeros
+    mask: torch.Tensor | None = None
 
     @property
     def n_centroids(self) -> int:
@@ -315,7 +320,10 @@ class QuantizedLayer:
 
     @property
     def rows(self) -> tuple[int, int]:
-        """(out, in * kh * kw): the weight as the matrix that is cut into subvectors."""
+        """(out, in * kh * kw): the weight as the matrix that is cut into subvectors (pruned: the
+        survivors as one row, (1, n_kept))."""
+        if self.mask is not None:
+            return (1, int(self.mask.sum()))
         return row_shape(self.shape)
 
     def decode(self, codebooks: torch.Tensor | None = None) -> torch.Tensor:
@@ -331,6 +339,9 @@ class QuantizedLayer:
                 grouped = grouped + stage
         out_features, in_features = self.rows
         matrix = from_subvectors(from_groups(grouped, self._group_layout, out_features), in_features)
+        if self.mask is not None:  # (1, n_kept) survivors -> their places; the pruned stay exact zeros
+            mask = self.mask.to(matrix.device)
+            return torch.zeros(self.shape, dtype=matrix.dtype, device=matrix.device).masked_scatter(mask, matrix)
         return matrix.reshape(self.shape)  # (out, in) -> the weight's shape
 
     @property
@@ -345,6 +356,8 @@ class DoesNotFit(ValueError):
 def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
     """Raise DoesNotFit when `cfg` does not fit every layer (a conv counts as its rows of in * kh * kw
     values): the method says, and its message names the layer whose limit it states and what would fit."""
+    if fc_shapes and cfg.sparsity > 0:  # the method codes each layer's survivors, as one row
+        fc_shapes = [(name, coded_rows(row_shape(shape), cfg.sparsity)) for name, shape in fc_shapes]
     if fc_shapes:
         cfg.method_spec.check_fits(list(fc_shapes), cfg)
 

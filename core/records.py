@@ -343,6 +343,14 @@ class CompressionRecord:
             "codebook_bits": s.codebook_bits,
             "scale_bits": s.scale_bits,
             "rest_bits": s.rest_bits,
+            # the sizes with the codes as stored: entropy-coded where the compression is (else the raw ones)
+            "entropy": c.entropy,
+            "sparsity": c.sparsity,
+            "mask_bits": s.mask_bits,
+            "entropy_fc_bits": s.entropy_fc_bits,
+            "entropy_fc_ratio": s.entropy_fc_ratio,
+            "entropy_model_bits": s.entropy_model_bits,
+            "entropy_model_ratio": s.entropy_model_ratio,
             "file_bytes": self.file_bytes,
             "seconds": self.seconds,
         }

@@ -2,6 +2,13 @@
 
 FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
 model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
+
+With entropy coding (CompressConfig.entropy, core/entropy.py), the ledger gains its entropy-coded
+line: `entropy_code_bits`, the bits the file holds for the codes (each entropy-coded layer's ANS
+stream and its frequency table, each other layer's packed codes), measured on the written codes;
+the entropy_* ratios put it in place of `code_bits`. With pruning (core/prune.py), the codes count
+the survivors only and `mask_bits` (1 bit a coded weight: the bitmap) is part of fc_bits; the
+entropy line then holds the masks as stored too (bitmap, or ANS stream and table).
 """
 
 from __future__ import annotations
@@ -33,9 +40,36 @@ class SizeReport:
     model_float_bits: int  # 32 * (N_fc + N_rest)
     fc_ratio: float
     model_ratio: float
+    # the codes (and masks) as the file holds them entropy-coded (streams + tables); None: not entropy-coded
+    entropy_code_bits: int | None = None
+    mask_bits: int = 0  # pruning: the survivors' bitmaps, 1 bit a coded weight (part of fc_bits)
+
+    @property
+    def entropy_fc_bits(self) -> int:
+        """The coded layers' bits with the codes as stored (entropy-coded when they are)."""
+        if self.entropy_code_bits is None:
+            return self.fc_bits
+        return self.entropy_code_bits + self.codebook_bits + self.scale_bits  # masks inside the entropy line
+
+    @property
+    def entropy_model_bits(self) -> int:
+        return self.entropy_fc_bits + self.rest_bits
+
+    @property
+    def entropy_fc_ratio(self) -> float:
+        return self.fc_float_bits / self.entropy_fc_bits
+
+    @property
+    def entropy_model_ratio(self) -> float:
+        return self.model_float_bits / self.entropy_model_bits
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if self.entropy_code_bits is None:
+            del data["entropy_code_bits"]  # a record from before entropy coding keeps its JSON
+        if self.mask_bits == 0:
+            del data["mask_bits"]  # and one from before pruning
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> SizeReport:
@@ -55,13 +89,23 @@ class SizeReport:
         }
         if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints.values()):
             raise ValueError("size fields must be whole numbers of bits")
+        mask_bits = data.get("mask_bits", 0)
+        if not isinstance(mask_bits, int) or isinstance(mask_bits, bool) or mask_bits < 0:
+            raise ValueError("mask_bits must be a whole number of bits")
+        entropy_code_bits = data.get("entropy_code_bits")
+        if entropy_code_bits is not None and (
+            not isinstance(entropy_code_bits, int) or isinstance(entropy_code_bits, bool) or entropy_code_bits < 1
+        ):
+            raise ValueError("entropy_code_bits must be a positive whole number of bits")
         report = cls(
             **ints,
             fc_ratio=ints["fc_float_bits"] / max(1, ints["fc_bits"]),
             model_ratio=ints["model_float_bits"] / max(1, ints["model_bits"]),
+            entropy_code_bits=entropy_code_bits,
+            mask_bits=mask_bits,
         )
         consistent = (
-            report.fc_bits == report.code_bits + report.codebook_bits + report.scale_bits
+            report.fc_bits == report.code_bits + report.codebook_bits + report.scale_bits + report.mask_bits
             and report.model_bits == report.fc_bits + report.rest_bits
             and report.model_float_bits == report.fc_float_bits + report.rest_bits
             and report.fc_bits > 0
@@ -83,10 +127,11 @@ class LayerBits:
     codebook_bits: int
     scale_bits: int
     float_bits: int  # 32 * its number of weights
+    mask_bits: int = 0  # pruning: the bitmap of the survivors, 1 bit a weight
 
     @property
     def bits(self) -> int:
-        return self.code_bits + self.codebook_bits + self.scale_bits
+        return self.code_bits + self.codebook_bits + self.scale_bits + self.mask_bits
 
     @property
     def ratio(self) -> float:
@@ -97,10 +142,14 @@ def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerB
     """The exact bits of one weight coded by `cfg`, as its method counts them (core/methods/): a conv
     counts as its rows of in * kh * kw values."""
     from .pq import row_shape  # here: reading a stored record (its SizeReport) imports no torch
+    from .prune import coded_rows
 
     out, inp = row_shape(shape)
-    cost = cfg.method_spec.layer_bits((out, inp), cfg)
-    return LayerBits(name, tuple(shape), cost.code_bits, cost.codebook_bits, cost.scale_bits, FLOAT_BITS * out * inp)
+    cost = cfg.method_spec.layer_bits(coded_rows((out, inp), cfg.sparsity), cfg)  # pruned: its survivors
+    mask_bits = out * inp if cfg.sparsity > 0 else 0
+    return LayerBits(
+        name, tuple(shape), cost.code_bits, cost.codebook_bits, cost.scale_bits, FLOAT_BITS * out * inp, mask_bits
+    )
 
 
 def size_report(
@@ -115,8 +164,9 @@ def size_report(
     code_bits = sum(layer.code_bits for layer in layers)
     codebook_bits = sum(layer.codebook_bits for layer in layers)
     scale_bits = sum(layer.scale_bits for layer in layers)
+    mask_bits = sum(layer.mask_bits for layer in layers)
     n_fc = sum(layer.float_bits for layer in layers) // FLOAT_BITS
-    fc_bits = code_bits + codebook_bits + scale_bits
+    fc_bits = code_bits + codebook_bits + scale_bits + mask_bits
     if rest_bits is None:
         rest_bits = FLOAT_BITS * n_rest  # the built-in networks: everything else is float32
     model_bits = fc_bits + rest_bits
@@ -132,4 +182,5 @@ def size_report(
         model_float_bits=model_float_bits,
         fc_ratio=FLOAT_BITS * n_fc / fc_bits,
         model_ratio=model_float_bits / model_bits,
+        mask_bits=mask_bits,
     )

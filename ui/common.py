@@ -117,6 +117,12 @@ def compression_plot_data(file_path: str, file_bytes: int, run_id: str, root: st
     if run is None:
         return {"kind": "none"}
     weight = run.state_dict()[layer.name].float()  # (out, in), the trained float weights
+    pruned = None
+    if layer.mask is not None:  # pruning: the method coded the survivors, as one row; the rest are zeros
+        pruned = weight[~layer.mask]
+        weight = weight[layer.mask].reshape(1, -1)  # (1, n_kept)
+        if len(pruned) > MAX_HIST_WEIGHTS:
+            pruned = pruned[torch.randperm(len(pruned), generator=torch.Generator().manual_seed(1))[:MAX_HIST_WEIGHTS]]
     generator = torch.Generator().manual_seed(0)
     data: dict = {
         "layer": layer.name,
@@ -129,6 +135,7 @@ def compression_plot_data(file_path: str, file_bytes: int, run_id: str, root: st
         if len(values) > MAX_HIST_WEIGHTS:
             values = values[torch.randperm(len(values), generator=generator)[:MAX_HIST_WEIGHTS]]
         data.update(kind="hist", weights=values.tolist(), centroids=layer.codebooks.flatten().unique().tolist())
+        data["pruned"] = None if pruned is None else pruned.tolist()
     elif layer.subvector_size == 2:
         grouped = to_groups(to_subvectors(weight, 2), "per-chunk" if layer.layout == "per-chunk" else "shared")
         points = grouped[0]  # (N, 2): all subvectors (shared) or those of chunk position 0 (per-chunk)

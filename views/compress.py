@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
 from core.compress import coded_shapes
-from core.config import LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
+from core.config import ENTROPY_CODERS, LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
 from core.methods import METHOD_SPECS
 from core.methods.base import SHARED_CONTROLS
@@ -51,6 +51,8 @@ from ui.common import (
 from ui.detail import download_name
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS, number_input, radio, select_slider, selectbox
+
+SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
@@ -90,6 +92,12 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             disabled=unused["n_centroids"],
             help="A code is log2(k) bits per subvector.",
         )
+        sparsity = select_slider(
+            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=method == "float",
+            format_func=lambda s: "off" if s == 0 else f"{s:.0%}",
+            help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
+            "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
+        )  # fmt: skip
         own = {
             option.field: select_slider(option.label, option.options, option.default, option.field, True,
                                         help=option.help)
@@ -117,6 +125,14 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "the conv barrier (lenet5, cifar-cnn). A conv's filters are cut into subvectors along their "
             "in x kh x kw values.",
         )  # fmt: skip
+        entropy = radio(
+            "Codes stored", ENTROPY_CODERS, "none", "entropy", True, horizontal=True,
+            format_func=lambda e: {"none": "bit-packed", "ans": "rANS"}[e],
+            disabled=method == "float",
+            help="entropy-coded: each layer's codes coded by rANS (constriction) under the frequencies of its own "
+            "codes; the stream and the frequency table (32 bits a count) are counted in the size. A layer keeps "
+            "packed codes where that is smaller.",
+        )  # fmt: skip
     return CompressConfig(
         method=method,
         subvector_size=int(subvector_size),
@@ -126,6 +142,8 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         finetune_epochs=int(finetune_epochs),
         targets=targets if has_conv else "fc",
         weighting=weighting,
+        entropy=entropy,
+        sparsity=float(sparsity),
         **{field: int(value) for field, value in own.items()},
     )
 
@@ -203,6 +221,14 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     cols[2].metric("FC ratio", nice_ratio(size.fc_ratio), help="32·N_fc / (code + codebook + scale bits)")
     cols[3].metric("Model ratio", nice_ratio(size.model_ratio), help="whole model, float rest included")
     cols[4].metric("Exported file", fmt_bytes(row.file_bytes), help=f"{row.file_bytes:,} bytes on disk")
+    if size.entropy_code_bits is not None:
+        cols = st.columns(5)
+        cols[2].metric(
+            "FC ratio, entropy-coded", nice_ratio(size.entropy_fc_ratio),
+            help=f"codes as stored: {size.entropy_code_bits:,} bits (ANS streams and frequency tables) in place "
+            f"of {size.code_bits:,} bit-packed",
+        )  # fmt: skip
+        cols[3].metric("Model ratio, entropy-coded", nice_ratio(size.entropy_model_ratio))
     st.plotly_chart(bits_breakdown(size, title="Where the bits go"), key="chart_bits")
 
     st.subheader("The weights and the centroids that replace them")
@@ -224,6 +250,7 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
                 picture["centroids"],
                 method=method,
                 title=f"{title}: float weights and the {len(picture['centroids'])} distinct centroids",
+                pruned=picture.get("pruned"),
             ),
             key="chart_centroids",
         )

@@ -132,10 +132,22 @@ def filters(points: list[CompressionRecord]) -> tuple[list[CompressionRecord], s
         model = selectbox("Model", models, models[0], "model", True)
     with col2:
         x_axis = radio(
-            "Size axis (log scale)", list(SIZE_AXES), "fc_ratio", "x", True, format_func=lambda k: SIZE_AXES[k][0]
+            "Size axis (log scale)",
+            [a for a in SIZE_AXES if not a.startswith("entropy_")],
+            "fc_ratio",
+            "x",
+            True,
+            format_func=lambda k: SIZE_AXES[k][0],
         )
     with col3:
         show_dominated = toggle("Show dominated points", True, "dominated", True)
+        coded = toggle(
+            "Entropy-coded sizes", False, "entropy_sizes", True,
+            help="On: each point's size with its codes as its file stores them (entropy-coded for a compression "
+            "with entropy coding: its stream and frequency table). Off: the bit-packed codes of every point.",
+        )  # fmt: skip
+    if coded:
+        x_axis = f"entropy_{x_axis}"
     block = [p for p in points if p.train_config.dataset == dataset and p.train_config.model == model]
     n_classes = DATASET_SOURCES[dataset].n_classes if dataset in DATASET_SOURCES else 10
     with st.expander("Filter the runs and the points", expanded=False):
@@ -191,6 +203,7 @@ def chart(shown: list[CompressionRecord], x_axis: str, show_dominated: bool) -> 
     )
     picked = [p["customdata"][0] for p in (event.selection.points if event else []) if p.get("customdata")]
     front = sorted((i for i, on in enumerate(mask) if on), key=lambda i: rows[i][x_axis])
+    stored = "entropy_" if x_axis.startswith("entropy_") else ""  # the sizes the switch chose
     st.subheader(f"Pareto-optimal points ({len(front)})")
     table = st.dataframe(
         [
@@ -199,8 +212,8 @@ def chart(shown: list[CompressionRecord], x_axis: str, show_dominated: bool) -> 
                 "run": rows[i]["reg_label"],
                 "accuracy": fmt_pct(rows[i]["accuracy"]),
                 "drop": fmt_points(rows[i]["accuracy_drop"]),
-                "FC ratio": f"{rows[i]['fc_ratio']:.2f}x",
-                "model ratio": f"{rows[i]['model_ratio']:.2f}x",
+                "FC ratio": f"{rows[i][stored + 'fc_ratio']:.2f}x",
+                "model ratio": f"{rows[i][stored + 'model_ratio']:.2f}x",
                 "file": fmt_bytes(rows[i]["file_bytes"]),
                 "run id": rows[i]["run_id"][:6],
             }

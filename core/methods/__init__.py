@@ -16,6 +16,7 @@ file, then add its line below (docs/architecture.md, "Adding a method").
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,8 @@ def quantize_model(
         if calibration is None:
             raise ValueError("weighting='activations' needs calibration inputs (batches of the model's inputs)")
         moments = input_moments(model, [name for name, _ in chosen], calibration, cfg.subvector_size)
+    if cfg.sparsity > 0:  # prune, then code the survivors as one row (core/prune.py)
+        return [_pruned(method, name, weight, cfg) for name, weight in chosen]
     coded = (method.quantize(name, weight, cfg, moments.get(name)) for name, weight in chosen)
     return [layer for layer in coded if layer is not None]
 
@@ -92,6 +95,16 @@ def __getattr__(name: str) -> Any:
 
         return binarize_weight
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _pruned(method: Method, name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
+    from ..prune import magnitude_mask
+
+    mask = magnitude_mask(weight, cfg.sparsity)
+    survivors = weight.detach().float()[mask].reshape(1, -1)  # (1, n_kept), row-major
+    layer = method.quantize(name, survivors, cfg)
+    assert layer is not None  # a method that codes no weight has no sparsity (config resets it)
+    return dataclasses.replace(layer, shape=tuple(weight.shape), mask=mask)
 
 
 __all__ = [

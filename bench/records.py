@@ -1,0 +1,148 @@
+"""Past the paper: pruning, PQ / k-means, centroid fine-tuning and entropy coding, stage by stage, and
+what the binarizing regularizer does to the entropy of the codes.
+
+For each seed, an unregularized run and a binary-regularized run of the same length; every compression
+setting of the grid (sparsity x method x fine-tuning) on both, each stored entropy-coded (`entropy="ans"`),
+so that one record holds both sizes: the raw FC ratio (bit-packed codes, bitmap masks) and the
+entropy-coded one (ANS streams and their frequency tables), of the same decoded weights. Each accuracy
+is compared with the float accuracy of the unregularized run of the same seed; "within 1 point on
+every seed" takes the worst seed.
+
+    python bench/records.py --dataset fashion-mnist --seeds 0 1 2 3 4        # the issue's setting
+    python bench/records.py --dataset digits --epochs 20 --seeds 0 1 --bases "kmeans k=4" "pq d=8 k=32" \
+        --sparsities 0 0.8 0.9                                               # what 2 busy cores allowed
+
+Writes records_<dataset>.{csv,md} (the points and the tables) and records_entropy_<dataset>.csv (bits a
+code, per run and setting) under --out (default bench/results). Runs and compressions are cached in
+--cache-dir (default bench/cache).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import pandas as pd
+
+from core.config import CompressConfig, TrainConfig
+from core.entropy import entropy_bits_per_code
+from core.methods import quantize_model
+from core.pipeline import get_or_compress, get_or_train
+from core.store import RunStore
+
+BASES = {  # the coding step: method settings, one codebook a layer (pruning needs it)
+    "kmeans k=4": dict(method="kmeans", n_centroids=4),
+    "kmeans k=16": dict(method="kmeans", n_centroids=16),
+    "pq d=4 k=16": dict(method="pq", subvector_size=4, n_centroids=16),
+    "pq d=8 k=32": dict(method="pq", subvector_size=8, n_centroids=32),
+}
+SPARSITIES = (0.0, 0.5, 0.8, 0.9)
+FINETUNE = (0, 3)
+
+
+def grid(bases: list[str], sparsities: list[float], finetune: list[int]) -> list[CompressConfig]:
+    return [
+        CompressConfig(**BASES[base], sparsity=s, finetune_epochs=ft, entropy="ans")
+        for base in bases
+        for s in sparsities
+        for ft in finetune
+    ]
+
+
+def code_entropy_rows(run, variant: str) -> list[dict]:
+    """Bits a code (the codes' empirical entropy, over all coded layers) of each base setting, no pruning."""
+    rows = []
+    for name, base in BASES.items():
+        cfg = CompressConfig(**base)
+        layers = quantize_model(run.model(), cfg)
+        n = sum(layer.codes.numel() for layer in layers)
+        bits = sum(
+            layer.codes.numel() * entropy_bits_per_code(layer.codes.numpy(), layer.n_centroids) for layer in layers
+        )
+        width = max(1, (cfg.n_centroids - 1).bit_length())
+        rows.append(dict(seed=run.config.seed, variant=variant, setting=name, codes=n, code_width=width,
+                         bits_per_code=bits / n))  # fmt: skip
+    return rows
+
+
+def best_within(df: pd.DataFrame, size_col: str, budget_pts: float = 1.0) -> pd.DataFrame:
+    """Per (variant, stages): the setting of the largest `size_col` whose worst-seed drop is within the budget."""
+    per_setting = df.groupby(["variant", "stages", "label"]).agg(
+        worst_drop=("drop_pts", "max"), mean_drop=("drop_pts", "mean"), sd_drop=("drop_pts", "std"),
+        n_seeds=("seed", "nunique"), ratio=(size_col, "mean"),
+    ).reset_index()  # fmt: skip
+    ok = per_setting[per_setting["worst_drop"] <= budget_pts + 1e-9]
+    best = ok.sort_values("ratio", ascending=False).groupby(["variant", "stages"]).head(1)
+    return best.sort_values(["stages", "variant"]).reset_index(drop=True)
+
+
+def stages_of(cfg: CompressConfig) -> str:
+    parts = []
+    if cfg.sparsity:
+        parts.append("prune")
+    parts.append("quantize")
+    if cfg.finetune_epochs:
+        parts.append("ft")
+    return " + ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lam", type=float, default=0.05)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument("--finetune", type=int, nargs="+", default=list(FINETUNE))
+    parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = parser.parse_args()
+    store = RunStore(args.cache_dir)
+    base = dict(dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs)
+    points, entropies = [], []
+    for seed in args.seeds:
+        ref, _ = get_or_train(store, TrainConfig(**base, seed=seed), device="cpu")
+        reg, _ = get_or_train(
+            store, TrainConfig(**base, seed=seed, reg="binary", lam=args.lam, warmup_epochs=2), device="cpu"
+        )
+        for variant, run in (("no reg", ref), (f"binary λ={args.lam:g}", reg)):
+            entropies += code_entropy_rows(run, variant)
+            for cfg in grid(args.bases, args.sparsities, args.finetune):
+                record, _ = get_or_compress(store, run, cfg, device="cpu")
+                row = record.row()
+                row.update(variant=variant, stages=stages_of(cfg), ref_float=ref.test_accuracy,
+                           drop_pts=100 * (ref.test_accuracy - record.accuracy), label=cfg.label())  # fmt: skip
+                points.append(row)
+            print(f"seed {seed} {variant}: {len(points)} points", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(points)
+    df.to_csv(out / f"records_{args.dataset}.csv", index=False)
+    ent = pd.DataFrame(entropies)
+    ent.to_csv(out / f"records_entropy_{args.dataset}.csv", index=False)
+
+    lines = [f"# {args.dataset} mlp {'-'.join(map(str, args.hidden))}, {args.epochs} epochs, seeds {args.seeds}", ""]
+    lines += ["Largest FC ratio within 1 point of the unregularized float run of the same seed, on every seed:", ""]
+    for size_col, what in (("fc_ratio", "raw (bit-packed codes, bitmap masks)"), ("entropy_fc_ratio", "entropy-coded")):
+        lines += [f"## {what}", "", best_within(df, size_col).to_markdown(index=False, floatfmt=".2f"), ""]
+    summary = ent.groupby(["setting", "variant"]).agg(
+        code_width=("code_width", "first"), bits_per_code=("bits_per_code", "mean"),
+        sd=("bits_per_code", "std"), n_seeds=("seed", "nunique"),
+    ).reset_index()  # fmt: skip
+    lines += ["## Bits a code (empirical entropy of the codes, no pruning)", ""]
+    lines += [summary.to_markdown(index=False, floatfmt=".3f"), ""]
+    per_seed = ent.pivot_table(index=["setting", "seed"], columns="variant", values="bits_per_code")
+    lines += ["per seed:", "", per_seed.to_markdown(floatfmt=".3f"), ""]
+    (out / f"records_{args.dataset}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
