@@ -1,0 +1,374 @@
+"""A class on one server (core/classroom.py): open, join, submit, the board, the teacher's controls,
+and every bad input refused with one line and nothing stored."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from core.classroom import (
+    PRESETS,
+    Challenge,
+    Classroom,
+    ClassUnreadable,
+    Membership,
+    board_figure,
+    chart_text,
+    check_name,
+    link_code,
+)
+from core.config import CompressConfig, TrainConfig
+from core.pipeline import get_or_compress, get_or_train
+from core.store import RunStore
+
+TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, batch_size=64, seed=0)
+PLAIN = TrainConfig(**TINY)
+BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
+DIGITS = Challenge(title="digits", dataset="digits", model="mlp", max_epochs=5, budget_pts=5.0)
+
+
+@pytest.fixture(scope="module")
+def store_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("class-store")
+    store = RunStore(root)
+    for cfg in (PLAIN, BINARY):
+        run, _ = get_or_train(store, cfg)
+        for ccfg in (
+            CompressConfig(method="binarize"),
+            CompressConfig(method="kmeans", n_centroids=4),
+            CompressConfig(method="pq", subvector_size=2, n_centroids=8),
+        ):
+            get_or_compress(store, run, ccfg)
+    return root
+
+
+@pytest.fixture
+def room(store_root) -> Classroom:
+    classroom = Classroom(RunStore(store_root))
+    yield classroom
+    # each test gets the store's points and classes of its own
+    import shutil
+
+    shutil.rmtree(classroom.root, ignore_errors=True)
+
+
+def point(cfg: TrainConfig, ccfg: CompressConfig) -> tuple[str, str]:
+    return cfg.run_id(), ccfg.key()
+
+
+PQ = CompressConfig(method="pq", subvector_size=2, n_centroids=8)
+KM = CompressConfig(method="kmeans", n_centroids=4)
+BIN = CompressConfig(method="binarize")
+
+
+def class_files(room: Classroom, code: str) -> dict[str, bytes]:
+    folder = room.root / code
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+
+# --------------------------------------------------------------------------------------- the path
+
+
+def test_open_join_submit_board(room):
+    opened = room.open_class(DIGITS)
+    assert len(opened.code) == 6 and len(opened.secret) >= 20
+    stored = (room.root / opened.code / "class.json").read_text()
+    assert opened.secret not in stored  # only its hash is kept
+    ana = room.join(opened.code, "Ana")
+    bo = room.join(opened.code, "  Bo   Li ")
+    assert room.student(bo).name == "Bo Li"
+    room.submit(ana, *point(PLAIN, PQ))
+    room.submit(ana, *point(PLAIN, PQ))  # twice: once on the board
+    room.submit(bo, *point(BINARY, BIN))
+    room.submit(bo, *point(BINARY, KM))
+    board = room.board(opened.code)
+    assert [p.name for p in board.points] == ["Ana", "Bo Li", "Bo Li"]
+    assert board.students == 2 and board.submitted == 2
+    assert len(board.pareto) == 3 and any(board.pareto)
+    assert board.best is not None
+    # the best is the largest FC ratio within 5 points of the run's own float accuracy
+    within = [p for p in board.points if 100 * (p.record.float_accuracy - p.record.accuracy) <= 5 + 1e-9]
+    assert board.best.record.size.fc_ratio == max(p.record.size.fc_ratio for p in within)
+    assert set(board.best_by_reg) <= {"none", "binary"}
+    mine = board.student_best(room.student(bo).student_id)
+    assert mine is not None and mine.name == "Bo Li"
+
+
+def test_the_pareto_set_is_core_experiments_one(room):
+    from core.experiments import pareto_mask
+
+    opened = room.open_class(DIGITS)
+    ana = room.join(opened.code, "Ana")
+    for cfg in (PLAIN, BINARY):
+        for ccfg in (PQ, KM, BIN):
+            room.submit(ana, *point(cfg, ccfg))
+    board = room.board(opened.code)
+    expected = pareto_mask(
+        [p.record.size.fc_ratio for p in board.points], [p.record.accuracy for p in board.points], True
+    )
+    assert list(board.pareto) == expected
+
+
+def test_accuracy_at_ratio_challenge_picks_the_best_accuracy_above_the_ratio(room):
+    challenge = Challenge(title="at 10x", dataset="digits", model="mlp", max_epochs=5, target="accuracy_at_ratio",
+                          min_ratio=10.0)  # fmt: skip
+    opened = room.open_class(challenge)
+    ana = room.join(opened.code, "Ana")
+    for cfg in (PLAIN, BINARY):
+        for ccfg in (PQ, KM, BIN):
+            room.submit(ana, *point(cfg, ccfg))
+    board = room.board(opened.code)
+    eligible = [p for p in board.points if p.record.size.fc_ratio >= 10]
+    assert board.best is not None
+    assert board.best.record.accuracy == max(p.record.accuracy for p in eligible)
+    for reg, best in board.best_by_reg.items():
+        assert best.record.train_config.reg == reg
+
+
+def test_presets_ask_the_papers_questions():
+    assert PRESETS["reg-vs-pq-32x"].min_ratio == 32 and PRESETS["reg-vs-pq-58x"].min_ratio == 58
+    assert all(p.target == "accuracy_at_ratio" and p.methods == ("pq",) for k, p in PRESETS.items() if "vs" in k)
+    assert PRESETS["ratio-1pt"].budget_pts == 1.0
+
+
+def test_teacher_controls(room):
+    opened = room.open_class(DIGITS)
+    ana, bo = room.join(opened.code, "Ana"), room.join(opened.code, "Bo")
+    room.submit(ana, *point(PLAIN, PQ))
+    room.submit(ana, *point(PLAIN, KM))
+    room.submit(bo, *point(BINARY, PQ))
+    ana_id = room.student(ana).student_id
+    room.remove_point(opened.code, opened.secret, ana_id, *point(PLAIN, KM))
+    assert [p.record.key for p in room.board(opened.code).points] == [PQ.key(), PQ.key()]
+    exported = list(csv.reader(io.StringIO(room.export_csv(opened.code, opened.secret).decode())))
+    assert exported[0][:2] == ["name", "dataset"] and [row[0] for row in exported[1:]] == ["Ana", "Bo"]
+    room.remove_student(opened.code, opened.secret, ana_id)
+    assert [p.name for p in room.board(opened.code).points] == ["Bo"]
+    with pytest.raises(ValueError, match="join again"):
+        room.submit(ana, *point(PLAIN, PQ))  # a removed student's session can no longer act
+    room.set_challenge(opened.code, opened.secret, PRESETS["reg-vs-pq-32x"])
+    assert room.load(opened.code).challenge.min_ratio == 32
+    room.set_challenge(opened.code, opened.secret, DIGITS)
+    room.close(opened.code, opened.secret)
+    with pytest.raises(ValueError, match="closed"):
+        room.join(opened.code, "Cy")
+    with pytest.raises(ValueError, match="closed"):
+        room.submit(bo, *point(BINARY, KM))
+    assert len(room.board(opened.code).points) == 1  # the board still shows the final state
+    where = room.archive(opened.code, opened.secret)
+    assert (where / "class.json").is_file()
+    with pytest.raises(ValueError, match="no class"):
+        room.load(opened.code)
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda room, code, secret: room.close(code, secret),
+        lambda room, code, secret: room.archive(code, secret),
+        lambda room, code, secret: room.set_challenge(code, secret, Challenge()),
+        lambda room, code, secret: room.export_csv(code, secret),
+        lambda room, code, secret: room.remove_student(code, secret, "0" * 12),
+    ],
+)
+def test_teacher_operations_need_the_secret(room, operation):
+    opened = room.open_class(DIGITS)
+    before = class_files(room, opened.code)
+    for wrong in ("", "guess", opened.secret[:-1], opened.secret + "x"):
+        with pytest.raises(ValueError, match="not the teacher secret"):
+            operation(room, opened.code, wrong)
+    assert class_files(room, opened.code) == before
+
+
+def test_csv_names_are_never_formulas(room):
+    opened = room.open_class(DIGITS)
+    member = room.join(opened.code, "-Ann")
+    room.submit(member, *point(PLAIN, PQ))
+    rows = list(csv.reader(io.StringIO(room.export_csv(opened.code, opened.secret).decode())))
+    assert rows[1][0] == "'-Ann"
+
+
+# ------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("<b>Ana</b>", "letters, digits"),
+        ("[click](http://x.example)", "letters, digits"),
+        ("**Ana**", "letters, digits"),
+        ("Ana\x00", "control"),
+        ("Ana\nBo", "control"),
+        ("Ana\u202eoB", "control"),  # a right-to-left override
+        ("A" * 33, "at most 32"),
+        (None, "type a display name"),
+    ],
+)
+def test_bad_names_are_refused_and_nothing_is_stored(room, name, says):
+    opened = room.open_class(DIGITS)
+    before = class_files(room, opened.code)
+    with pytest.raises(ValueError, match=says) as error:
+        room.join(opened.code, name)
+    assert "\n" not in str(error.value)
+    assert class_files(room, opened.code) == before
+
+
+@pytest.mark.parametrize("name", ["Ana", "Zoë O'Brien", "Jean-Luc", "李雷", "A" * 32])
+def test_names_people_have_are_taken(name):
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("duplicate", ["Ana", "ana", " ANA ", "Ａｎａ"])
+def test_a_duplicate_name_is_refused(room, duplicate):
+    opened = room.open_class(DIGITS)
+    room.join(opened.code, "Ana")
+    before = class_files(room, opened.code)
+    with pytest.raises(ValueError, match="is taken"):
+        room.join(opened.code, duplicate)
+    assert class_files(room, opened.code) == before
+
+
+@pytest.mark.parametrize("code", ["ZZZZZZ", "AB", "../../etc", "ABCDE0", "", None])
+def test_a_forged_class_code_is_refused(room, code):
+    room.open_class(DIGITS)
+    with pytest.raises(ValueError, match=r"class code|no class") as error:
+        room.join(code, "Ana")
+    assert "\n" not in str(error.value)
+    assert not any(p.name == str(code).upper() for p in room.root.iterdir())
+
+
+@pytest.mark.parametrize("param", ["secret", "teacher", "token", "admin"])
+def test_a_students_link_carrying_teacher_parameters_is_refused(param):
+    with pytest.raises(ValueError, match="teacher parameter"):
+        link_code({"class": "K7PQ2M", param: "anything"})
+    assert link_code({"class": "k7pq2m"}) == "K7PQ2M"
+    assert link_code({}) is None
+
+
+@pytest.mark.parametrize(
+    "run_id, key, says",
+    [
+        ("0" * 16, "0" * 16, "not in this server's run store"),
+        (PLAIN.run_id(), CompressConfig(method="pq", subvector_size=4, n_centroids=2).key(), "not in this server"),
+        ("../../x", "y", "not in this server"),
+        (PLAIN.run_id(), CompressConfig(method="float").key(), "not in this server"),
+    ],
+)
+def test_a_point_not_in_the_store_is_refused(room, run_id, key, says):
+    opened = room.open_class(DIGITS)
+    member = room.join(opened.code, "Ana")
+    before = class_files(room, opened.code)
+    with pytest.raises(ValueError, match=says):
+        room.submit(member, run_id, key)
+    assert class_files(room, opened.code) == before
+
+
+def test_a_point_outside_the_challenge_is_refused(room):
+    opened = room.open_class(Challenge(title="pq only", dataset="digits", model="mlp", max_epochs=5, methods=("pq",)))
+    member = room.join(opened.code, "Ana")
+    before = class_files(room, opened.code)
+    with pytest.raises(ValueError, match="allows the methods pq"):
+        room.submit(member, *point(PLAIN, KM))
+    room.set_challenge(opened.code, opened.secret, Challenge(title="1 epoch", dataset="digits", max_epochs=1))
+    with pytest.raises(ValueError, match="at most 1 training epochs"):
+        room.submit(member, *point(PLAIN, PQ))
+    room.set_challenge(opened.code, opened.secret, Challenge(title="mnist"))
+    with pytest.raises(ValueError, match="this challenge is on mnist-5k"):
+        room.submit(member, *point(PLAIN, PQ))
+    assert json.loads(class_files(room, opened.code)["points.json"]) == json.loads(before["points.json"])
+
+
+def test_a_forged_token_acts_as_nobody(room):
+    opened = room.open_class(DIGITS)
+    real = room.join(opened.code, "Ana")
+    before = class_files(room, opened.code)
+    for token in ("", "x" * 32, real.token[:-1]):
+        with pytest.raises(ValueError, match="not a student"):
+            room.submit(Membership(opened.code, token), *point(PLAIN, PQ))
+    assert class_files(room, opened.code) == before
+
+
+@pytest.mark.parametrize(
+    "file, content",
+    [
+        ("class.json", b"not json"),
+        ("class.json", b"[]"),
+        ("class.json", json.dumps({"format": "compression-lab-class/1", "code": "X"}).encode()),
+        ("students.json", b'{"abc": 1}'),
+        ("students.json", json.dumps({"a" * 12: {"name": "<b>x</b>", "token_sha256": "0" * 64, "joined": 1}}).encode()),
+        ("points.json", b'[{"student": "nobody", "run_id": "0", "key": "0", "submitted": 0}]'),
+        ("points.json", b"[" * 100_000),
+        ("points.json", b'{"a": NaN}'),
+    ],
+)
+def test_forged_or_bad_class_files_make_it_unreadable_never_a_crash(room, file, content):
+    opened = room.open_class(DIGITS)
+    (room.root / opened.code / file).write_bytes(content)
+    for action in (
+        lambda: room.board(opened.code),
+        lambda: room.join(opened.code, "Ana"),
+        lambda: room.check_teacher(opened.code, opened.secret),
+    ):
+        with pytest.raises(ClassUnreadable, match="damaged"):
+            action()
+
+
+def test_a_class_file_that_is_a_symlink_or_fifo_is_unreadable(room, tmp_path):
+    import os
+
+    opened = room.open_class(DIGITS)
+    target = room.root / opened.code / "points.json"
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(ClassUnreadable):
+        room.board(opened.code)
+    target.unlink()
+    (tmp_path / "elsewhere.json").write_text("[]")
+    target.symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(ClassUnreadable):
+        room.board(opened.code)
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        (dict(dataset="nope"), "unknown dataset"),
+        (dict(max_epochs=0), "max epochs"),
+        (dict(methods=()), "allow at least one method"),
+        (dict(methods=("zip",)), "allow at least one method"),
+        (dict(budget_pts=float("nan")), "budget"),
+        (dict(title=""), "title"),
+        (dict(target="fastest"), "unknown target"),
+    ],
+)
+def test_bad_challenges_are_refused(changes, says):
+    with pytest.raises(ValueError, match=says):
+        Challenge(**changes)
+
+
+def test_board_text_is_escaped_for_plotly(room):
+    assert chart_text("<b>&") == "&lt;b&gt;&amp;"
+    opened = room.open_class(Challenge(title="any", dataset="digits", max_epochs=5, budget_pts=100.0))
+    member = room.join(opened.code, "Ana")
+    room.submit(member, *point(PLAIN, PQ))
+    board = room.board(opened.code)
+    fig = board_figure(board, highlight=room.student(member).student_id)
+    names = [t.name for t in fig.data]
+    assert "your best point" in names and "best for the challenge" in names
+    assert any(t.text and "Ana" in t.text for t in fig.data)
+
+
+def test_two_students_joining_at_once_both_land(room):
+    from concurrent.futures import ThreadPoolExecutor
+
+    opened = room.open_class(DIGITS)
+    names = [f"Student {i}" for i in range(12)]
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda name: room.join(opened.code, name), names))
+    assert sorted(s.name for s in room.load(opened.code).students.values()) == sorted(names)
