@@ -106,6 +106,7 @@ class Challenge:
             raise ValueError(f"max epochs must be 1 to {MAX_EPOCHS}, e.g. 20")
         if not self.methods or any(not isinstance(m, str) or m not in METHODS for m in self.methods):
             raise ValueError(f"allow at least one method among: {', '.join(METHODS)}")
+        object.__setattr__(self, "methods", tuple(m for m in METHODS if m in self.methods))  # one order, once each
         _check_choice("target", self.target, TARGETS)
         for name, value, low in (("budget", self.budget_pts, 0.0), ("minimum ratio", self.min_ratio, 1.0)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -372,3 +372,198 @@ def test_two_students_joining_at_once_both_land(room):
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda name: room.join(opened.code, name), names))
     assert sorted(s.name for s in room.load(opened.code).students.values()) == sorted(names)
+
+
+# ---------------------------------------------------------------------------------------- the pages
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app_room(room, monkeypatch) -> Classroom:
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(room.store.root))
+    return room
+
+
+def open_page(page: str, query: dict | None = None, state: dict | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update(query or {})
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()
+    at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def texts(elements) -> str:
+    return " ".join(str(e.value) for e in elements)
+
+
+def has_button(at, key: str) -> bool:
+    return any(b.key == key for b in at.button)
+
+
+def test_page_student_joins_from_the_link(app_room):
+    opened = app_room.open_class(DIGITS)
+    at = open_page("classroom", {"class": opened.code})
+    assert at.text_input(key="join_code").value == opened.code
+    at.text_input(key="join_name").input("Ana")
+    at.button(key="join_button").click().run()
+    assert not at.exception and not at.error
+    assert "Ana" in texts(at.success) and opened.code in texts(at.success)
+    assert [s.name for s in app_room.load(opened.code).students.values()] == ["Ana"]
+    assert "class" in at.query_params and "token" not in str(dict(at.query_params))  # the token stays in the session
+    at.button(key="leave").click().run()
+    assert has_button(at, "join_button")
+
+
+@pytest.mark.parametrize("name, says", [("<b>x</b>", "letters, digits"), ("", "empty"), ("Ana", "is taken")])
+def test_page_refuses_a_bad_or_taken_name_in_one_line(app_room, name, says):
+    opened = app_room.open_class(DIGITS)
+    app_room.join(opened.code, "Ana")
+    at = open_page("classroom", {"class": opened.code})
+    at.text_input(key="join_name").input(name)
+    at.button(key="join_button").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and says in at.error[0].value and "Not joined" in at.error[0].value
+    assert len(app_room.load(opened.code).students) == 1
+
+
+@pytest.mark.parametrize(
+    "query, says",
+    [
+        ({"class": "ZZZZ"}, "class code is 6"),
+        ({"class": "K7PQ2M", "secret": "x"}, "teacher parameter"),
+        ({"class": "K7PQ2M", "teacher": "1"}, "teacher parameter"),
+    ],
+)
+@pytest.mark.parametrize("page", ["classroom", "board"])
+def test_pages_refuse_a_forged_link_in_one_line(app_room, query, says, page):
+    at = open_page(page, query)
+    assert len(at.error) == 1 and says in at.error[0].value
+    assert not has_button(at, "open_class") if page == "classroom" else not at.get("plotly_chart")
+
+
+def test_page_joining_an_unknown_class_says_so(app_room):
+    at = open_page("classroom")
+    at.text_input(key="join_code").input("ZZZZZZ")
+    at.text_input(key="join_name").input("Ana")
+    at.button(key="join_button").click().run()
+    assert "no class ZZZZZZ" in at.error[0].value
+
+
+def teacher_page(app_room) -> tuple:
+    at = open_page("classroom")
+    at.selectbox(key="open_preset").set_value("ratio-1pt")
+    at.button(key="open_class").click().run()
+    assert not at.exception
+    (code,) = app_room.codes()
+    secret = at.code[0].value  # shown once
+    app_room.check_teacher(code, secret)
+    return at, code, secret
+
+
+def test_page_teacher_opens_a_class_and_sees_the_secret_once(app_room):
+    at, code, secret = teacher_page(app_room)
+    assert "not shown again" in texts(at.warning)
+    assert any(f"/classroom?class={code}" in c.value for c in at.code)
+    at.run()
+    assert all(c.value != secret for c in at.code)  # not shown again
+    assert at.button(key="close")  # the controls stay open for this session
+
+
+def test_page_teacher_sets_a_challenge_from_a_preset_and_by_hand(app_room):
+    at, code, _ = teacher_page(app_room)
+    at.selectbox(key="challenge_preset").set_value("reg-vs-pq-58x").run()
+    at.button(key="challenge_button").click().run()
+    assert app_room.load(code).challenge == PRESETS["reg-vs-pq-58x"]
+    at.selectbox(key="challenge_preset").set_value("current").run()
+    at.selectbox(key="ch_dataset_current").set_value("digits")
+    at.number_input(key="ch_epochs_current").set_value(5)
+    at.multiselect(key="ch_methods_current").set_value([])
+    at.button(key="challenge_button").click().run()
+    assert "allow at least one method" in at.error[0].value
+    assert app_room.load(code).challenge == PRESETS["reg-vs-pq-58x"]  # nothing stored
+    at.multiselect(key="ch_methods_current").set_value(["pq", "kmeans"])
+    at.button(key="challenge_button").click().run()
+    challenge = app_room.load(code).challenge
+    assert (challenge.dataset, challenge.max_epochs, challenge.methods) == ("digits", 5, ("kmeans", "pq"))
+
+
+def test_page_teacher_removes_points_and_students_closes_exports_archives(app_room):
+    at, code, secret = teacher_page(app_room)
+    app_room.set_challenge(code, secret, DIGITS)
+    ana, bo = app_room.join(code, "Ana"), app_room.join(code, "Bo")
+    app_room.submit(ana, *point(PLAIN, PQ))
+    app_room.submit(ana, *point(PLAIN, KM))
+    app_room.submit(bo, *point(BINARY, PQ))
+    at.run()
+    assert "Ana · 2 point(s)" in texts(at.text)
+    at.button(key="rm_point_1").click().run()
+    assert len(app_room.board(code).points) == 2
+    at.button(key=f"rm_student_{app_room.student(bo).student_id}").click().run()
+    assert [s.name for s in app_room.load(code).students.values()] == ["Ana"]
+    assert at.get("download_button")
+    at.button(key="close").click().run()
+    assert not app_room.load(code).is_open
+    at.button(key="reopen").click().run()
+    assert app_room.load(code).is_open
+    assert at.button(key="archive").disabled
+    at.checkbox(key="archive_sure").check().run()
+    at.button(key="archive").click().run()
+    assert not at.exception and "archived" in texts(at.info)
+    assert app_room.codes() == []
+
+
+def test_page_teacher_signs_in_with_the_secret_only(app_room):
+    opened = app_room.open_class(DIGITS)
+    at = open_page("classroom")
+    at.text_input(key="teacher_code").input(opened.code)
+    at.text_input(key="teacher_secret").input("wrong")
+    at.button(key="sign_in_button").click().run()
+    assert "not the teacher secret" in at.error[0].value and not has_button(at, "close")
+    at.text_input(key="teacher_secret").input(opened.secret)
+    at.button(key="sign_in_button").click().run()
+    assert has_button(at, "close")
+    at.button(key="sign_out").click().run()
+    assert not has_button(at, "close")
+
+
+def test_page_compress_sends_a_point_to_the_board(app_room):
+    opened = app_room.open_class(DIGITS)
+    member = app_room.join(opened.code, "Ana")
+    state = {"_class_member": (member.code, member.token)}
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "binarize"}, state)
+    at.button(key="send_to_board").click().run()
+    assert not at.exception and "Sent to the board" in texts(at.success)
+    assert [p.record.key for p in app_room.board(opened.code).points] == [BIN.key()]
+    app_room.set_challenge(opened.code, opened.secret, Challenge(title="pq", dataset="digits", methods=("pq",)))
+    at.button(key="send_to_board").click().run()
+    assert "allows the methods pq" in at.error[0].value
+
+
+def test_page_compress_has_no_board_button_outside_a_class(app_room):
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "binarize"})
+    assert not at.exception and not has_button(at, "send_to_board")
+
+
+def test_page_board_shows_the_class(app_room):
+    opened = app_room.open_class(Challenge(title="<b>any</b>", dataset="digits", max_epochs=5, budget_pts=100.0))
+    ana, bo = app_room.join(opened.code, "Ana"), app_room.join(opened.code, "Bo")
+    app_room.submit(ana, *point(PLAIN, PQ))
+    app_room.submit(bo, *point(BINARY, BIN))
+    at = open_page("board", state={"_class_member": (ana.code, ana.token)})
+    assert opened.code in texts(at.header) and "\\<b\\>" in texts(at.header)  # the title shown as text
+    assert [m.value for m in at.metric if m.label == "Submitted"] == ["2 of 2"]
+    assert at.get("plotly_chart") and at.dataframe
+    at = open_page("board", {"class": opened.code.lower()})
+    assert [m.value for m in at.metric if m.label == "Points"] == ["2"]
+
+
+def test_page_board_without_a_class_explains(app_room):
+    at = open_page("board")
+    assert at.info and not at.error

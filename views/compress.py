@@ -18,6 +18,7 @@ from core.data import DatasetUnavailable
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
+from ui.classroom import send_to_board_ui
 from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
@@ -271,6 +272,7 @@ def page() -> None:
     except CorruptEntry as error:  # the run's weights (drawn beside the centroids) fail their check
         show_error(error)
         return
+    send_to_board_ui(record)
     settle_ui(record)
 
 
