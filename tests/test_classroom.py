@@ -567,3 +567,55 @@ def test_page_board_shows_the_class(app_room):
 def test_page_board_without_a_class_explains(app_room):
     at = open_page("board")
     assert at.info and not at.error
+
+
+# -------------------------------------------------------------------------------------- in a browser
+
+
+@pytest.mark.slow
+def test_join_submit_board_in_a_browser(tmp_path):
+    """A student joins from the class link, sends the Compress page's point to the board, and the
+    board shows it (one session throughout: the sidebar navigates, the link never carries the name)."""
+    from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, LONG, metric_value, no_exception, settle, streamlit_app
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    store = RunStore(tmp_path / "store")
+    # hidden widths whose every FC layer takes the Compress page's default setting (pq d = 8, k = 256)
+    run, _ = get_or_train(store, TrainConfig(dataset="digits", hidden=(256, 256), epochs=1))
+    get_or_compress(store, run, CompressConfig())
+    opened = Classroom(store).open_class(
+        Challenge(title="Browser class", dataset="digits", max_epochs=5, budget_pts=100)
+    )
+    with streamlit_app(store.root, tmp_path / "streamlit.log") as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(LONG)
+            expect = sync_api.expect
+            page.goto(f"{url}/classroom?class={opened.code}")
+            page.get_by_label("Your display name (shown on the board)").fill("Ana <b>")
+            page.get_by_role("button", name="Join").click()
+            expect(page.get_by_text("Not joined.", exact=False)).to_be_visible(timeout=LONG)  # markup refused
+            page.get_by_label("Your display name (shown on the board)").fill("Ana")
+            page.get_by_role("button", name="Join").click()
+            expect(page.get_by_text("You are Ana in class", exact=False)).to_be_visible(timeout=LONG)
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            nav.get_by_text("Compress", exact=True).click()
+            page.get_by_role("button", name="Send to the class board").click()
+            expect(page.get_by_text("Sent to the board of class", exact=False)).to_be_visible(timeout=LONG)
+            settle(page)
+            no_exception(page, "compress")
+            nav.get_by_text("Class board", exact=True).click()
+            expect(page.get_by_text("Browser class", exact=False).first).to_be_visible(timeout=LONG)
+            page.locator(".js-plotly-plot").first.wait_for()
+            settle(page)
+            assert metric_value(page, "Submitted") == "1 of 1"
+            assert page.locator(".js-plotly-plot text", has_text="Ana").count() >= 1  # the name beside the point
+            assert page.locator(".js-plotly-plot", has_text="your best point").count() == 1
+            no_exception(page, "board")
+        finally:
+            browser.close()
+    board = Classroom(store).board(opened.code)
+    assert [p.name for p in board.points] == ["Ana"]
