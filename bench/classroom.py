@@ -50,7 +50,7 @@ class Monitor(threading.Thread):
 
     def __init__(self, root: Path):
         super().__init__(daemon=True)
-        self.manager = JobManager(root, tune_torch_threads=False)
+        self.manager = JobManager(root)
         self.stop = threading.Event()
         self.started: dict[str, float] = {}  # key -> when it started running
         self.max_running = 0

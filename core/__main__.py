@@ -432,9 +432,11 @@ def cmd_rm(args: argparse.Namespace) -> dict:
             targets.append((run.run_id, matches[0]))
         else:
             targets.append((run.run_id, None))
+    from .pipeline import delete_compression, delete_run
+
     freed = 0
-    for run_id, key in targets:
-        freed += store.delete_run(run_id) if key is None else store.delete_compression(run_id, key)
+    for run_id, key in targets:  # the job entries go too: the Jobs page lists no job of a deleted run
+        freed += delete_run(store, run_id) if key is None else delete_compression(store, run_id, key)
     if not args.json:
         for run_id, key in targets:
             print(f"deleted {run_id}{'/' + key if key else ' and its compressions'}")
@@ -449,7 +451,7 @@ def cmd_gc(args: argparse.Namespace) -> dict:
     report = store.gc(older_than_s=args.older_than)
     from .jobs import JobManager
 
-    old_jobs = JobManager(store.root, tune_torch_threads=False).cleanup(older_than_s=max(args.older_than, 60.0))
+    old_jobs = JobManager(store.root).cleanup(older_than_s=max(args.older_than, 60.0))
     if not args.json:
         for path in report.removed:
             print(f"removed {path}")

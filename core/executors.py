@@ -32,6 +32,7 @@ import torch
 from .compress import compress_run
 from .config import CompressConfig, TrainConfig
 from .data import Dataset
+from .jobs import usable_cores
 from .records import CompressionRecord, MemoryWeights, RunRecord
 from .train import OnEpoch, OnStep, train
 
@@ -68,6 +69,20 @@ class Executor(Protocol):
         on_step: OnStep | None = None,
         poll: Poll | None = None,
     ) -> tuple[CompressionRecord, bytes]: ...
+
+
+def set_torch_threads(max_running: int) -> int:
+    """Give each of `max_running` concurrent jobs an equal share of the cores as torch threads.
+
+    Torch sizes its intra-op pool to all cores by default; several jobs doing that at once
+    oversubscribe the machine and thrash (measured on the 2-core box: four concurrent trainings of
+    two threads each cost about 19x the CPU of one). Threads are process-wide, hence set once here.
+    Called for the process's job manager (core/pipeline.py): its jobs run as threads of this process,
+    executing here (the local executor). Returns the thread count set.
+    """
+    threads = max(1, usable_cores() // max_running)
+    torch.set_num_threads(threads)
+    return threads
 
 
 class LocalExecutor:

@@ -9,13 +9,19 @@ dot-file ending in `.tmp` that `is_temporary` recognizes and housekeeping remove
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 TMP_SUFFIX = ".tmp"
+PID_MAX_LIMIT = 1 << 22  # Linux never gives a process a larger id
+# A temporary this young whose writer's process id is alive is kept even when unlocked (see writer_alive).
+PID_TRUST_S = 3600.0
 
 
 def temporary_name(path: Path) -> Path:
@@ -26,6 +32,56 @@ def temporary_name(path: Path) -> Path:
 def is_temporary(path: Path) -> bool:
     """True for the names `temporary_name` makes (what a killed writer may leave)."""
     return path.name.startswith(".") and path.name.endswith(TMP_SUFFIX)
+
+
+def hold_temporary(fd: int) -> None:
+    """Mark the temporary open as `fd` as in use (an exclusive flock) until the descriptor closes:
+    the kernel lets go when its writer exits, even by SIGKILL, so `writer_alive` sees a dead writer."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def writer_alive(path: Path) -> bool:
+    """True while the writer of the temporary `path` may still be at work: it holds the temporary's
+    flock (whatever its age, from any host that shares the folder), or, for a temporary younger
+    than PID_TRUST_S, the process whose id its name carries still runs on this host (that covers
+    the moment between creating a temporary and locking it, and temporaries nobody locks; past
+    that age a live id is more likely a reused one). Housekeeping removes a temporary only when
+    this is False."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = None  # gone, or a link: its name alone tells
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return True
+        finally:
+            os.close(fd)
+    pid = _writer_pid(path)
+    try:
+        young = time.time() - os.lstat(path).st_mtime < PID_TRUST_S
+    except OSError:
+        return False  # gone
+    if pid is None or not young:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's process
+    return True
+
+
+def _writer_pid(path: Path) -> int | None:
+    """The process id in a `temporary_name` (`.NAME.<pid>.<random>.tmp`), or None."""
+    parts = path.name[: -len(TMP_SUFFIX)].rsplit(".", 2)
+    if len(parts) < 3 or not parts[1].isdigit():
+        return None
+    pid = int(parts[1])
+    return pid if 0 < pid <= PID_MAX_LIMIT else None
 
 
 def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], None], fsync: bool = False) -> None:
@@ -39,6 +95,7 @@ def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], None], fsy
     tmp = temporary_name(path)
     try:
         with open(tmp, "xb") as out:
+            hold_temporary(out.fileno())  # until it is renamed: housekeeping leaves it alone
             if isinstance(data, bytes | bytearray | memoryview):
                 out.write(data)
             else:
@@ -46,7 +103,9 @@ def write_atomic(path: str | Path, data: bytes | Callable[[BinaryIO], None], fsy
             if fsync:
                 out.flush()
                 os.fsync(out.fileno())
-        os.replace(tmp, path)
+            else:
+                out.flush()
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

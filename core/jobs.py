@@ -2,13 +2,13 @@
 
 A job is a key (a content hash: a run id, a run id plus a compression key, a sweep hash) and two
 callables: `run(ctx)` computes the result and publishes it into the store, `is_done()` says whether
-the store already holds it. This module knows nothing about training; it only decides who computes
-a key, when, and what everyone else sees meanwhile.
+the store already holds it. The job layer knows nothing about training; it only decides who
+computes a key, when, and what everyone else sees meanwhile. It is four modules, one concern each:
 
-    <root>/jobs/<key>.lock      flock'ed by the job's owner for the job's whole life (queued and running)
-    <root>/jobs/<key>.json      its JobStatus, replaced atomically on each change; readable from any process
-    <root>/jobs/<key>.cancel    a cancel request; the owner's ctx.report() raises Cancelled once it exists
-    <root>/jobs/slots/<i>.lock  flock'ed while a job computes, so at most max_running compute at once
+    jobstatus.py  what a job is and where it stands (JobSpec, JobStatus and its checked JSON form)
+    jobfiles.py   the jobs folder on disk, trusted for nothing: lock, status and cancel files, cleanup
+    jobrunner.py  the jobs this process owns: claiming a key, the queue and its slots, running, finishing
+    jobs.py       this file: JobManager, the one interface pages, the CLI and the pipeline use
 
 Why flock: the kernel releases it when its holder dies, even by SIGKILL, so a status file that says
 queued or running while nobody holds its lock is a dead owner's leftover, never a job to wait for.
@@ -32,157 +32,32 @@ environment variable): each takes the slot files 0..max_running-1 that it knows 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
-import json
 import os
-import re
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
-from enum import StrEnum
-from functools import partial
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from .fileio import is_temporary, write_atomic
+from .jobfiles import JobFolder, JobsFolderError, is_held
+
+# _REGISTRY and its lock are re-exported for tests that play another process (they hide a key's owner)
+from .jobrunner import _REGISTRY, _REGISTRY_LOCK, JobRunner, _Job, registered_keys, wait_local  # noqa: F401
+from .jobstatus import (
+    CANCELLED_MESSAGE,
+    INTERRUPTED_MESSAGE,
+    KEY_PATTERN,
+    Cancelled,
+    JobContext,
+    JobSpec,
+    JobState,
+    JobStatus,
+    check_key,
+    one_line,
+)
 
 ENV_MAX_JOBS = "COMPRESSION_LAB_MAX_JOBS"
-
-# A job may report once per training step; its status file is rewritten at most this often so that
-# progress costs no disk traffic worth the name. A timer makes the last throttled report land anyway.
-WRITE_INTERVAL_S = 0.25
-
-# A temporary file older than this is a killed writer's leftover (status writes take microseconds).
-LEFTOVER_TMP_S = 60.0
-
-# A key becomes file names: plain characters only, so a key can never point outside jobs/.
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
-
-CANCELLED_MESSAGE = "cancelled on request; submit it again to start over"
-INTERRUPTED_MESSAGE = "interrupted (the process running it stopped); submit it again to start over"
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """Where a job stands, as every process sees it; `to_json` is its one stored form."""
-
-    key: str  # the job's content hash
-    kind: str  # "train" | "compress" | "sweep" (free text, for display and filtering)
-    label: str  # human description of the job
-    state: JobState
-    message: str = ""  # why it failed or was cancelled: one line a user can act on, never a traceback
-    done: int = 0  # progress: `done` of `total` units (epochs, configs...)
-    total: int = 0  # 0 while the job has not said how much work there is
-    text: str = ""  # progress in words, e.g. "epoch 3: step 40/63"
-    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each reported metric
-    position: int | None = None  # place in the queue while queued (1 = next), else None
-    submitted: float = 0.0  # time.time() when its owner took it
-    started: float | None = None  # when it began to compute (None while queued, or if it never ran)
-    finished: float | None = None  # when it reached a terminal state
-    pid: int = 0  # the owner's process id
-    host: str = ""  # the owner's host name
-
-    @property
-    def terminal(self) -> bool:
-        """True once nothing more will happen to this job."""
-        return self.state in TERMINAL_STATES
-
-    @property
-    def live(self) -> bool:
-        """True while queued or running (for a status read from disk: its owner holds the lock)."""
-        return not self.terminal
-
-    @property
-    def finished_ok(self) -> bool:
-        """True when the result is in the store."""
-        return self.state is JobState.DONE
-
-    @property
-    def fraction(self) -> float:
-        """Progress in [0, 1]; 0 while the total is unknown."""
-        return min(1.0, max(0.0, self.done / self.total)) if self.total > 0 else 0.0
-
-    def to_json(self) -> str:
-        return json.dumps({**asdict(self), "state": self.state.value})
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> JobStatus:
-        """Parse `to_json`'s output; fields unknown to this version are ignored (a newer writer)."""
-        data = json.loads(text)
-        names = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {name: value for name, value in data.items() if name in names}
-        kwargs["state"] = JobState(kwargs["state"])
-        kwargs["metrics"] = {str(name): float(value) for name, value in kwargs.get("metrics", {}).items()}
-        return cls(**kwargs)
-
-
-class Cancelled(Exception):
-    """Raised inside a job by `ctx.report()` once a cancel was requested for its key."""
-
-
-class JobContext:
-    """What a running job sees: where to report progress, and whether it should stop.
-
-    `JobContext(key)` alone reports nowhere and is never cancelled: a job's `run` can be called
-    outside a manager (a notebook, a test, a Ray worker that relays progress its own way).
-    """
-
-    def __init__(
-        self,
-        key: str,
-        on_report: Callable[[int, int, str, dict[str, float]], None] | None = None,
-        is_cancelled: Callable[[], bool] | None = None,
-    ):
-        self.key = key
-        self._on_report = on_report
-        self._is_cancelled = is_cancelled
-
-    def report(self, done: int, total: int, text: str = "", **metrics: float) -> None:
-        """Record progress (`done` of `total`, a line of text, the latest metrics); raise Cancelled
-        when a cancel was requested, so a job that reports often stops promptly."""
-        if self._on_report is not None:
-            self._on_report(int(done), int(total), str(text), {name: float(v) for name, v in metrics.items()})
-        if self.cancelled():
-            raise Cancelled(CANCELLED_MESSAGE)
-
-    def cancelled(self) -> bool:
-        """True once a cancel was requested (for a job that wants to stop between reports)."""
-        return self._is_cancelled is not None and self._is_cancelled()
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    key: str  # content hash: a run id, a run id + compression key, or a sweep hash
-    kind: str  # "train" | "compress" | "sweep" (free text)
-    label: str  # human description
-    run: Callable[[JobContext], None]  # computes AND publishes the result; if it raises, it published nothing
-    is_done: Callable[[], bool]  # True when the result is already in the store
-
-    def __post_init__(self) -> None:
-        check_key(self.key)
-
-
-def check_key(key: str) -> None:
-    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
-        raise ValueError(
-            f"job key {key!r} is not usable as a file name; use 1 to 200 letters, digits, '_', '-' or '.' "
-            "(not starting with '.')"
-        )
 
 
 def usable_cores() -> int:
@@ -203,169 +78,28 @@ def default_max_running() -> int:
     return int(value)
 
 
-def set_torch_threads(max_running: int) -> int | None:
-    """Give each of `max_running` concurrent jobs an equal share of the cores as torch threads.
-
-    Torch sizes its intra-op pool to all cores by default; several jobs doing that at once
-    oversubscribe the machine and thrash (measured on the 2-core box: four concurrent trainings of
-    two threads each cost about 19x the CPU of one). Threads are process-wide, hence set once here.
-    Torch is imported here, not at module level, so the job layer itself does not need it.
-    Returns the thread count set, or None when torch is not installed.
-    """
-    try:
-        import torch
-    except ImportError:
-        return None
-    threads = max(1, usable_cores() // max_running)
-    torch.set_num_threads(threads)
-    return threads
-
-
-def _one_line(exc: BaseException) -> str:
-    """The exception's own message, first line only (a user reads it; tracebacks are for logs)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
-
-
-# ------------------------------------------------------------------------------------------ locks
-def _try_lock(path: Path, tries: int = 1) -> int | None:
-    """An open descriptor holding an exclusive flock on `path`, or None when someone else holds it.
-
-    Lock files may be deleted by `cleanup` (while it holds them); a lock taken on a file that was
-    unlinked meanwhile guards nothing, so the descriptor's inode must still be the path's.
-    Readers probing a lock hold it for a few microseconds; `tries` > 1 keeps such a probe from
-    being mistaken for an owner.
-    """
-    attempt = 0
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            attempt += 1
-            if attempt >= tries:
-                return None
-            time.sleep(0.005)
-            continue
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return fd
-        os.close(fd)  # unlinked under us: lock the file that is there now
-
-
-def _unlock(fd: int) -> None:
-    os.close(fd)  # closing the last descriptor of the open file description releases the flock
-
-
-def _is_held(path: Path) -> bool:
-    """True when some thread or process holds the flock on `path` (a shared probe, released at once)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)
-    return False
-
-
-# ------------------------------------------------------------------------------ owned jobs (one process)
-class _Job:
-    """A job this process owns: its lock, its latest status (fresher than the throttled file), its waiters."""
-
-    def __init__(self, spec: JobSpec, lock_fd: int, status: JobStatus):
-        self.spec = spec
-        self.lock_fd = lock_fd
-        self.status = status
-        self.version = 0  # bumped on each status change; waiters wake when it moves
-        self.written = -1  # the version last written to the status file
-        self.last_write = 0.0  # time.monotonic() of that write
-        self.timer: threading.Timer | None = None  # pending write of a throttled report
-        self.cond = threading.Condition()
-        self.cancel_event = threading.Event()
-        self.listeners: list[Callable[[JobStatus], None]] = []
-
-    def snapshot(self) -> JobStatus:
-        with self.cond:
-            return self.status
-
-
-_NO_SLOT = -1  # the "descriptor" of a job that runs inside its parent's slot
-
-# Owned jobs of this process by (jobs folder, key), shared by all managers of one root.
-_REGISTRY: dict[tuple[str, str], _Job] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-@dataclass
-class _Claim:
-    """The outcome of trying to take a key: exactly one field is set."""
-
-    owned: _Job | None = None  # we took it: compute it
-    local: _Job | None = None  # another thread of this process owns it: wait in memory
-    status: JobStatus | None = None  # already done, failed to check, or another process owns it (live)
-
-
 class JobManager:
     """Single flight per key, a bounded queue shared by all processes on one root, progress and cancel."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        max_running: int | None = None,
-        poll_s: float = 0.2,
-        tune_torch_threads: bool = True,
-    ):
+    def __init__(self, root: str | Path, max_running: int | None = None, poll_s: float = 0.2):
         self.root = Path(root)
-        self.jobs_dir = self.root / "jobs"
-        self.slots_dir = self.jobs_dir / "slots"
-        self.slots_dir.mkdir(parents=True, exist_ok=True)
         self.max_running = default_max_running() if max_running is None else int(max_running)
         if self.max_running < 1:
             raise ValueError(f"max_running={max_running!r} must be 1 or more")
         if not poll_s > 0:
             raise ValueError(f"poll_s={poll_s!r} must be a positive number of seconds")
         self.poll_s = float(poll_s)
+        # The folders are made by the first job (JobFolder.prepare), not here: a page that only shows
+        # statuses must not fail, or write anything, because the store is read-only or broken.
+        self.folder = JobFolder(self.root, self.max_running, owned=lambda key: self._registered(key) is not None)
+        self.jobs_dir = self.folder.jobs_dir
         self._folder = str(self.jobs_dir.resolve())
         self._pid = os.getpid()
         self._host = socket.gethostname()
-        # Jobs run as threads of this process (submit), so their torch pools must share the cores.
-        self.torch_threads = set_torch_threads(self.max_running) if tune_torch_threads else None
-
-    # ------------------------------------------------------------------------------------ paths
-    def _lock_path(self, key: str) -> Path:
-        return self.jobs_dir / f"{key}.lock"
-
-    def _status_path(self, key: str) -> Path:
-        return self.jobs_dir / f"{key}.json"
-
-    def _cancel_path(self, key: str) -> Path:
-        return self.jobs_dir / f"{key}.cancel"
+        self._runner = JobRunner(self.folder, self._folder, self.max_running, self.poll_s, self._pid, self._host)
 
     def _registered(self, key: str) -> _Job | None:
-        with _REGISTRY_LOCK:
-            return _REGISTRY.get((self._folder, key))
-
-    def _read(self, key: str) -> JobStatus | None:
-        """The status file as written, or None when absent or unreadable (a foreign or damaged file)."""
-        try:
-            return JobStatus.from_json(self._status_path(key).read_bytes())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
-
-    def _holder_alive(self, key: str) -> bool:
-        return self._registered(key) is not None or _is_held(self._lock_path(key))
+        return self._runner.registered(key)
 
     # ---------------------------------------------------------------------------------- public API
     def submit(self, spec: JobSpec, slot: bool = True) -> JobStatus:
@@ -374,9 +108,10 @@ class JobManager:
         A key already queued or running anywhere is attached to (its status is returned); a key whose
         result is in the store returns DONE without running anything. `spec.is_done` is called here,
         in the caller's thread. `slot=False` for a job that only coordinates others (a sweep): it
-        computes nothing itself, and its items take their own slots.
+        computes nothing itself, and its items take their own slots. JobsFolderError (one line)
+        when the jobs folder cannot be used; nothing was queued then.
         """
-        claim = self._claim(spec)
+        claim = self._runner.claim(spec)
         if claim.local is not None:
             return claim.local.snapshot()
         if claim.owned is None:
@@ -384,12 +119,15 @@ class JobManager:
             return claim.status
         job = claim.owned
         thread = threading.Thread(
-            target=self._execute_quietly, args=(job, slot), name=f"job-{spec.kind}-{spec.key[:16]}", daemon=True
+            target=self._runner.execute_quietly,
+            args=(job, slot),
+            name=f"job-{spec.kind}-{spec.key[:16]}",
+            daemon=True,
         )
         try:
             thread.start()
         except RuntimeError as exc:  # no more threads: the job cannot start, say so rather than hang
-            return self._finish(job, JobState.FAILED, f"could not start a worker thread: {_one_line(exc)}")
+            return self._runner.finish(job, JobState.FAILED, f"could not start a worker thread: {one_line(exc)}")
         return job.snapshot()
 
     def run(self, spec: JobSpec, on_status: Callable[[JobStatus], None] | None = None) -> JobStatus:
@@ -402,14 +140,14 @@ class JobManager:
         """
         while True:
             since = time.time()
-            claim = self._claim(spec)
+            claim = self._runner.claim(spec)
             if claim.owned is not None:
                 if on_status is not None:
                     claim.owned.listeners.append(on_status)
                     on_status(claim.owned.snapshot())
-                return self._execute(claim.owned)
+                return self._runner.execute(claim.owned)
             if claim.local is not None:
-                return self._wait_local(claim.local, None, on_status)
+                return wait_local(claim.local, None, on_status)
             assert claim.status is not None
             if claim.status.terminal:
                 if on_status is not None:
@@ -431,34 +169,27 @@ class JobManager:
         job = self._registered(key)
         if job is not None:
             return job.snapshot()
-        status = self._read(key)
-        if status is None or status.terminal or _is_held(self._lock_path(key)):
+        status = self.folder.read(key)
+        if status is None or status.terminal or self.folder.held(key):
             return status
         # The owner may have written its terminal status and let go between our two looks.
-        again = self._read(key)
+        again = self.folder.read(key)
         if again is None or again != status:
             return again
-        try:
-            last_sign_of_life = self._status_path(key).stat().st_mtime
-        except FileNotFoundError:
-            last_sign_of_life = time.time()
         return replace(
             status,
             state=JobState.FAILED,
             message=f"{INTERRUPTED_MESSAGE} [pid {status.pid} on {status.host}]",
             position=None,
-            finished=last_sign_of_life,
+            finished=self.folder.last_write(key, time.time()),
         )
 
     def jobs(self, finished_within_s: float = 3600) -> list[JobStatus]:
         """Queued and running jobs, and those finished within the last `finished_within_s` seconds;
         newest (by submit time) first."""
         horizon = time.time() - finished_within_s
-        keys = {path.stem for path in self.jobs_dir.glob("*.json") if KEY_PATTERN.fullmatch(path.stem)}
-        with _REGISTRY_LOCK:
-            keys.update(key for folder, key in _REGISTRY if folder == self._folder)
         found = []
-        for key in keys:
+        for key in self.folder.status_keys() | registered_keys(self._folder):
             status = self.status(key)
             if status is None:
                 continue
@@ -468,13 +199,18 @@ class JobManager:
 
     def cancel(self, key: str) -> bool:
         """Ask the job to stop, from any thread or process. A queued job is cancelled before it starts;
-        a running one at its next `ctx.report()`. Returns False when no job of that key is live."""
+        a running one at its next `ctx.report()`. Returns False when no job of that key is live;
+        JobsFolderError when another process's job cannot be asked (the request cannot be written)."""
         check_key(key)
         job = self._registered(key)
-        if job is None and not _is_held(self._lock_path(key)):
+        if job is None and not self.folder.held(key):
             return False
-        request = {"pid": self._pid, "host": self._host, "time": time.time()}
-        write_atomic(self._cancel_path(key), json.dumps(request).encode())
+        try:
+            self.folder.request_cancel(key, {"pid": self._pid, "host": self._host, "time": time.time()})
+        except JobsFolderError:
+            if job is None:
+                raise
+            # our own job: the in-memory request below is enough
         if job is not None:
             job.cancel_event.set()  # wakes a queued job at once instead of at its next poll
         return True
@@ -485,7 +221,7 @@ class JobManager:
         check_key(key)
         job = self._registered(key)
         if job is not None:
-            return self._wait_local(job, timeout, None)
+            return wait_local(job, timeout, None)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status(key)
@@ -494,299 +230,21 @@ class JobManager:
             job = self._registered(key)
             if job is not None:  # a thread of ours took the key over meanwhile
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                return self._wait_local(job, remaining, None)
+                return wait_local(job, remaining, None)
             if deadline is not None and time.monotonic() >= deadline:
                 return status
             pause = self.poll_s if deadline is None else min(self.poll_s, max(0.0, deadline - time.monotonic()))
             time.sleep(pause)
 
-    def cleanup(self, older_than_s: float = 86400) -> int:
+    def cleanup(self, older_than_s: float = 86400, keys: Callable[[str], bool] | None = None) -> int:
         """Remove the files of jobs that finished (or whose owner died) more than `older_than_s`
-        seconds ago, orphaned lock and cancel files, and killed writers' temporaries.
-        Live jobs are never touched. Returns the number of files removed."""
-        now = time.time()
-        removed = 0
-        keys = set()
-        for path in self.jobs_dir.iterdir():
-            if not path.is_file():
-                continue
-            if is_temporary(path):
-                try:
-                    if now - path.stat().st_mtime > LEFTOVER_TMP_S:
-                        path.unlink()
-                        removed += 1
-                except FileNotFoundError:
-                    pass
-            elif path.suffix in (".json", ".lock", ".cancel") and KEY_PATTERN.fullmatch(path.stem):
-                keys.add(path.stem)
-        for key in keys:
-            if self._registered(key) is not None:
-                continue
-            lock_path = self._lock_path(key)
-            lock_existed = lock_path.exists()
-            fd = _try_lock(lock_path)
-            if fd is None:
-                continue  # live: its owner holds the lock
-            try:
-                status_path = self._status_path(key)
-                if status_path.exists():
-                    status = self._read(key)
-                    try:
-                        when = status_path.stat().st_mtime
-                    except FileNotFoundError:
-                        when = now
-                    if status is not None and status.terminal and status.finished is not None:
-                        when = status.finished
-                    if now - when < older_than_s:
-                        continue  # recent: keep its status (and its lock file) for the jobs list
-                for path in (status_path, self._cancel_path(key), lock_path):
-                    try:
-                        path.unlink()
-                    except FileNotFoundError:
-                        continue
-                    if path is not lock_path or lock_existed:  # not the lock file we just made to probe
-                        removed += 1
-            finally:
-                _unlock(fd)
-        return removed
-
-    # ---------------------------------------------------------------------------- taking a key
-    def _claim(self, spec: JobSpec) -> _Claim:
-        """Take the key (and queue it), or find who has it, or find it done."""
-        while True:
-            done, _ = self._check_done(spec)
-            if done:
-                return _Claim(status=self._done_status(spec))
-            job = self._registered(spec.key)
-            if job is not None:
-                return _Claim(local=job)
-            fd = _try_lock(self._lock_path(spec.key), tries=3)
-            if fd is not None:
-                return self._own(spec, fd)
-            status = self._read(spec.key)
-            if status is not None and status.live:
-                return _Claim(status=status)
-            # Held, but its status is old or missing: an owner is starting or finishing. Look again.
-            time.sleep(min(self.poll_s, 0.02))
-
-    def _own(self, spec: JobSpec, fd: int) -> _Claim:
-        """We hold the key's lock: queue the job, unless another owner finished it just before us."""
-        try:
-            # An error checking the store is the job's failure too: say so rather than recompute blindly.
-            done, error = self._check_done(spec)
-            if done or error:
-                _unlock(fd)
-                if done:
-                    return _Claim(status=self._done_status(spec))
-                return _Claim(status=self._status_for(spec, JobState.FAILED, message=error, finished=time.time()))
-            # A cancel left from an earlier run of this key must not cancel this one.
-            self._cancel_path(spec.key).unlink(missing_ok=True)
-            status = self._status_for(spec, JobState.QUEUED)
-            job = _Job(spec, fd, replace(status, position=self._queue_rank(status)))
-            with job.cond:
-                self._write_locked(job)
-            with _REGISTRY_LOCK:
-                _REGISTRY[(self._folder, spec.key)] = job
-            return _Claim(owned=job)
-        except BaseException:
-            _unlock(fd)
-            raise
-
-    def _check_done(self, spec: JobSpec) -> tuple[bool, str]:
-        """(is the result in the store, the error message if asking failed)."""
-        try:
-            return bool(spec.is_done()), ""
-        except Exception as exc:
-            return False, f"checking the store failed: {_one_line(exc)}"
-
-    def _status_for(self, spec: JobSpec, state: JobState, **changes: Any) -> JobStatus:
-        status = JobStatus(
-            spec.key, spec.kind, spec.label, state, submitted=time.time(), pid=self._pid, host=self._host
-        )
-        return replace(status, **changes)
-
-    def _done_status(self, spec: JobSpec) -> JobStatus:
-        """The status of a key found in the store: nothing ran, nothing is written."""
-        now = time.time()
-        return self._status_for(spec, JobState.DONE, text="already computed", submitted=now, finished=now)
-
-    # ------------------------------------------------------------------------------- the queue
-    def _queue_rank(self, status: JobStatus) -> int:
-        """1 + the number of live queued jobs on this root submitted before this one (FIFO)."""
-        ahead = 0
-        mine = (status.submitted, status.key)
-        for path in self.jobs_dir.glob("*.json"):
-            if path.stem == status.key:
-                continue
-            other = self._read(path.stem)
-            if other is None:
-                continue
-            if other.state is JobState.QUEUED and (other.submitted, other.key) < mine:
-                ahead += self._holder_alive(other.key)
-        return ahead + 1
-
-    def _take_slot(self, rank: int) -> int | None:
-        """A held slot lock, if at least `rank` slots are free (the jobs ahead of us get theirs first)."""
-        held: list[int] = []
-        for i in range(self.max_running):
-            fd = _try_lock(self.slots_dir / f"{i}.lock")
-            if fd is not None:
-                held.append(fd)
-                if len(held) >= rank:
-                    break
-        keep = held[0] if len(held) >= rank else None
-        for fd in held:
-            if fd != keep:
-                _unlock(fd)
-        return keep
-
-    def _wait_for_slot(self, job: _Job) -> int | None:
-        """Sleep in the queue until a slot is ours (its descriptor), or None when cancelled meanwhile."""
-        while True:
-            if self._cancel_requested(job):
-                return None
-            status = job.snapshot()
-            rank = self._queue_rank(status)
-            if rank != status.position:
-                self._update(job, force=True, position=rank)
-            if rank <= self.max_running:
-                fd = self._take_slot(rank)
-                if fd is not None:
-                    return fd
-            job.cancel_event.wait(self.poll_s)
-
-    def _cancel_requested(self, job: _Job) -> bool:
-        return job.cancel_event.is_set() or self._cancel_path(job.spec.key).exists()
-
-    # --------------------------------------------------------------------------- running a job
-    def _execute_quietly(self, job: _Job, needs_slot: bool = True) -> None:
-        """The background thread's body: whatever happens is in the job's status, nothing escapes."""
-        with contextlib.suppress(BaseException):  # SystemExit from a job: already recorded as its end
-            self._execute(job, needs_slot)
-
-    def _execute(self, job: _Job, needs_slot: bool = True) -> JobStatus:
-        """Queue, compute, record the terminal state, let go. Returns the terminal status."""
-        state, message = JobState.FAILED, INTERRUPTED_MESSAGE
-        slot: int | None = None
-        try:
-            slot = self._wait_for_slot(job) if needs_slot else _NO_SLOT
-            if slot is None:
-                state, message = JobState.CANCELLED, CANCELLED_MESSAGE
-            else:
-                self._update(job, force=True, state=JobState.RUNNING, position=None, started=time.time())
-                state, message = self._call(job)
-        except KeyboardInterrupt:
-            state, message = JobState.CANCELLED, "interrupted (Ctrl-C); submit it again to start over"
-            raise
-        except Exception as exc:  # trouble in the queue itself (the jobs folder removed...): the job's end too
-            state, message = JobState.FAILED, f"the job could not run: {_one_line(exc)}"
-        finally:
-            if slot is not None and slot != _NO_SLOT:
-                _unlock(slot)
-            final = self._finish(job, state, message)
-        return final
-
-    def _call(self, job: _Job) -> tuple[JobState, str]:
-        """Run the job's callable; its outcome as (state, message)."""
-        ctx = JobContext(
-            job.spec.key, on_report=partial(self._report, job), is_cancelled=partial(self._cancel_requested, job)
-        )
-        try:
-            job.spec.run(ctx)
-        except Cancelled:
-            return JobState.CANCELLED, CANCELLED_MESSAGE
-        except Exception as exc:
-            # A job may wrap Cancelled in its own error; the user asked it to stop, so that is what happened.
-            if self._cancel_requested(job):
-                return JobState.CANCELLED, CANCELLED_MESSAGE
-            return JobState.FAILED, _one_line(exc)
-        done, error = self._check_done(job.spec)
-        if error:
-            return JobState.FAILED, error
-        if not done:
-            return JobState.FAILED, "the job returned without publishing its result"
-        return JobState.DONE, ""
-
-    def _report(self, job: _Job, done: int, total: int, text: str, metrics: dict[str, float]) -> None:
-        self._update(job, done=done, total=total, text=text, metrics={**job.snapshot().metrics, **metrics})
-
-    def _update(self, job: _Job, force: bool = False, **changes: Any) -> None:
-        """Change the job's status in memory at once, on disk at most every WRITE_INTERVAL_S."""
-        with job.cond:
-            job.status = replace(job.status, **changes)
-            job.version += 1
-            wait = job.last_write + WRITE_INTERVAL_S - time.monotonic()
-            if force or wait <= 0:
-                self._write_locked(job)
-            elif job.timer is None:
-                job.timer = threading.Timer(wait, self._write_later, args=(job,))
-                job.timer.daemon = True
-                job.timer.start()
-            job.cond.notify_all()
-            status = job.status
-        for listener in job.listeners:
-            listener(status)
-
-    def _write_later(self, job: _Job) -> None:
-        """The timer's body: land the last throttled report, unless the job ended meanwhile."""
-        with job.cond:
-            job.timer = None
-            if job.written != job.version and not job.status.terminal:
-                self._write_locked(job)
-
-    def _write_locked(self, job: _Job, status: JobStatus | None = None) -> None:
-        """Write the status file: the job's status, or `status` (the caller holds job.cond)."""
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        # A full disk must not kill the computation. Readers keep the previous status; if even the
-        # terminal write fails, the released lock makes the entry read as interrupted, and the
-        # next submit finds the result through is_done().
-        with contextlib.suppress(OSError):
-            write_atomic(self._status_path(job.spec.key), (status or job.status).to_json().encode())
-        job.written = job.version
-        job.last_write = time.monotonic()
-
-    def _finish(self, job: _Job, state: JobState, message: str) -> JobStatus:
-        """Record the terminal state, let go of the key, then wake this process's waiters.
-
-        The status file is terminal before the lock is free (so a free lock beside a live status
-        means a dead owner), and waiters wake after it is free (so whoever wait()ed sees a key that
-        can be submitted afresh, with nothing left to cancel).
-        """
-        with job.cond:
-            final = replace(job.status, state=state, message=message, position=None, finished=time.time())
-            self._write_locked(job, final)
-        self._cancel_path(job.spec.key).unlink(missing_ok=True)
-        with _REGISTRY_LOCK:
-            _REGISTRY.pop((self._folder, job.spec.key), None)
-        _unlock(job.lock_fd)
-        with job.cond:
-            job.status = final
-            job.version += 1
-            job.cond.notify_all()
-        for listener in job.listeners:
-            listener(final)
-        return final
+        seconds ago, unusable status files, orphaned lock and cancel files, and killed writers'
+        temporaries; with `keys`, only the entries of the keys it accepts (no temporaries).
+        Live jobs are never touched. Returns the number of files this call removed (another
+        cleanup at the same moment counts its own). JobsFolderError when the folder is unusable."""
+        return self.folder.cleanup(older_than_s, keys)
 
     # ------------------------------------------------------------------------------------ waiting
-    def _wait_local(self, job: _Job, timeout: float | None, on_status: Callable[[JobStatus], None] | None) -> JobStatus:
-        """Wait on a job owned by a thread of this process (a condition variable: no polling)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        seen = -1
-        while True:
-            with job.cond:
-                while job.version == seen:
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return job.status
-                    job.cond.wait(remaining)
-                seen, status = job.version, job.status
-            if on_status is not None:
-                on_status(status)
-            if status.terminal:
-                return status
-
     def _wait_remote(self, key: str, since: float, on_status: Callable[[JobStatus], None] | None) -> JobStatus | None:
         """Sleep-poll another process's job until it ends: its terminal status, or None when its owner
         died (or the key was let go without a new terminal status) and the caller should take over.
@@ -796,8 +254,8 @@ class JobManager:
         """
         last: JobStatus | None = None
         while True:
-            status = self._read(key)
-            held = _is_held(self._lock_path(key))
+            status = self.folder.read(key)
+            held = is_held(self.folder.lock_path(key))
             fresh = status is not None and (status.live or (status.finished or 0.0) >= since)
             if fresh and status != last:
                 last = status
@@ -811,15 +269,18 @@ class JobManager:
 
 
 __all__ = [
+    "CANCELLED_MESSAGE",
     "ENV_MAX_JOBS",
+    "INTERRUPTED_MESSAGE",
+    "KEY_PATTERN",
     "Cancelled",
     "JobContext",
     "JobManager",
     "JobSpec",
     "JobState",
     "JobStatus",
+    "JobsFolderError",
     "check_key",
     "default_max_running",
-    "set_torch_threads",
     "usable_cores",
 ]

@@ -14,6 +14,7 @@ The store (core/store.py) only persists; this module decides what runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import threading
@@ -26,8 +27,8 @@ from .calibration import CALIBRATION_SAMPLES
 from .compress import coded_shapes
 from .config import CompressConfig, TrainConfig
 from .data import DATASET_SOURCES, Dataset
-from .executors import Executor, get_executor
-from .jobs import Cancelled, JobContext, JobManager, JobSpec, JobState, JobStatus
+from .executors import Executor, get_executor, set_torch_threads
+from .jobs import Cancelled, JobContext, JobManager, JobsFolderError, JobSpec, JobState, JobStatus
 from .pq import check_fits, row_shape
 from .records import CompressionRecord, EpochMetrics, LayerHistogram, RunRecord
 from .store import RunStore
@@ -62,13 +63,35 @@ def job_manager(store: RunStore) -> JobManager:
     with _MANAGERS_LOCK:
         if key not in _MANAGERS:
             _MANAGERS[key] = JobManager(store.root)
+            # its jobs run as threads of this process, so their torch pools must share the cores
+            set_torch_threads(_MANAGERS[key].max_running)
             # what a killed writer (kill -9 mid-publication) left behind goes at the first job
             store.clean_temporaries()
         return _MANAGERS[key]
 
 
-def compression_key(run_id: str, cfg: CompressConfig) -> str:
-    return f"{run_id}-{cfg.key()}"
+def compression_key(run_id: str, cfg: CompressConfig | str) -> str:
+    """The job key of a compression: its run id and its compression key (a config, or its key)."""
+    return f"{run_id}-{cfg if isinstance(cfg, str) else cfg.key()}"
+
+
+def delete_run(store: RunStore, run_id: str) -> int:
+    """Remove a run, its compressions and their finished job entries (so the Jobs page no longer
+    lists them); a live job of the run is left to finish. Returns the bytes freed."""
+    freed = store.delete_run(run_id)
+    with contextlib.suppress(JobsFolderError):  # the run is gone; an unusable jobs folder lists nothing
+        job_manager(store).cleanup(
+            older_than_s=0, keys=lambda key: key == run_id or key.startswith(compression_key(run_id, ""))
+        )
+    return freed
+
+
+def delete_compression(store: RunStore, run_id: str, key: str) -> int:
+    """Remove one compression and its finished job entry. Returns the bytes freed."""
+    freed = store.delete_compression(run_id, key)
+    with contextlib.suppress(JobsFolderError):
+        job_manager(store).cleanup(older_than_s=0, keys=lambda job_key: job_key == compression_key(run_id, key))
+    return freed
 
 
 def sweep_key(train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]) -> str:
@@ -194,6 +217,7 @@ def get_or_train(
         return cached, True
     # an entry whose weights fail their check is replaced by the job's own publication (save_run),
     # under the key's lock: nothing is deleted here, where another process may be publishing
+    store.check_writable()  # a read-only store is one line now, not a failed job later
     local = _Local()
     spec = training_spec(store, cfg, device, data, on_epoch, on_step, local, executor)
     status = job_manager(store).run(spec, on_status=on_status)
@@ -206,6 +230,7 @@ def get_or_train(
 
 def submit_training(store: RunStore, cfg: TrainConfig) -> JobStatus:
     """Start (or join) the training in a background thread; returns at once (the app)."""
+    store.check_writable()
     return job_manager(store).submit(training_spec(store, cfg))
 
 
@@ -269,6 +294,7 @@ def get_or_compress(
             cached = cached.with_file(cached.file_path, transient=False)
         return cached, True
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+    store.check_writable()
     local = _Local()
     spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
     status = job_manager(store).run(spec, on_status=on_status)
@@ -282,6 +308,7 @@ def get_or_compress(
 def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+    store.check_writable()
     return job_manager(store).submit(compression_spec(store, run, cfg))
 
 
@@ -356,4 +383,5 @@ def sweep_spec(store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs
 def submit_sweep(
     store: RunStore, train_cfgs: Sequence[TrainConfig], compress_cfgs: Sequence[CompressConfig]
 ) -> JobStatus:
+    store.check_writable()
     return job_manager(store).submit(sweep_spec(store, train_cfgs, compress_cfgs), slot=False)

@@ -39,14 +39,18 @@ from safetensors.torch import save as st_save
 
 from .config import CompressConfig
 from .export import NotACompressedModel, read_payload
-from .fileio import is_temporary, write_atomic
+from .fileio import hold_temporary, is_temporary, temporary_name, write_atomic, writer_alive
 from .records import CompressionRecord, MemoryWeights, RunRecord, StoredWeights, sha256
 
 ENV_VAR = "COMPRESSION_LAB_CACHE"
+_WHERE = f"--cache-dir, {ENV_VAR}"  # how a user picks another store: the CLI's option, the app's variable
 STORE_FORMAT = "compression-lab-store/2"
 MAX_JSON_BYTES = 64 << 20  # a run.json is tens of kB; anything this large is not ours
 STALE_TEMPORARY_S = 3600.0  # a temporary older than this was left by a killed writer
 TRANSIENT_SUFFIX = ".transient"  # beside <key>.json: a compression only passed over (see save_compression)
+# A writer publishes a compression's JSON milliseconds after its file; a file alone this much
+# longer was left by a killed writer (gc's --older-than 0 must not take one being published).
+PUBLISH_GAP_S = 60.0
 
 
 def default_root() -> Path:
@@ -108,13 +112,15 @@ class RunStore:
         Writes nothing that stays (a folder that does not exist yet is not created here)."""
         root = self.root
         if root.exists() and not root.is_dir():
-            raise ValueError(f"the run store {root} is a file, not a folder; choose another --cache-dir")
+            raise ValueError(f"the run store {root} is a file, not a folder; choose another store ({_WHERE})")
         if not root.exists():
             ancestor = root.parent
             while not ancestor.exists() and ancestor != ancestor.parent:
                 ancestor = ancestor.parent
             if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-                raise ValueError(f"the run store {root} cannot be created under {ancestor}; choose another --cache-dir")
+                raise ValueError(
+                    f"the run store {root} cannot be created under {ancestor}; choose another store ({_WHERE})"
+                )
             return
         probe = root / f".write-probe.{os.getpid()}.{uuid.uuid4().hex}.tmp"
         try:
@@ -122,7 +128,7 @@ class RunStore:
             probe.unlink()
         except OSError as error:
             raise ValueError(
-                f"the run store {root} is not writable ({error.strerror}); choose another --cache-dir"
+                f"the run store {root} is not writable ({error.strerror}); choose another store ({_WHERE})"
             ) from None
 
     # ------------------------------------------------------------------------------------ runs
@@ -164,9 +170,12 @@ class RunStore:
         blob_sha = sha256(blob)
         final = self.run_dir(record.run_id)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{record.run_id}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        tmp = temporary_name(final)
+        held: int | None = None
         try:
             tmp.mkdir()
+            held = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            hold_temporary(held)  # until it is renamed: gc leaves it alone whatever its age
             (tmp / "model.safetensors").write_bytes(blob)
             (tmp / "run.json").write_bytes(_envelope(record.to_json(), blob_sha, "weights_sha256"))
             for _attempt in range(3):
@@ -179,20 +188,26 @@ class RunStore:
                     self._discard(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            if held is not None:
+                os.close(held)
         stored = self.load_run(record.run_id)
         return stored if stored is not None else record
 
-    def _discard(self, path: Path) -> None:
-        """Move an entry out of the way (rename first, so readers never see it half-deleted)."""
-        trash = path.parent / f".{path.name}.trash.{uuid.uuid4().hex}.tmp"
+    def _discard(self, path: Path) -> int | None:
+        """Move an entry out of the way (rename first, so readers never see it half-deleted), then
+        delete it. Returns the bytes it held, or None when this call did not move it (already gone:
+        another gc or delete got there first, or it cannot be moved)."""
+        trash = temporary_name(path.with_name(path.name + ".trash"))  # carries our pid: see writer_alive
         try:
             os.rename(path, trash)
         except OSError:
-            return
-        if trash.is_dir():
+            return None
+        freed = _size(trash)
+        if trash.is_dir() and not trash.is_symlink():
             shutil.rmtree(trash, ignore_errors=True)
         else:
             trash.unlink(missing_ok=True)
+        return freed
 
     def _run_folders(self) -> list[Path]:
         runs_dir = self.root / "runs"
@@ -315,9 +330,7 @@ class RunStore:
         """Remove a run and all its compressions; returns the bytes freed (0 when absent)."""
         freed = 0
         for path in (self.root / "compress" / self.run_dir(run_id).name, self.run_dir(run_id)):
-            if path.exists():
-                freed += _size(path)
-                self._discard(path)
+            freed += self._discard(path) or 0
         return freed
 
     def delete_compression(self, run_id: str, key: str) -> int:
@@ -334,7 +347,8 @@ class RunStore:
 
     def clean_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
         """Remove what killed writers left (hidden `.tmp` files and folders older than
-        `older_than_s`): cheap, reads no entry; run at every process's first job."""
+        `older_than_s` whose writer is gone: `writer_alive`): cheap, reads no entry; run at every
+        process's first job. A temporary being written is never removed, whatever `older_than_s`."""
         removed: list[str] = []
         freed = 0
         now = time.time()
@@ -346,10 +360,11 @@ class RunStore:
             if not parent.is_dir():
                 continue
             for path in list(parent.iterdir()):
-                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s:
-                    freed += _size(path)
-                    removed.append(str(path.relative_to(self.root)))
-                    self._discard(path)
+                if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s and not writer_alive(path):
+                    gone = self._discard(path)
+                    if gone is not None:  # counted by whoever removed it
+                        freed += gone
+                        removed.append(str(path.relative_to(self.root)))
         return GcReport(tuple(removed), freed)
 
     def gc(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
@@ -362,9 +377,10 @@ class RunStore:
 
         def drop(path: Path) -> None:
             nonlocal freed
-            freed += _size(path)
-            removed.append(str(path.relative_to(self.root)))
-            self._discard(path)
+            gone = self._discard(path)
+            if gone is not None:  # another gc at the same moment counts what it removed itself
+                freed += gone
+                removed.append(str(path.relative_to(self.root)))
 
         live_runs = set()
         for folder in self._run_folders():
@@ -390,7 +406,7 @@ class RunStore:
                 elif (
                     path.suffix in (".safetensors", TRANSIENT_SUFFIX)
                     and not path.with_suffix(".json").exists()
-                    and time.time() - _mtime(path) / 1e9 > older_than_s  # a writer publishes its JSON next
+                    and time.time() - _mtime(path) / 1e9 > max(older_than_s, PUBLISH_GAP_S)  # its JSON comes next
                 ):
                     drop(path)
         return GcReport(tuple(removed), freed)

@@ -131,7 +131,7 @@ def finish_job(root: Path, key: str) -> None:
     """Wait for the background job `key` (the page only submitted it)."""
     from core.jobs import JobManager
 
-    status = JobManager(root, tune_torch_threads=False).wait(key, timeout=120)
+    status = JobManager(root).wait(key, timeout=120)
     assert status is not None and status.terminal, status
 
 
@@ -251,7 +251,7 @@ def test_a_link_never_starts_expensive_work(empty_store):
     at = open_page("compress", {"run": run.run_id, "method": "pq", "d": "2", "k": "65,536"})
     assert_clean(at)
     assert any(b.label.startswith("Compute (about") for b in at.button)
-    assert JobManager(empty_store, tune_torch_threads=False).status(f"{run.run_id}-{expensive.key()}") is None
+    assert JobManager(empty_store).status(f"{run.run_id}-{expensive.key()}") is None
     assert RunStore(empty_store).load_compression(run.run_id, expensive) is None
 
 

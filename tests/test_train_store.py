@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from core.config import CompressConfig, TrainConfig
+from core.fileio import PID_MAX_LIMIT
 from core.pipeline import get_or_compress, get_or_train
 from core.records import CorruptEntry
 from core.store import RunStore
 from core.train import TrainingDiverged, train
 from tests.tiny import TINY
+
+DEAD_PID = PID_MAX_LIMIT + 1  # in a temporary's name: a writer that no longer exists (no process has this id)
 
 
 def test_train_records_what_the_app_needs(store):
@@ -253,7 +256,7 @@ def test_gc_removes_temporaries_and_broken_entries_and_reports_the_space(store):
 
     run, _ = get_or_train(store, TrainConfig(**TINY))
     get_or_compress(store, run, CompressConfig(method="binarize"))
-    stale = store.root / "runs" / f".{run.run_id}.123.abc.tmp"
+    stale = store.root / "runs" / f".{run.run_id}.{DEAD_PID}.abc.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 1000)
     os.utime(stale, (0, 0))
@@ -282,13 +285,129 @@ def test_what_a_killed_writer_left_goes_at_the_first_job(store):
     from core import pipeline
 
     (store.root / "runs").mkdir(parents=True)
-    left = store.root / "runs" / ".0123456789abcdef.999.dead.tmp"
+    left = store.root / "runs" / f".0123456789abcdef.{DEAD_PID}.dead.tmp"
     left.mkdir()
     (left / "model.safetensors").write_bytes(b"x" * 100)
-    half = store.root / "runs" / ".run.json.999.dead.tmp"
+    half = store.root / "runs" / f".run.json.{DEAD_PID}.dead.tmp"
     half.write_bytes(b"{")
     for path in (left, half):
         os.utime(path, (1, 1))
     pipeline._MANAGERS.clear()  # a fresh process
     get_or_train(store, TrainConfig(**TINY))
     assert not left.exists() and not half.exists()
+
+
+# ------------------------------------------------------------------------- gc beside a live writer
+def test_gc_with_no_age_limit_leaves_a_training_being_published(store, monkeypatch):
+    """`gc --older-than 0` while a training publishes lost the training: its temporary folder went
+    from under it. The gc here runs at the worst moment, with the run's files half written."""
+    from core import store as store_module
+
+    real_envelope = store_module._envelope
+    reports = []
+
+    def gc_meanwhile(*args, **kwargs):
+        tmp = [p for p in (store.root / "runs").iterdir() if p.name.startswith(".")]
+        assert tmp, "the gc must run while the temporary exists"
+        reports.append(RunStore(store.root).gc(older_than_s=0))
+        return real_envelope(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_envelope", gc_meanwhile)
+    run, cached = get_or_train(store, TrainConfig(**TINY))
+    assert not cached and reports and reports[0].removed == ()
+    assert store.load_run(run.run_id, verify_weights=True) is not None
+
+
+def test_gc_with_no_age_limit_leaves_a_compression_being_published(tiny_store, tmp_path, monkeypatch):
+    """Between a compression's file and its JSON, the file looks like an orphan; gc must not take it."""
+    import shutil
+
+    from core import store as store_module
+
+    store = RunStore(tmp_path / "copy")
+    shutil.copytree(tiny_store.root / "runs", store.root / "runs")
+    run = store.list_runs()[0]
+    real_envelope = store_module._envelope
+    reports = []
+
+    def gc_meanwhile(*args, **kwargs):
+        reports.append(RunStore(store.root).gc(older_than_s=0))
+        return real_envelope(*args, **kwargs)
+
+    monkeypatch.setattr(store_module, "_envelope", gc_meanwhile)
+    record, _ = get_or_compress(store, run, CompressConfig(method="binarize"))
+    assert reports and reports[0].removed == ()
+    assert store.load_compression(run.run_id, record.compress_config) is not None
+
+
+def test_a_killed_writers_temporary_goes_with_no_age_limit_and_a_held_one_stays(store):
+    import os
+
+    from core.fileio import hold_temporary, temporary_name
+
+    runs = store.root / "runs"
+    runs.mkdir(parents=True)
+    dead = runs / f".0123456789abcdef.{DEAD_PID}.{'0' * 32}.tmp"
+    dead.mkdir()
+    held = temporary_name(runs / "0123456789abcdef")  # a writer at work: holds its temporary
+    held.mkdir()
+    fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        hold_temporary(fd)
+        os.utime(held, (1, 1))  # old, as a slow publication of a big run would look
+        report = store.gc(older_than_s=0)
+        assert report.removed == (f"runs/{dead.name}",) and held.exists() and not dead.exists()
+    finally:
+        os.close(fd)
+
+
+def test_concurrent_gcs_count_each_removal_once(store, monkeypatch):
+    """Two gc at once over-reported: the same paths counted by both. Here a second gc runs in full
+    while the first is between deciding to remove an entry and removing it."""
+    run, _ = get_or_train(store, TrainConfig(**TINY))
+    broken = TrainConfig(**{**TINY, "seed": 3})
+    get_or_train(store, broken)
+    _edit_json(store.root / "runs" / broken.run_id() / "run.json", lambda e: e["record"].update(seconds=-1.5))
+    stale = store.root / "runs" / f".{run.run_id}.{DEAD_PID}.abc.tmp"
+    stale.mkdir()
+    (stale / "x").write_bytes(b"x" * 100)
+    first, second = RunStore(store.root), RunStore(store.root)
+    real_discard = RunStore._discard
+    inner = []
+
+    def discard_after_the_other_gc(self, path):
+        if self is first and not inner:
+            inner.append(second.gc(older_than_s=0))
+        return real_discard(self, path)
+
+    monkeypatch.setattr(RunStore, "_discard", discard_after_the_other_gc)
+    outer = first.gc(older_than_s=0)
+    both = list(outer.removed) + list(inner[0].removed)
+    assert sorted(both) == sorted({f"runs/{stale.name}", f"runs/{broken.run_id()}"})
+    assert outer.bytes_freed + inner[0].bytes_freed > 100
+    assert [r.run_id for r in store.list_runs()] == [run.run_id]
+
+
+@pytest.mark.slow
+def test_trainings_survive_gc_running_all_the_time(store):
+    """The audit's case: four trainings publishing while `gc --older-than 0` runs over and over."""
+    import threading
+
+    stop = threading.Event()
+    removed: list[str] = []
+
+    def gc_loop() -> None:
+        while not stop.is_set():
+            removed.extend(RunStore(store.root).gc(older_than_s=0).removed)
+
+    cleaner = threading.Thread(target=gc_loop, daemon=True)
+    cleaner.start()
+    try:
+        cfgs = [TrainConfig(**{**TINY, "seed": s}) for s in range(4)]
+        for cfg in cfgs:
+            get_or_train(store, cfg)
+    finally:
+        stop.set()
+        cleaner.join()
+    assert sorted(r.run_id for r in store.list_runs()) == sorted(c.run_id() for c in cfgs)
+    assert not [p for p in removed if p.startswith("runs/.")]  # no temporary of a live writer

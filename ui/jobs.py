@@ -49,8 +49,18 @@ def _panel(key: str, what: str) -> None:
             label = plain(name.replace("_", " "))
             col.metric(label, f"{100 * value:.2f}%" if name.endswith("accuracy") else f"{value:.4f}")
     if st.button("Cancel", key=f"cancel_{key}", help="Stops the job at its next step; nothing is stored."):
+        cancel_ui(key)
+
+
+def cancel_ui(key: str) -> bool:
+    """Ask the job to stop; a jobs folder that cannot take the request is one line, not a traceback."""
+    try:
         manager().cancel(key)
-        st.toast("Cancel requested.")
+    except ValueError as error:
+        st.error(f"**The cancel request could not be written.** {plain(error)}")
+        return False
+    st.toast("Cancel requested.")
+    return True
 
 
 def job_progress_ui(key: str, what: str) -> None:

@@ -73,7 +73,11 @@ def sweep_form() -> None:
     if not train_cfgs or not compress_cfgs:
         st.warning("Pick at least one λ and one method (with d and k for pq / kmeans).")
         return
-    status = submit_sweep(store(), train_cfgs, compress_cfgs)
+    try:
+        status = submit_sweep(store(), train_cfgs, compress_cfgs)
+    except ValueError as error:  # a read-only store, an unusable jobs folder: one line, nothing queued
+        st.error(f"**The sweep could not start.** {plain(error)}")
+        return
     st.session_state["sweep_key"] = status.key
     st.rerun()
 

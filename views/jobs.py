@@ -9,7 +9,7 @@ import streamlit as st
 
 from core.jobs import JobState, JobStatus
 from ui.common import plain
-from ui.jobs import describe, manager
+from ui.jobs import cancel_ui, describe, manager
 
 ICONS = {"queued": "⏳", "running": "▶️", "done": "✅", "failed": "❌", "cancelled": "⏹️"}
 
@@ -25,8 +25,7 @@ def job_row(status: JobStatus) -> None:
         else:
             st.write(plain(describe(status)))
     with col3:
-        if status.live and st.button("Cancel", key=f"cancel_{status.key}"):
-            manager().cancel(status.key)
+        if status.live and st.button("Cancel", key=f"cancel_{status.key}") and cancel_ui(status.key):
             st.rerun()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.pipeline import delete_run
 from core.records import RunRecord
 from ui.common import compressions, fmt_bytes, fmt_pct, plain, runs, store
 from ui.jobs import manager
@@ -19,7 +20,7 @@ def run_row(run: RunRecord, n_compressions: int) -> None:
     with right, st.popover("Delete…"):
         st.write(f"Delete run {run.run_id} and its {n_compressions} compression(s)? This cannot be undone.")
         if st.button("Delete it", type="primary", key=f"delete_{run.run_id}"):
-            freed = store().delete_run(run.run_id)
+            freed = delete_run(store(), run.run_id)  # with its job entries
             st.toast(f"Deleted run {run.run_id[:6]}: {fmt_bytes(freed)} freed.")
             st.rerun()
 
@@ -41,8 +42,12 @@ def page() -> None:
             "compressions whose run is gone. Valid runs and compressions stay."
         )
         if st.button("Clean up", type="primary", key="gc_button"):
-            report = the_store.gc()
-            jobs = manager().cleanup()
+            try:
+                report = the_store.gc()
+                jobs = manager().cleanup()
+            except ValueError as error:  # an unusable jobs folder: one line
+                st.error(plain(error))
+                return
             st.toast(
                 f"Removed {len(report.removed)} item(s): {fmt_bytes(report.bytes_freed)} freed; {jobs} old job entries."
             )

@@ -90,7 +90,11 @@ def page() -> None:
         return
     last_failure_ui(run_id)
     if st.button("Train", type="primary", key="train_button"):
-        submit_training(store(), cfg)
+        try:
+            submit_training(store(), cfg)
+        except ValueError as error:  # a read-only store, an unusable jobs folder: one line, nothing queued
+            st.error(f"**The training could not start.** {plain(error)}")
+            return
         st.rerun()
     st.info(
         f"This configuration has not been trained yet (run {run_id}). Press **Train**: it trains in the "
