@@ -19,6 +19,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -228,10 +229,11 @@ def get_or_train(
     return record, not local.ran
 
 
-def submit_training(store: RunStore, cfg: TrainConfig) -> JobStatus:
-    """Start (or join) the training in a background thread; returns at once (the app)."""
+def submit_training(store: RunStore, cfg: TrainConfig, requester: str = "") -> JobStatus:
+    """Start (or join) the training in a background thread; returns at once (the app). `requester`:
+    who asked (the queue takes requesters in turn; QueueFull when they have too many waiting)."""
     store.check_writable()
-    return job_manager(store).submit(training_spec(store, cfg))
+    return job_manager(store).submit(replace(training_spec(store, cfg), requester=requester))
 
 
 # ----------------------------------------------------------------------------------- compression
@@ -305,11 +307,11 @@ def get_or_compress(
     return record, not local.ran
 
 
-def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> JobStatus:
+def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig, requester: str = "") -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
-    return job_manager(store).submit(compression_spec(store, run, cfg))
+    return job_manager(store).submit(replace(compression_spec(store, run, cfg), requester=requester))
 
 
 def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:

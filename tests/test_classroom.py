@@ -619,3 +619,111 @@ def test_join_submit_board_in_a_browser(tmp_path):
             browser.close()
     board = Classroom(store).board(opened.code)
     assert [p.name for p in board.points] == ["Ana"]
+
+
+# ------------------------------------------------------------------------------- fair turns in the queue
+
+
+def fair_manager(root: Path, max_waiting: int = 50):
+    from core.jobs import JobManager
+
+    return JobManager(root, max_running=1, poll_s=0.02, max_waiting=max_waiting)
+
+
+def requested(work, key: str, requester: str):
+    from dataclasses import replace
+
+    return replace(work.spec(key), requester=requester)
+
+
+def test_the_queue_takes_students_in_turn(tmp_path):
+    """One student pressing Train five times does not delay another's first job: round-robin."""
+    import threading
+
+    from tests.test_jobs import Tracker, Work, until
+
+    tracker, hold = Tracker(), threading.Event()
+    manager = fair_manager(tmp_path)
+    manager.submit(requested(Work(hold=hold, tracker=tracker), "x0", "student:x"))
+    until(lambda: manager.status("x0").state.value == "running")
+    eager = [Work(tracker=tracker) for _ in range(5)]
+    for i, work in enumerate(eager):
+        manager.submit(requested(work, f"a{i}", "student:a"))
+    manager.submit(requested(Work(tracker=tracker), "b0", "student:b"))
+    # each waiting job refreshes its own position as it polls: wait until all have
+    until(lambda: [manager.status(k).position for k in ("b0", "a0", "a1", "a2", "a3", "a4")] == [2, 1, 3, 4, 5, 6])
+    hold.set()
+    for key in ["x0", "b0", *(f"a{i}" for i in range(5))]:
+        assert manager.wait(key).finished_ok
+    assert tracker.started == ["x0", "a0", "b0", "a1", "a2", "a3", "a4"]
+    assert tracker.peak == 1  # still one at a time
+
+
+def test_a_student_with_a_running_job_waits_behind_anothers_first(tmp_path):
+    import threading
+
+    from tests.test_jobs import Tracker, Work, until
+
+    tracker, hold = Tracker(), threading.Event()
+    manager = fair_manager(tmp_path)
+    manager.submit(requested(Work(hold=hold, tracker=tracker), "a0", "student:a"))
+    until(lambda: manager.status("a0").state.value == "running")
+    manager.submit(requested(Work(tracker=tracker), "a1", "student:a"))
+    manager.submit(requested(Work(tracker=tracker), "b0", "student:b"))
+    until(lambda: (manager.status("b0").position, manager.status("a1").position) == (1, 2))  # b's first goes next
+    hold.set()
+    assert all(manager.wait(k).finished_ok for k in ("a0", "a1", "b0"))
+    assert tracker.started == ["a0", "b0", "a1"]
+
+
+def test_a_cap_on_waiting_jobs_per_student_with_a_clear_line(tmp_path):
+    import threading
+
+    from core.jobs import QueueFull
+    from tests.test_jobs import Work, until
+
+    hold = threading.Event()
+    manager = fair_manager(tmp_path, max_waiting=2)
+    manager.submit(requested(Work(hold=hold), "a0", "student:a"))
+    until(lambda: manager.status("a0").state.value == "running")
+    manager.submit(requested(Work(), "a1", "student:a"))
+    manager.submit(requested(Work(), "a2", "student:a"))
+    with pytest.raises(QueueFull, match="already have 2 jobs waiting") as error:
+        manager.submit(requested(Work(), "a3", "student:a"))
+    assert "\n" not in str(error.value) and isinstance(error.value, ValueError)
+    assert manager.status("a3") is None and not (tmp_path / "jobs" / "a3.json").exists()  # nothing queued
+    # pressing again on a job already waiting attaches to it, and another student is not capped by a's
+    assert manager.submit(requested(Work(), "a1", "student:a")).state.value == "queued"
+    assert manager.submit(requested(Work(), "b0", "student:b")).state.value == "queued"
+    # single flight: b asking for a's key joins a's job (computed once)
+    shared = Work()
+    assert manager.submit(requested(shared, "a2", "student:b")).requester == "student:a"
+    hold.set()
+    assert all(manager.wait(k).finished_ok for k in ("a0", "a1", "a2", "b0"))
+    assert shared.calls == 0
+    manager.submit(requested(Work(), "a3", "student:a"))  # room again once a's jobs ran
+    assert manager.wait("a3").finished_ok
+
+
+def test_a_jobs_requester_is_stored_and_checked():
+    from core.jobs import JobSpec, JobState, JobStatus
+
+    status = JobStatus("k", "train", "l", JobState.QUEUED, submitted=1.0, requester="student:a")
+    assert JobStatus.from_json(status.to_json()) == status
+    with pytest.raises(ValueError, match="requester"):
+        JobStatus.from_json(json.dumps({**json.loads(status.to_json()), "requester": 7}))
+    assert JobStatus.from_json(json.dumps({k: v for k, v in json.loads(status.to_json()).items() if k != "requester"}))
+    with pytest.raises(ValueError, match="requester"):
+        JobSpec("k", "train", "l", run=lambda ctx: None, is_done=lambda: False, requester="x" * 101)
+
+
+def test_page_train_says_when_the_students_turn_is_full(app_room, monkeypatch):
+    from core.jobs import QueueFull
+
+    def full(*args, **kwargs):
+        raise QueueFull("you already have 3 jobs waiting in the queue; wait for one to start")
+
+    monkeypatch.setattr("core.pipeline.submit_training", full)
+    at = open_page("train", {"dataset": "digits", "epochs": "3", "hidden": "8"})
+    at.button(key="train_button").click().run()
+    assert not at.exception and "already have 3 jobs waiting" in at.error[0].value

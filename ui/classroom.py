@@ -4,6 +4,8 @@ page's "send to the class board" button."""
 
 from __future__ import annotations
 
+import secrets
+
 import streamlit as st
 
 from core.classroom import Classroom, Membership
@@ -40,6 +42,18 @@ def set_teacher(code: str | None, secret: str = "") -> None:
         st.session_state.pop(TEACHER_KEY, None)
     else:
         st.session_state[TEACHER_KEY] = (code, secret)
+
+
+def job_requester() -> str:
+    """Who asks for a job from this session, for the queue's turns: the class's student when the
+    session joined one (the same student across their tabs' jobs), else this browser session."""
+    member = membership()
+    if member is not None:
+        try:
+            return f"student:{member.code}:{classroom().student(member).student_id}"
+        except ValueError:
+            pass
+    return "session:" + st.session_state.setdefault("_job_requester", secrets.token_hex(8))
 
 
 def send_to_board_ui(record: CompressionRecord) -> None:

@@ -18,7 +18,7 @@ from core.data import DatasetUnavailable
 from core.pipeline import CHEAP_SECONDS, compression_key, estimate_seconds, submit_compression
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
-from ui.classroom import send_to_board_ui
+from ui.classroom import job_requester, send_to_board_ui
 from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
@@ -163,7 +163,11 @@ def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
         f"you can leave the page and come back."
     )
     if st.button(f"Compute (about {fmt_seconds(seconds)})", type="primary", key="compute_button"):
-        submit_compression(store(), run, cfg)
+        try:
+            submit_compression(store(), run, cfg, requester=job_requester())
+        except ValueError as error:  # a read-only store, too many jobs waiting: one line, nothing queued
+            st.error(f"**The compression could not start.** {plain(error)}")
+            return
         st.rerun()
 
 
