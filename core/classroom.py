@@ -34,7 +34,7 @@ import secrets
 import stat
 import time
 import unicodedata
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -596,11 +596,14 @@ class Classroom:
         return record
 
     # ---------------------------------------------------------------------------- the board
-    def board(self, code: str) -> Board:
+    def board(self, code: str, lookup: Callable[[str, str], CompressionRecord | None] | None = None) -> Board:
+        """The class's board. `lookup(run_id, key)` gives a point's verified record (default: the store
+        verifies it now; a page passes its cache of verified records, so a redraw re-reads no file)."""
         state = self.load(code)
+        find = lookup or self.store.load_compression_entry
         points = []
         for sub in state.submissions:
-            record = self.store.load_compression_entry(sub.run_id, sub.key)
+            record = find(sub.run_id, sub.key)
             if record is not None and state.challenge.refusal(record) is None:
                 points.append(BoardPoint(state.students[sub.student_id].name, sub.student_id, record, sub.submitted))
         mask = pareto_mask([p.record.size.fc_ratio for p in points], [p.record.accuracy for p in points], True)

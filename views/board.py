@@ -12,7 +12,7 @@ import streamlit as st
 
 from core.classroom import Board, board_figure, check_code, link_code
 from ui.classroom import classroom, membership, teacher
-from ui.common import plain
+from ui.common import compressions, plain
 
 REFRESH_S = 5.0
 # Large type for a projector: the page's own fixed style (no user text in it).
@@ -42,7 +42,8 @@ def point_table(board: Board, on_front_only: bool) -> pd.DataFrame:
 
 def board_ui(code: str) -> None:
     try:
-        board = classroom().board(code)
+        verified = {(r.run_id, r.key): r for r in compressions()}  # each entry verified once a version
+        board = classroom().board(code, lookup=lambda run_id, key: verified.get((run_id, key)))
     except ValueError as error:
         st.error(plain(error))
         return
