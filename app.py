@@ -17,6 +17,8 @@ PAGES = (
     st.Page("views/frontier.py", title="Frontier", icon=":material/scatter_plot:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/classroom.py", title="Class", icon=":material/groups:"),
+    st.Page("views/board.py", title="Class board", icon=":material/leaderboard:"),
     st.Page("views/jobs.py", title="Jobs", icon=":material/pending_actions:"),
     st.Page("views/store.py", title="Store", icon=":material/inventory_2:"),
 )

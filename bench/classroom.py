@@ -15,6 +15,16 @@ store with the job queue's default bound:
 
     python bench/classroom.py                 # ~5 min on 2 cores; writes bench/results/classroom.{json,md}
     python bench/classroom.py --sessions 4    # smaller
+
+  C. `--class-turns`: a class of 30 (lighter clients than Chromium: threads calling the core the pages
+     call) joins a class; each student trains a different small configuration (digits, 1 epoch,
+     seed i), compresses it and sends the point to the board. Rounds, interleaved A B C A B C:
+     A nobody hogs; B one student presses Train 20 times (20 settings) before the others, with the
+     queue's turns and cap; C the same hog in a first-come-first-served queue (no requesters, no cap).
+     The others' wait (submit to stored run, median and worst) per round, how many of the hog's
+     presses were refused, the board's point count, and this process's peak memory.
+
+    python bench/classroom.py --class-turns   # ~6 min on 2 cores; writes bench/results/class_turns.{json,md}
 """
 
 from __future__ import annotations
@@ -105,13 +115,113 @@ def home_loads(url: str, stop: threading.Event, times: list[float]) -> None:
         browser.close()
 
 
+def class_round(root: Path, students: int, hog_presses: int, turns: bool) -> dict:
+    """One lesson on a fresh store: the hog (student 0) presses Train `hog_presses` times first, then
+    every other student submits one training; then all compress and send their point to the board."""
+    from core.classroom import Challenge, Classroom
+    from core.config import CompressConfig
+    from core.jobs import QueueFull
+    from core.pipeline import get_or_compress, job_manager, submit_training
+
+    store = RunStore(root)
+    room = Classroom(store)
+    opened = room.open_class(Challenge(title="bench", dataset="digits", max_epochs=1, budget_pts=100.0))
+    members = [room.join(opened.code, f"Student {i}") for i in range(students)]
+    mine = {i: TrainConfig(dataset="digits", hidden=(32, 16), epochs=1, seed=i) for i in range(students)}
+    hog = [TrainConfig(dataset="digits", hidden=(32, 16), epochs=1, seed=1000 + j) for j in range(hog_presses)]
+    submitted: dict[str, float] = {}
+    refused = 0
+    for cfg in hog:
+        try:
+            submit_training(store, cfg, requester="student:0" if turns else "")
+            submitted[cfg.run_id()] = time.time()
+        except QueueFull:
+            refused += 1
+    for i in range(students):
+        if i == 0 and hog_presses:
+            continue  # the hog's own first press was among the presses above
+        submit_training(store, mine[i], requester=f"student:{i}" if turns else "")
+        submitted[mine[i].run_id()] = time.time()
+    manager = job_manager(store)
+    finished = {}
+    for key in submitted:
+        status = manager.wait(key)
+        assert status is not None and status.finished_ok, status
+        assert status.finished is not None
+        finished[key] = status.finished
+    others = [finished[mine[i].run_id()] - submitted[mine[i].run_id()] for i in range(1, students)]
+    for i, member in enumerate(members):
+        cfg = hog[0] if i == 0 and hog_presses else mine[i]
+        run = store.load_run(cfg.run_id())
+        assert run is not None
+        record, _ = get_or_compress(store, run, CompressConfig(method="binarize"))
+        room.submit(member, record.run_id, record.key)
+    board = room.board(opened.code)
+    return {
+        "others_wait_median_s": round(statistics.median(others), 2),
+        "others_wait_worst_s": round(max(others), 2),
+        "hog_presses_refused": refused,
+        "jobs_run": len(submitted),
+        "board_points": len(board.points),
+        "board_submitted": board.submitted,
+    }
+
+
+def class_turns(out: Path, students: int = 30, hog_presses: int = 20, repeats: int = 2) -> int:
+    import resource
+
+    os.environ["COMPRESSION_LAB_MAX_JOBS"] = "1"  # one at a time: the queue decides every wait
+    rounds: dict[str, list[dict]] = {"A_no_hog": [], "B_hog_with_turns": [], "C_hog_first_come": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(repeats):  # A B C A B C: drift of a shared machine hits every round alike
+            for name, presses, turns in (("A_no_hog", 0, True), ("B_hog_with_turns", hog_presses, True),
+                                         ("C_hog_first_come", hog_presses, False)):  # fmt: skip
+                rounds[name].append(class_round(Path(tmp) / f"{name}-{repeat}", students, presses, turns))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "students": students,
+        "hog_presses": hog_presses,
+        "rounds": rounds,
+        "peak_rss_mb_of_this_process": round(peak_mb),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+    (out / "class_turns.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# A class of {students} on one server: fair turns ({result['machine']})\n",
+        "Lighter clients than Chromium: threads calling the core the pages call (join, Train, compress, send to",
+        "the board). One job computes at a time. Each round on a fresh store; rounds interleaved A B C A B C.\n",
+        "| round | others' wait, median (s) | others' wait, worst (s) | hog presses refused | jobs run | "
+        "points on the board |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, results in rounds.items():
+        for r in results:
+            lines.append(
+                f"| {name} | {r['others_wait_median_s']} | {r['others_wait_worst_s']} | {r['hog_presses_refused']} | "
+                f"{r['jobs_run']} | {r['board_points']} ({r['board_submitted']} students) |"
+            )
+    lines.append(
+        f"\nPeak memory of the bench process (clients, queue and workers together): "
+        f"{result['peak_rss_mb_of_this_process']} MB."
+    )
+    lines.append("Not measured here: page loads while training runs (see section B above, with Chromium).")
+    (out / "class_turns.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--class-turns", action="store_true", help="section C: a class of 30, fair turns")
+    parser.add_argument("--students", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.class_turns:
+        return class_turns(out, args.students, repeats=args.repeats)
     n = args.sessions
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "store"

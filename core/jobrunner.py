@@ -2,10 +2,11 @@
 letting go (core/jobs.py's `JobManager` is the public face; this is its engine room).
 
 Owning a key is holding its lock (core/jobfiles.py) for the job's whole life. A queued job waits in
-FIFO order, the order read from every process's status files, for one of the max_running slot
-locks; a job with no slot of its own (a sweep, which only coordinates) skips the queue, and its
-items queue for their own. Progress is kept in memory at once and written to the status file at
-most every WRITE_INTERVAL_S; the terminal status is written before the lock is let go.
+turn, the order read from every process's status files (requesters round-robin, then first come
+first served: `SlotQueue.rank`), for one of the max_running slot locks; a job with no slot of its
+own (a sweep, which only coordinates) skips the queue, and its items queue for their own. Progress
+is kept in memory at once and written to the status file at most every WRITE_INTERVAL_S; the
+terminal status is written before the lock is let go.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -82,6 +84,10 @@ class _Claim:
     status: JobStatus | None = None  # already done, failed to check, or another process owns it (live)
 
 
+class QueueFull(ValueError):
+    """A requester already has as many jobs waiting as one may; raised before anything is queued."""
+
+
 class SlotQueue:
     """The queue every process of a root shares: FIFO by submit time, read from the status files,
     and the max_running slot locks a job holds while it computes."""
@@ -92,18 +98,54 @@ class SlotQueue:
         self._holder_alive = holder_alive
 
     def rank(self, status: JobStatus) -> int:
-        """1 + the number of live queued jobs on this root submitted before this one (FIFO)."""
-        ahead = 0
-        mine = (status.submitted, status.key)
+        """1 + the number of live queued jobs on this root served before this one. Requesters take
+        turns (round-robin): a queued job's turn is the number of its requester's jobs submitted before
+        it that still wait, run, or ran since it was submitted, so one student's twentieth job never
+        delays another's first; within a turn, and for jobs of no requester (each its own turn 0),
+        first submitted, first served."""
+        queued = [status]
+        earlier: dict[str, list[JobStatus]] = defaultdict(list)  # each requester's jobs that may count
         for key in self.folder.status_keys():
             if key == status.key:
                 continue
             other = self.folder.read(key)
             if other is None:
                 continue
-            if other.state is JobState.QUEUED and (other.submitted, other.key) < mine:
-                ahead += self._holder_alive(other.key)
-        return ahead + 1
+            live = other.live and self._holder_alive(other.key)
+            if other.live and not live:
+                continue  # a dead owner's leftover: neither waiting nor served
+            if other.state is JobState.QUEUED:
+                queued.append(other)
+            if other.requester and (live or other.started is not None):
+                earlier[other.requester].append(other)
+        if status.requester:
+            earlier[status.requester].append(status)
+
+        def turn(job: JobStatus) -> int:
+            if not job.requester:
+                return 0
+            return sum(
+                (other.submitted, other.key) < (job.submitted, job.key)
+                and (other.live or (other.finished or 0.0) >= job.submitted)
+                for other in earlier[job.requester]
+            )
+
+        def order(job: JobStatus) -> tuple[int, float, str]:
+            return (turn(job), job.submitted, job.key)
+
+        mine = order(status)
+        return 1 + sum(order(job) < mine for job in queued[1:])
+
+    def waiting(self, requester: str, but: str) -> int:
+        """How many live queued jobs of `requester` there are on this root, `but` (a key) left out."""
+        count = 0
+        for key in self.folder.status_keys():
+            if key == but:
+                continue
+            other = self.folder.read(key)
+            if other is not None and other.requester == requester and other.state is JobState.QUEUED:
+                count += self._holder_alive(key)
+        return count
 
     def take_slot(self, rank: int) -> int | None:
         """A held slot lock, if at least `rank` slots are free (the jobs ahead of us get theirs first)."""
@@ -124,8 +166,18 @@ class SlotQueue:
 class JobRunner:
     """Claims keys for this process and runs the jobs it owns, from queued to terminal."""
 
-    def __init__(self, folder: JobFolder, folder_id: str, max_running: int, poll_s: float, pid: int, host: str):
+    def __init__(
+        self,
+        folder: JobFolder,
+        folder_id: str,
+        max_running: int,
+        poll_s: float,
+        pid: int,
+        host: str,
+        max_waiting: int | None = None,
+    ):
         self.folder = folder
+        self.max_waiting = max_waiting  # queued jobs one requester may have; None: no cap
         self.folder_id = folder_id
         self.max_running = max_running
         self.poll_s = poll_s
@@ -169,6 +221,13 @@ class JobRunner:
                 if done:
                     return _Claim(status=self.done_status(spec))
                 return _Claim(status=self.status_for(spec, JobState.FAILED, message=error, finished=time.time()))
+            if spec.requester and self.max_waiting is not None:
+                waiting = self.queue.waiting(spec.requester, but=spec.key)
+                if waiting >= self.max_waiting:  # the handler below lets go of the key
+                    raise QueueFull(
+                        f"you already have {waiting} jobs waiting in the queue (the most one person may have); "
+                        "wait for one to start, or cancel one on the Jobs page, then press again"
+                    )
             # A cancel left from an earlier run of this key must not cancel this one.
             self.folder.clear_cancel(spec.key)
             status = self.status_for(spec, JobState.QUEUED)
@@ -190,7 +249,16 @@ class JobRunner:
             return False, f"checking the store failed: {one_line(exc)}"
 
     def status_for(self, spec: JobSpec, state: JobState, **changes: Any) -> JobStatus:
-        status = JobStatus(spec.key, spec.kind, spec.label, state, submitted=time.time(), pid=self.pid, host=self.host)
+        status = JobStatus(
+            spec.key,
+            spec.kind,
+            spec.label,
+            state,
+            submitted=time.time(),
+            pid=self.pid,
+            host=self.host,
+            requester=spec.requester,
+        )
         return replace(status, **changes)
 
     def done_status(self, spec: JobSpec) -> JobStatus:

@@ -43,7 +43,15 @@ from pathlib import Path
 from .jobfiles import JobFolder, JobsFolderError, is_held
 
 # _REGISTRY and its lock are re-exported for tests that play another process (they hide a key's owner)
-from .jobrunner import _REGISTRY, _REGISTRY_LOCK, JobRunner, _Job, registered_keys, wait_local  # noqa: F401
+from .jobrunner import (  # noqa: F401
+    _REGISTRY,
+    _REGISTRY_LOCK,
+    JobRunner,
+    QueueFull,
+    _Job,
+    registered_keys,
+    wait_local,
+)
 from .jobstatus import (
     CANCELLED_MESSAGE,
     INTERRUPTED_MESSAGE,
@@ -58,6 +66,10 @@ from .jobstatus import (
 )
 
 ENV_MAX_JOBS = "COMPRESSION_LAB_MAX_JOBS"
+ENV_MAX_WAITING = "COMPRESSION_LAB_MAX_WAITING"
+# Jobs one requester (a student, a session) may have waiting at once: enough to line up a few
+# settings, too few to fill the queue ahead of a class (the queue also takes requesters in turn).
+DEFAULT_MAX_WAITING = 3
 
 
 def usable_cores() -> int:
@@ -78,11 +90,27 @@ def default_max_running() -> int:
     return int(value)
 
 
+def default_max_waiting() -> int:
+    """COMPRESSION_LAB_MAX_WAITING, else DEFAULT_MAX_WAITING."""
+    value = os.environ.get(ENV_MAX_WAITING, "").strip()
+    if not value:
+        return DEFAULT_MAX_WAITING
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{ENV_MAX_WAITING}={value!r} must be a whole number of jobs, 1 or more")
+    return int(value)
+
+
 class JobManager:
     """Single flight per key, a bounded queue shared by all processes on one root, progress and cancel."""
 
-    def __init__(self, root: str | Path, max_running: int | None = None, poll_s: float = 0.2):
+    def __init__(
+        self, root: str | Path, max_running: int | None = None, poll_s: float = 0.2, max_waiting: int | None = None
+    ):
         self.root = Path(root)
+        # queued jobs one requester (JobSpec.requester) may have; jobs of no requester are not capped
+        self.max_waiting = default_max_waiting() if max_waiting is None else int(max_waiting)
+        if self.max_waiting < 1:
+            raise ValueError(f"max_waiting={max_waiting!r} must be 1 or more")
         self.max_running = default_max_running() if max_running is None else int(max_running)
         if self.max_running < 1:
             raise ValueError(f"max_running={max_running!r} must be 1 or more")
@@ -96,7 +124,9 @@ class JobManager:
         self._folder = str(self.jobs_dir.resolve())
         self._pid = os.getpid()
         self._host = socket.gethostname()
-        self._runner = JobRunner(self.folder, self._folder, self.max_running, self.poll_s, self._pid, self._host)
+        self._runner = JobRunner(
+            self.folder, self._folder, self.max_running, self.poll_s, self._pid, self._host, self.max_waiting
+        )
 
     def _registered(self, key: str) -> _Job | None:
         return self._runner.registered(key)
@@ -109,7 +139,8 @@ class JobManager:
         result is in the store returns DONE without running anything. `spec.is_done` is called here,
         in the caller's thread. `slot=False` for a job that only coordinates others (a sweep): it
         computes nothing itself, and its items take their own slots. JobsFolderError (one line)
-        when the jobs folder cannot be used; nothing was queued then.
+        when the jobs folder cannot be used, QueueFull (one line) when `spec.requester` already has
+        max_waiting jobs queued; nothing was queued then.
         """
         claim = self._runner.claim(spec)
         if claim.local is not None:

@@ -26,6 +26,8 @@ KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 # Hosts sharing a store may disagree on the time by this much; a time further ahead is a bad file.
 CLOCK_SKEW_S = 300.0
 
+MAX_REQUESTER_CHARS = 100
+
 CANCELLED_MESSAGE = "cancelled on request; submit it again to start over"
 INTERRUPTED_MESSAGE = "interrupted (the process running it stopped); submit it again to start over"
 
@@ -60,6 +62,7 @@ class JobStatus:
     finished: float | None = None  # when it reached a terminal state
     pid: int = 0  # the owner's process id
     host: str = ""  # the owner's host name
+    requester: str = ""  # who asked for it (JobSpec.requester): the queue takes requesters in turn
 
     @property
     def terminal(self) -> bool:
@@ -153,6 +156,7 @@ def _metrics(name: str, value: Any, latest: float) -> dict[str, float]:
 
 
 _FIELD_PARSERS: dict[str, Callable[[str, Any, float], Any]] = {
+    "requester": _text,
     "key": _text,
     "kind": _text,
     "label": _text,
@@ -213,9 +217,14 @@ class JobSpec:
     label: str  # human description
     run: Callable[[JobContext], None]  # computes AND publishes the result; if it raises, it published nothing
     is_done: Callable[[], bool]  # True when the result is already in the store
+    # who asked (a student, a browser session; "" for nobody in particular): the queue serves
+    # requesters in turn, and caps how many jobs one may have waiting (core/jobrunner.py)
+    requester: str = ""
 
     def __post_init__(self) -> None:
         check_key(self.key)
+        if not isinstance(self.requester, str) or len(self.requester) > MAX_REQUESTER_CHARS:
+            raise ValueError(f"a job's requester is text of at most {MAX_REQUESTER_CHARS} characters")
 
 
 def check_key(key: str) -> None:

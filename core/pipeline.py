@@ -19,6 +19,7 @@ import functools
 import math
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -261,10 +262,11 @@ def get_or_train(
     return record, not local.ran
 
 
-def submit_training(store: RunStore, cfg: TrainConfig) -> JobStatus:
-    """Start (or join) the training in a background thread; returns at once (the app)."""
+def submit_training(store: RunStore, cfg: TrainConfig, requester: str = "") -> JobStatus:
+    """Start (or join) the training in a background thread; returns at once (the app). `requester`:
+    who asked (the queue takes requesters in turn; QueueFull when they have too many waiting)."""
     store.check_writable()
-    return job_manager(store).submit(training_spec(store, cfg))
+    return job_manager(store).submit(replace(training_spec(store, cfg), requester=requester))
 
 
 # ----------------------------------------------------------------------------------- compression
@@ -354,18 +356,21 @@ def get_or_compress(
     return record, not local.ran
 
 
-def submit_compression(store: RunStore, run: RunRecord, cfg: CompressConfig, transient: bool = False) -> JobStatus:
+def submit_compression(
+    store: RunStore, run: RunRecord, cfg: CompressConfig, transient: bool = False, requester: str = ""
+) -> JobStatus:
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
     from .compress import coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
-    return job_manager(store).submit(compression_spec(store, run, cfg, transient=transient))
+    spec = compression_spec(store, run, cfg, transient=transient)
+    return job_manager(store).submit(replace(spec, requester=requester))
 
 
 def compress_within(
-    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float = INLINE_LIMIT_S
+    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float = INLINE_LIMIT_S, requester: str = ""
 ) -> CompressionRecord | None:
     """A setting the estimate calls cheap, for a page that waits on it: computed as a job (transient:
     kept off the Frontier until settled) that this call waits on for at most `limit_s`. Its stored
@@ -375,7 +380,7 @@ def compress_within(
     cached = store.load_compression(run.run_id, cfg)
     if cached is not None:
         return cached
-    status = submit_compression(store, run, cfg, transient=True)
+    status = submit_compression(store, run, cfg, transient=True, requester=requester)
     final = job_manager(store).wait(status.key, timeout=limit_s) or status
     if not final.terminal:
         return None

@@ -29,6 +29,7 @@ from core.pipeline import (
 )
 from core.pq import DoesNotFit, check_fits
 from core.records import CompressionRecord, CorruptEntry, RunRecord
+from ui.classroom import job_requester, send_to_board_ui
 from ui.common import (
     D_OPTIONS,
     K_OPTIONS,
@@ -157,7 +158,7 @@ def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | Non
     record = None
     if status is None or not status.live:  # one already running past the limit is not waited on again
         with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-            record = compress_within(store(), run, cfg)
+            record = compress_within(store(), run, cfg, requester=job_requester())
     if record is None:
         st.info(
             f"{plain(cfg.label())} takes longer than the {INLINE_LIMIT_S:g} s this page waits, so it goes on "
@@ -208,7 +209,11 @@ def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
         f"you can leave the page and come back."
     )
     if st.button(f"Compute (about {fmt_seconds(seconds)})", type="primary", key="compute_button"):
-        submit_compression(store(), run, cfg)
+        try:
+            submit_compression(store(), run, cfg, requester=job_requester())
+        except ValueError as error:  # a read-only store, too many jobs waiting: one line, nothing queued
+            st.error(f"**The compression could not start.** {plain(error)}")
+            return
         st.rerun()
 
 
@@ -342,6 +347,7 @@ def page() -> None:
     except CorruptEntry as error:  # the run's weights (drawn beside the centroids) fail their check
         show_error(error)
         return
+    send_to_board_ui(record)
     settle_ui(record)
 
 

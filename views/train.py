@@ -10,6 +10,7 @@ import streamlit as st
 from core.charts import histogram_animation, training_curves
 from core.pipeline import submit_training
 from core.records import RunRecord
+from ui.classroom import job_requester
 from ui.common import keep, plain, run_record, store, url_choice
 from ui.jobs import job_progress_ui, last_failure_ui, manager
 from ui.widgets import train_config_ui
@@ -91,8 +92,8 @@ def page() -> None:
     last_failure_ui(run_id)
     if st.button("Train", type="primary", key="train_button"):
         try:
-            submit_training(store(), cfg)
-        except ValueError as error:  # a read-only store, an unusable jobs folder: one line, nothing queued
+            submit_training(store(), cfg, requester=job_requester())
+        except ValueError as error:  # a read-only store, an unusable jobs folder, a full turn: nothing queued
             st.error(f"**The training could not start.** {plain(error)}")
             return
         st.rerun()
