@@ -98,8 +98,8 @@ def test_open_join_submit_board(room):
     assert mine is not None and mine.name == "Bo Li"
 
 
-def test_the_pareto_set_is_core_experiments_one(room):
-    from core.experiments import pareto_mask
+def test_the_pareto_set_is_core_analysis_one(room):
+    from core.analysis import pareto_mask
 
     opened = room.open_class(DIGITS)
     ana = room.join(opened.code, "Ana")
