@@ -44,7 +44,14 @@ TARGETS = ("fc", "fc+conv")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
-LATER_FIELDS = {"reg_targets": "fc", "targets": "fc", "warmup_start": 0, "weighting": "none", "stages": 1}
+LATER_FIELDS = {
+    "reg_targets": "fc",
+    "targets": "fc",
+    "warmup_start": 0,
+    "weighting": "none",
+    "stages": 1,
+    "group_size": 0,
+}
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
 # (plus Adam's two moments): far beyond the networks here, far below this machine's memory.
@@ -265,6 +272,9 @@ class CompressConfig:
         choices=WEIGHTINGS,
     )
     stages: int = _f(1, f"codebooks that add up to each subvector, 1 to {MAX_STAGES} (methods that read it)")
+    group_size: int = _f(
+        0, "output channels that share one lookup table (the peers coreml, torchao); 0: one per tensor"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -287,6 +297,7 @@ class CompressConfig:
         _int("finetune_epochs", self.finetune_epochs, 0, MAX_EPOCHS)
         _float("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.0001")
         _int("stages", self.stages, 1, MAX_STAGES)
+        _int("group_size", self.group_size, 0, MAX_PARAMETERS)
 
     @property
     def method_spec(self) -> Method:

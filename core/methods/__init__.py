@@ -6,6 +6,9 @@ every one of them.
 - kmeans (kmeans.py): scalar k-means, i.e. PQ with d = 1 and one shared codebook.
 - pq (pq.py): product quantization (`shared` or `per-chunk` codebooks).
 - rq (rq.py): residual quantization, M stages of pq codebooks that add up.
+- coreml, torchao (coreml.py, torchao_codebook.py; lut.py): the peers users would pick instead,
+  Apple's coremltools palettization and torchao's codebook quantization, through their own packages
+  (requirements-peers.txt); without them, checking a setting says which package is missing.
 Applied to an unregularized run, binarize / kmeans / pq are Gong et al. 2014's baselines; applied
 to a regularized run, they are the paper's method. The code is the same.
 
@@ -27,16 +30,18 @@ from ..models import coded_weights
 from ..pq import QuantizedLayer
 from .base import LayerCost, LayerFormat, Method, MethodOption
 from .binarize import BINARIZE, binarize_weight
+from .coreml import COREML
 from .float import FLOAT
 from .kmeans import KMEANS
 from .pq import PQ
 from .rq import RQ
+from .torchao_codebook import TORCHAO
 
 if TYPE_CHECKING:
     from ..config import CompressConfig
 
 # The one registry of methods, in the order they are offered; config.METHODS is its names.
-METHOD_SPECS: dict[str, Method] = {method.name: method for method in (FLOAT, BINARIZE, KMEANS, PQ, RQ)}
+METHOD_SPECS: dict[str, Method] = {method.name: method for method in (FLOAT, BINARIZE, KMEANS, PQ, RQ, COREML, TORCHAO)}
 
 
 def quantize_model(
