@@ -170,24 +170,25 @@ def train_dkm(cfg: TrainConfig, n_bits: int, cluster_dim: int, data: Dataset) ->
             layer_from_lut(name, tuple(weight.shape), weight, luts.reshape(-1, 2**n_bits, luts.shape[-1]), 32)
         )
     tensors, meta = build_payload(state, layers, cfg, compress_cfg, data.input_shape, data.n_classes)
-    accuracy = evaluate(model_from_payload(tensors, meta), data.x_test, data.y_test)
+    accuracy = 100 * evaluate(model_from_payload(tensors, meta), data.x_test, data.y_test)
     shapes = [layer.shape for layer in layers]
     n_rest = sum(v.numel() for v in state.values()) - sum(math.prod(s) for s in shapes)
     return accuracy, size_report(shapes, n_rest, compress_cfg).fc_ratio, round(seconds)
 
 
 def post_training(store: RunStore, block: Block, seed: int, data: Dataset, log) -> list[dict]:
-    runs = {
-        regularized: get_or_train(store, block.train_config(seed, regularized), data=data)[0]
-        for regularized in (False, True)
-    }
-    reference = runs[False].test_accuracy
-    rows = []
-    for point, entries in post_training_rows(block.finetune_epochs):
-        for family, regularized, cfg in entries:
-            rows.append(
-                _compress_row(store, runs[regularized], cfg, data, block, seed, "post", point, family, reference, log)
-            )
+    rows: list[dict] = []
+    reference = 0.0
+    for regularized in (False, True):  # every point of the unregularized run first: it is trained first
+        run = get_or_train(store, block.train_config(seed, regularized), data=data)[0]
+        if not regularized:
+            reference = 100 * run.test_accuracy
+        for point, entries in post_training_rows(block.finetune_epochs):
+            for family, on_regularized, cfg in entries:
+                if on_regularized == regularized:
+                    rows.append(
+                        _compress_row(store, run, cfg, data, block, seed, "post", point, family, reference, log)
+                    )
     return rows
 
 
@@ -199,13 +200,14 @@ def _compress_row(store, run: RunRecord, cfg, data, block, seed, part, point, fa
     except DoesNotFit as error:
         log(f"  {point:7s} {family:22s} {cfg.label():28s} does not fit: {error}")
         return {**base, "skipped": str(error)}
-    log(f"  {point:7s} {family:22s} {cfg.label():28s} {record.size.fc_ratio:6.1f}x {record.accuracy:6.2f}%")
+    accuracy = 100 * record.accuracy  # percent, as the reports print it
+    log(f"  {point:7s} {family:22s} {cfg.label():28s} {record.size.fc_ratio:6.1f}x {accuracy:6.2f}%")
     return {**base, "fc_ratio": record.size.fc_ratio, "model_ratio": record.size.model_ratio,
-            "accuracy": record.accuracy, "drop": reference - record.accuracy, "seconds": record.seconds}  # fmt: skip
+            "accuracy": accuracy, "drop": reference - accuracy, "seconds": record.seconds}  # fmt: skip
 
 
 def training_time(store: RunStore, block: Block, seed: int, data: Dataset, log) -> list[dict]:
-    reference = get_or_train(store, block.train_config(seed, False), data=data)[0].test_accuracy
+    reference = 100 * get_or_train(store, block.train_config(seed, False), data=data)[0].test_accuracy
     regularized = get_or_train(store, block.train_config(seed, True), data=data)[0]
     rows = []
     for point, (n_bits, dim), our_cfgs in dkm_points(block.finetune_epochs):
