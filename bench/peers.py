@@ -344,7 +344,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--smoke", action="store_true", help="digits / mlp, 3 epochs: checks the script")
+    parser.add_argument(
+        "--report-from", nargs="+", metavar="DIR", default=[],
+        help="write the report from the peers.csv / peers_time.csv of earlier (partial) runs",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.report_from:
+        frames = [pd.read_csv(Path(d) / "peers.csv") for d in args.report_from]
+        times = [
+            pd.read_csv(Path(d) / "peers_time.csv") for d in args.report_from if (Path(d) / "peers_time.csv").exists()
+        ]
+        merged = pd.concat(frames).drop_duplicates(["block", "seed", "part", "point", "family", "compression"])
+        timing_rows = pd.concat(times).to_dict("records") if times else []
+        write(merged.to_dict("records"), timing_rows, Path(args.out), "python bench/peers.py " + " ".join(sys.argv[1:]))
+        return 0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     store = RunStore(args.cache_dir)
     blocks = [SMOKE] if args.smoke else [BLOCKS[name] for name in args.blocks]
