@@ -60,6 +60,7 @@ LATER_FIELDS = {
     "stages": 1,
     "entropy": "none",
     "sparsity": 0.0,
+    "group_size": 0,
 }
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
@@ -322,6 +323,9 @@ class CompressConfig:
         "magnitude pruning before coding: the fraction s in [0, 1) of each coded weight's smallest weights set "
         "to exact zeros (the mask stored, 1 bit a weight or entropy-coded); the method codes the survivors",
     )
+    group_size: int = _f(
+        0, "output channels that share one lookup table (the peers coreml, torchao); 0: one per tensor"
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -357,6 +361,7 @@ class CompressConfig:
         _int("finetune_epochs", self.finetune_epochs, 0, MAX_EPOCHS)
         _float("finetune_lr", self.finetune_lr, 0.0, 10.0, low_open=True, hint=", e.g. 0.0001")
         _int("stages", self.stages, 1, MAX_STAGES)
+        _int("group_size", self.group_size, 0, MAX_PARAMETERS)
 
     @property
     def method_spec(self) -> Method:

@@ -66,7 +66,7 @@ MAX_CLASSES = 100_000
 MAX_HIDDEN_WIDTH = 1 << 24  # one hidden layer of `mlp`
 MAX_TENSOR_DIMS = 8
 METADATA_KEY = "compression_lab"  # the one key of the safetensors `__metadata__`
-LAYOUTS = ("shared", "per-chunk", "sign")
+LAYOUTS = ("shared", "per-chunk", "sign", "row-groups")  # row-groups: the peers' LUTs (methods/lut.py)
 # safetensors dtype -> (torch dtype, bytes an element): only the dtypes `export` writes.
 _DTYPES = {
     "U8": (torch.uint8, 1),

@@ -6,6 +6,9 @@ every one of them.
 - kmeans (kmeans.py): scalar k-means, i.e. PQ with d = 1 and one shared codebook.
 - pq (pq.py): product quantization (`shared` or `per-chunk` codebooks).
 - rq (rq.py): residual quantization, M stages of pq codebooks that add up.
+- coreml, torchao (coreml.py, torchao_codebook.py; lut.py): the peers users would pick instead,
+  Apple's coremltools palettization and torchao's codebook quantization, through their own packages
+  (requirements-peers.txt); without them, checking a setting says which package is missing.
 Applied to an unregularized run, binarize / kmeans / pq are Gong et al. 2014's baselines; applied
 to a regularized run, they are the paper's method. The code is the same.
 
@@ -38,6 +41,8 @@ _REGISTRY = {
     "kmeans": ("kmeans", "KMEANS"),
     "pq": ("pq", "PQ"),
     "rq": ("rq", "RQ"),
+    "coreml": ("coreml", "COREML"),
+    "torchao": ("torchao_codebook", "TORCHAO"),
 }
 
 
