@@ -294,7 +294,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class CompressConfig:
-    method: str = _f("pq", " | ".join(f"{m.name}: {m.summary}" for m in METHOD_SPECS.values()), choices=METHODS)
+    # (the names only: each method's summary is in its file, imported with torch when it is used)
+    method: str = _f(
+        "pq", "the compression method, one file each in core/methods/: " + ", ".join(METHODS), choices=METHODS
+    )
     subvector_size: int = _f(8, "PQ subvector size d (inputs per chunk); 1 for kmeans")
     n_centroids: int = _f(256, f"centroids k per codebook, 2 to {MAX_CENTROIDS:,}; a code is ceil(log2 k) bits")
     layout: str = _f("shared", "shared: one codebook per layer | per-chunk: one per chunk position", choices=LAYOUTS)
