@@ -215,7 +215,7 @@ def class_turns(out: Path, students: int = 30, hog_presses: int = 20, repeats: i
         f"\nPeak memory of the bench process (clients, queue and workers together): "
         f"{result['peak_rss_mb_of_this_process']} MB."
     )
-    lines.append("Not measured here: page loads while training runs (see section B above, with Chromium).")
+    lines.append("Not measured here: page loads while training runs (class_pages.md: `--class-pages`, Chromium).")
     (out / "class_turns.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(result, indent=1))
     return 0
