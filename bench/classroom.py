@@ -25,6 +25,15 @@ store with the job queue's default bound:
      presses were refused, the board's point count, and this process's peak memory.
 
     python bench/classroom.py --class-turns   # ~6 min on 2 cores; writes bench/results/class_turns.{json,md}
+
+  D. `--class-pages`: while trainings run on the server (one Chromium session presses Train on
+     mnist-5k, 30 epochs, again whenever none is running), `--page-sessions` other Chromium sessions
+     (default 3) of a class load the Class board and the Compress page in turn; each load is timed from
+     navigation until its main element shows (the board's "Submitted" metric, the Compress page's
+     "FC ratio" metric), with os.getloadavg() and whether a training was running beside it. The
+     server's resident memory (its /proc status, VmRSS, sampled every 0.5 s) before and during.
+
+    python bench/classroom.py --class-pages   # ~3 min; writes bench/results/class_pages.{json,md}
 """
 
 from __future__ import annotations
@@ -33,7 +42,9 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -49,7 +60,7 @@ from playwright.sync_api import sync_playwright
 from core.config import TrainConfig
 from core.jobs import JobManager, JobState, default_max_running
 from core.store import RunStore
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, LONG, streamlit_app
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, LONG, free_port, streamlit_app, wait_healthy
 
 DEFAULT = TrainConfig(dataset="mnist-5k", reg="binary", lam=0.01)  # the Train page's defaults
 DONE_TEXT = "shown from the store"
@@ -204,9 +215,192 @@ def class_turns(out: Path, students: int = 30, hog_presses: int = 20, repeats: i
         f"\nPeak memory of the bench process (clients, queue and workers together): "
         f"{result['peak_rss_mb_of_this_process']} MB."
     )
-    lines.append("Not measured here: page loads while training runs (see section B above, with Chromium).")
+    lines.append("Not measured here: page loads while training runs (class_pages.md: `--class-pages`, Chromium).")
     (out / "class_turns.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def rss_mb(pid: int) -> float:
+    """The process's resident memory (VmRSS of /proc/<pid>/status), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS in /proc/{pid}/status")
+
+
+class RssSampler(threading.Thread):
+    """The server's resident memory every 0.5 s (its peak, and its last value)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.stop = pid, threading.Event()
+        self.samples: list[float] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.samples.append(rss_mb(self.pid))
+            except (OSError, RuntimeError):
+                return  # the server is gone
+            self.stop.wait(0.5)
+
+
+def start_server(root: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` on 127.0.0.1 and a free port, in a process group of its own (so it and
+    only it is stopped at the end); its process and URL."""
+    port = free_port()
+    env = os.environ | {"COMPRESSION_LAB_CACHE": str(root), "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1",
+               "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]  # fmt: skip
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url, server)
+    return server, url
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGTERM)  # its own group: the server and nothing else
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    except ProcessLookupError:
+        pass
+
+
+def prepare_class(root: Path, students: int) -> tuple[str, str]:
+    """A class on `root` with `students` members, each with a point on the board (digits runs); the
+    class code and one of the runs (the Compress page opens it)."""
+    from core.classroom import Challenge, Classroom
+    from core.config import CompressConfig
+    from core.pipeline import get_or_compress, get_or_train
+
+    store = RunStore(root)
+    room = Classroom(store)
+    opened = room.open_class(Challenge(title="bench", dataset="digits", max_epochs=1, budget_pts=100.0))
+    run_id = ""
+    for i in range(students):
+        member = room.join(opened.code, f"Student {i}")
+        run, _ = get_or_train(store, TrainConfig(dataset="digits", hidden=(32, 16), epochs=1, seed=i))
+        record, _ = get_or_compress(store, run, CompressConfig(method="binarize"))
+        room.submit(member, record.run_id, record.key)
+        run_id = run.run_id
+    return opened.code, run_id
+
+
+def timed_load(page, url: str, metric: str) -> float:
+    """Seconds from navigation until the page's metric `metric` shows."""
+    started = time.perf_counter()
+    page.goto(url)
+    page.locator('[data-testid="stMetric"]').filter(has_text=metric).first.wait_for()
+    return time.perf_counter() - started
+
+
+def class_pages(out: Path, sessions: int = 3, rounds: int = 6) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "store"
+        code, run_id = prepare_class(root, students=sessions)
+        manager = JobManager(root)
+
+        def training_running() -> bool:
+            jobs = manager.jobs(finished_within_s=1e9)
+            return any(j.kind == "train" and j.state is JobState.RUNNING for j in jobs)
+
+        server, url = start_server(root, Path(tmp) / "streamlit.log")
+        sampler = RssSampler(server.pid)
+        sampler.start()
+        loads: list[dict] = []
+        presses = 0
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                contexts = [browser.new_context(viewport={"width": 1200, "height": 900}) for _ in range(sessions + 1)]
+                trainer, *students = [c.new_page() for c in contexts]
+                for page in (trainer, *students):
+                    page.set_default_timeout(LONG * 4)
+                # a first load of each page before any training: the server's imports and first runs
+                idle = [timed_load(students[0], f"{url}/board?class={code}", "Submitted"),
+                        timed_load(students[0], f"{url}/compress?run={run_id}", "FC ratio")]  # fmt: skip
+                rss_idle = rss_mb(server.pid)
+                for _ in range(rounds):
+                    for page in students:
+                        if not training_running():
+                            presses += 1
+                            button = open_train(trainer, url, f"epochs=30&seed={presses}")
+                            if button is not None:
+                                button.click()
+                                deadline = time.monotonic() + 60
+                                while not training_running() and time.monotonic() < deadline:
+                                    time.sleep(0.2)
+                        for name, path, metric in (("board", f"/board?class={code}", "Submitted"),
+                                                   ("compress", f"/compress?run={run_id}", "FC ratio")):  # fmt: skip
+                            during = training_running()
+                            seconds = timed_load(page, url + path, metric)
+                            loads.append({"page": name, "seconds": round(seconds, 2),
+                                          "training_running": during and training_running(),
+                                          "loadavg_1min": round(os.getloadavg()[0], 2)})  # fmt: skip
+                browser.close()
+        finally:
+            sampler.stop.set()
+            stop_server(server)
+    counted = [x for x in loads if x["training_running"]]
+
+    def summary(page: str) -> dict:
+        times = [x["seconds"] for x in counted if x["page"] == page]
+        loadavg = [x["loadavg_1min"] for x in counted if x["page"] == page]
+        return {
+            "count": len(times),
+            "median_s": round(statistics.median(times), 2) if times else None,
+            "worst_s": round(max(times), 2) if times else None,
+            "loadavg_1min_median": round(statistics.median(loadavg), 2) if loadavg else None,
+            "loadavg_1min_range": [min(loadavg), max(loadavg)] if loadavg else None,
+        }
+
+    first = {"board": round(idle[0], 2), "compress": round(idle[1], 2)}
+    b, c = summary("board"), summary("compress")
+    rss = {
+        "idle_after_first_loads": round(rss_idle),
+        "peak": round(max(sampler.samples)) if sampler.samples else None,
+        "last": round(sampler.samples[-1]) if sampler.samples else None,
+    }
+    result = {
+        "page_sessions": sessions,
+        "loads": loads,
+        "board_during_training": b,
+        "compress_during_training": c,
+        "first_loads_before_training_s": first,
+        "trainings_pressed": presses,
+        "server_rss_mb": rss,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    (out / "class_pages.json").write_text(json.dumps(result, indent=1))
+    lines = [
+        f"# Page loads by students while training runs (Chromium, one server, {result['machine']})\n",
+        f"{sessions} Chromium sessions of a class (each with a point on the board) load the Class board and the",
+        "Compress page in turn while another session keeps a training running on the server (mnist-5k,",
+        "LeNet-300-100, 30 epochs; pressed again whenever none runs). Each load: navigation until the page's",
+        "main element shows (the board's *Submitted* metric, the Compress page's *FC ratio* metric). Only loads",
+        f"with a training running before and after count. Measured {result['measured']}.\n",
+        "| page | loads | median (s) | worst (s) | load average (1 min) at the loads: median [range] |",
+        "|---|---|---|---|---|",
+        f"| Class board | {b['count']} | {b['median_s']} | {b['worst_s']} | {b['loadavg_1min_median']} "
+        f"{b['loadavg_1min_range']} |",
+        f"| Compress | {c['count']} | {c['median_s']} | {c['worst_s']} | {c['loadavg_1min_median']} "
+        f"{c['loadavg_1min_range']} |",
+        "",
+        f"First loads before any training (the server's imports, the first compression): board "
+        f"{first['board']} s, Compress {first['compress']} s.",
+        f"Trainings pressed: {presses}. The server's resident memory (VmRSS): {rss['idle_after_first_loads']} MB "
+        f"after the first loads, {rss['peak']} MB at its peak while training and serving, {rss['last']} MB at the end.",
+    ]
+    (out / "class_pages.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "loads"}, indent=1))
     return 0
 
 
@@ -214,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--class-turns", action="store_true", help="section C: a class of 30, fair turns")
+    parser.add_argument("--class-pages", action="store_true", help="section D: page loads while training runs")
+    parser.add_argument("--page-sessions", type=int, default=3)
+    parser.add_argument("--page-rounds", type=int, default=6)
     parser.add_argument("--students", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -222,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.class_turns:
         return class_turns(out, args.students, repeats=args.repeats)
+    if args.class_pages:
+        return class_pages(out, args.page_sessions, args.page_rounds)
     n = args.sessions
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "store"
