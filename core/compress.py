@@ -1,5 +1,6 @@
-"""Compress a trained run: quantize its FC layers, optionally fine-tune the centroids, build the
-exported file, and measure it: accuracy of the model rebuilt from the file, and its size.
+"""Compress a trained run: quantize its coded layers (FC, plus conv with `targets="fc+conv"`), optionally
+fine-tune the centroids, build the exported file, and measure it:
+accuracy of the model rebuilt from the file, and its size.
 
 The accuracy is measured on the model rebuilt from the file's own tensors, so loading the
 exported file gives back exactly the accuracy reported here.

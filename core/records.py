@@ -202,9 +202,6 @@ class RunRecord:
         model.load_state_dict(self.state_dict())
         return model.eval()
 
-    def layer(self, name: str) -> LayerShape:
-        return next(layer for layer in self.layers if layer.name == name)
-
     def label(self) -> str:
         """One line naming the run: 'mnist-5k · mlp 300-100 · binary λ=0.02 · 5 ep · seed 0 · acc 93.1% · 1a2b3c'."""
         c = self.config
@@ -335,6 +332,7 @@ class CompressionRecord:
             "float_accuracy": self.float_accuracy,
             "accuracy": self.accuracy,
             "accuracy_drop": self.accuracy_drop,
+            # fc_*: the coded layers (FC, plus conv with targets fc+conv); the names are the stored keys
             "fc_bits": s.fc_bits,
             "fc_ratio": s.fc_ratio,
             "model_bits": s.model_bits,
