@@ -194,12 +194,13 @@ class RunRecord:
             raise CorruptEntry(f"run {self.run_id} has no weights attached")
         return self.weights.load()
 
-    def model(self) -> nn.Module:
-        """A fresh model with the trained weights (safe to modify)."""
+    def model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A fresh model with the trained weights (safe to modify: it holds copies). `state`: the
+        weights already read by `state_dict()`, so a caller that needs both reads and checks them once."""
         from .models import build_model
 
         model = build_model(self.config.model, self.input_shape, self.n_classes, self.config.hidden)
-        model.load_state_dict(self.state_dict())
+        model.load_state_dict(self.state_dict() if state is None else state)
         return model.eval()
 
     def label(self) -> str:
