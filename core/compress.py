@@ -1,5 +1,6 @@
-"""Compress a trained run: quantize its FC layers, optionally fine-tune the centroids, build the
-exported file, and measure it: accuracy of the model rebuilt from the file, and its size.
+"""Compress a trained run: quantize its coded layers (FC, plus conv with `targets="fc+conv"`), optionally
+fine-tune the centroids, build the exported file, and measure it:
+accuracy of the model rebuilt from the file, and its size.
 
 The accuracy is measured on the model rebuilt from the file's own tensors, so loading the
 exported file gives back exactly the accuracy reported here.
@@ -139,7 +140,8 @@ def compress_run(
     started = time.perf_counter()
     device = pick_device(device)
     data = data or load_dataset(run.config.dataset)
-    model = run.model()
+    state = run.state_dict()  # read and checked (sha256) once: the model and the file both start from it
+    model = run.model(state)
     targets = coded_weights(model, cfg.targets)
     n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
     size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
@@ -147,7 +149,6 @@ def compress_run(
     layers = quantize_model(model, cfg, targets, calibration)
     if cfg.finetune_epochs and layers:
         layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
-    state = run.state_dict()
     layer_mse = tuple((layer.name, float(((state[layer.name] - layer.decode()) ** 2).mean())) for layer in layers)
     tensors, meta = build_payload(
         state, layers, run.config, cfg, run.input_shape, run.n_classes, extra={"run_id": run.run_id}

@@ -1,5 +1,6 @@
-"""The networks. Each one's FC layers (its `nn.Linear` modules) are the compression targets;
-everything else (conv weights, every bias) stays float32 and is counted as such."""
+"""The networks. Their FC layers (the `nn.Linear` modules) are the compression targets of the paper;
+with `targets="fc+conv"` the conv weights are coded too (`coded_weights`). Everything not coded (every
+bias, and the conv weights unless they are coded) stays float32 and is counted as such."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Product quantization of FC weight matrices: k-means, encode / decode, quantize a layer.
+"""Product quantization of weight matrices (FC, and conv weights flattened to (out, in*kh*kw)): k-means,
+encode / decode, quantize a layer.
 
 Everything is batched over *groups*: a group is one codebook and the subvectors it codes.
 The `shared` layout has one group per layer; `per-chunk` has one group per chunk position

@@ -194,16 +194,14 @@ class RunRecord:
             raise CorruptEntry(f"run {self.run_id} has no weights attached")
         return self.weights.load()
 
-    def model(self) -> nn.Module:
-        """A fresh model with the trained weights (safe to modify)."""
+    def model(self, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+        """A fresh model with the trained weights (safe to modify: it holds copies). `state`: the
+        weights already read by `state_dict()`, so a caller that needs both reads and checks them once."""
         from .models import build_model
 
         model = build_model(self.config.model, self.input_shape, self.n_classes, self.config.hidden)
-        model.load_state_dict(self.state_dict())
+        model.load_state_dict(self.state_dict() if state is None else state)
         return model.eval()
-
-    def layer(self, name: str) -> LayerShape:
-        return next(layer for layer in self.layers if layer.name == name)
 
     def label(self) -> str:
         """One line naming the run: 'mnist-5k · mlp 300-100 · binary λ=0.02 · 5 ep · seed 0 · acc 93.1% · 1a2b3c'."""
@@ -335,6 +333,7 @@ class CompressionRecord:
             "float_accuracy": self.float_accuracy,
             "accuracy": self.accuracy,
             "accuracy_drop": self.accuracy_drop,
+            # fc_*: the coded layers (FC, plus conv with targets fc+conv); the names are the stored keys
             "fc_bits": s.fc_bits,
             "fc_ratio": s.fc_ratio,
             "model_bits": s.model_bits,

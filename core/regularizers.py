@@ -1,4 +1,5 @@
-"""Regularizers on the FC weight matrices (conv layers and biases are never regularized).
+"""Regularizers on the weights a run trains toward codes: its FC weight matrices (the paper), plus its
+conv weights with `TrainConfig.reg_targets == "fc+conv"` (biases are never regularized).
 
 Total loss = cross-entropy + lam * R(W); see docs/method.md. Every per-layer scale (alpha, var) is
 treated as a constant in the gradient (detached), as docs/method.md fixes for alpha.
@@ -156,18 +157,6 @@ def binary_step_(
         else:
             grad.addcmul_(gap.mul_(4 * lam / scale_t), flat)
     return total_t
-
-
-@torch.no_grad()
-def target_gradient_(
-    weights: list[torch.Tensor],
-    targets: list[torch.Tensor],
-    lam: float,
-    workspace: Workspace | None = None,
-    overwrite: bool = False,
-) -> torch.Tensor:
-    """`target_step_` with the penalty as a tensor."""
-    return _as_tensor(weights, target_step_(weights, targets, lam, workspace, overwrite))
 
 
 @torch.no_grad()

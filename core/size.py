@@ -3,6 +3,9 @@
 FC ratio    = 32 * N_fc / (code bits + codebook bits + per-layer scale bits)
 model ratio = 32 * N_all / (compressed FC bits + 32 * N_rest)
 
+The `fc_*` names (kept: they are keys of the stored JSON) count the *coded* layers: the FC layers, plus
+the conv layers when `CompressConfig.targets == "fc+conv"`; N_rest is everything left in float32.
+
 With entropy coding (CompressConfig.entropy, core/entropy.py), the ledger gains its entropy-coded
 line: `entropy_code_bits`, the bits the file holds for the codes (each entropy-coded layer's ANS
 stream and its frequency table, each other layer's packed codes), measured on the written codes;
@@ -30,15 +33,15 @@ def code_width(n_centroids: int) -> int:
 
 @dataclass(frozen=True)
 class SizeReport:
-    code_bits: int  # packed codes of every FC layer
+    code_bits: int  # packed codes of every coded layer (FC, plus conv with targets fc+conv)
     codebook_bits: int  # centroids (PQ / k-means)
     scale_bits: int  # one alpha per layer (binarize)
-    fc_bits: int  # code + codebook + scale bits: the compressed FC layers
-    fc_float_bits: int  # 32 * N_fc: the FC layers uncompressed
-    rest_bits: int  # 32 * N_rest: biases, convs, anything left in float32
+    fc_bits: int  # code + codebook + scale (+ mask) bits: the coded layers (FC, plus conv with fc+conv)
+    fc_float_bits: int  # 32 * N_fc: the coded layers uncompressed (convs included when they are coded)
+    rest_bits: int  # 32 * N_rest: biases, uncoded convs, anything left in float32
     model_bits: int  # fc_bits + rest_bits
     model_float_bits: int  # 32 * (N_fc + N_rest)
-    fc_ratio: float
+    fc_ratio: float  # fc_float_bits / fc_bits: the coded layers' ratio
     model_ratio: float
     # the codes (and masks) as the file holds them entropy-coded (streams + tables); None: not entropy-coded
     entropy_code_bits: int | None = None

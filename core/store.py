@@ -326,13 +326,6 @@ class RunStore:
         return [record for record in records if record is not None]
 
     # ---------------------------------------------------------------------------- housekeeping
-    def discard_run(self, run_id: str) -> None:
-        """Move a run folder that fails its checks out of the way (its compressions stay: each file
-        holds its own weights and is verified on its own)."""
-        folder = self.run_dir(run_id)
-        if folder.exists():
-            self._discard(folder)
-
     def delete_run(self, run_id: str) -> int:
         """Remove a run and all its compressions; returns the bytes freed (0 when absent)."""
         freed = 0

@@ -67,6 +67,26 @@ def test_float_export_is_the_trained_model(tiny_store):
     assert result.accuracy == run.test_accuracy and result.size.fc_ratio == 1
 
 
+def test_a_compression_reads_the_runs_weights_once(tiny_store):
+    """The run's weights are read (and their sha256 checked) once a compression; the file is the same."""
+    run = tiny_store.list_runs()[0]
+    reads = []
+
+    class CountingWeights:
+        def load(self):
+            reads.append(1)
+            return run.state_dict()
+
+    cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=4)
+    record, blob = compress_run(run.with_weights(CountingWeights()), cfg, device="cpu")
+    assert len(reads) == 1
+    assert blob == compress_run(run, cfg, device="cpu")[1] and record.accuracy == meta_accuracy(blob)
+
+
+def meta_accuracy(blob: bytes) -> float:
+    return from_bytes(blob)[1]["accuracy"]
+
+
 def test_not_a_compressed_model(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"hello, not a model")

@@ -123,7 +123,7 @@ def test_a_waiter_loads_no_dataset(tmp_path, store_copy):
     assert run is not None
     cfg = run.config
     # this process "is training" the run (it holds the key's lock) and publishes it while the other waits
-    store_copy.discard_run(run.run_id)
+    shutil.rmtree(store_copy.run_dir(run.run_id))
     manager = JobManager(store_copy.root)
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)

@@ -91,19 +91,6 @@ def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | 
     return next((c for c in compressions() if c.run_id == run_id and c.key == key), None)
 
 
-def compute_compression(
-    run: RunRecord, cfg: CompressConfig, on_step=None, transient: bool = False
-) -> CompressionRecord:
-    """Compress now (the setting is not stored yet) and return the stored record.
-
-    Raises ValueError when the setting does not fit the run, DatasetUnavailable when the run's
-    dataset (needed for the accuracy) cannot be loaded, CorruptEntry when its weights are bad."""
-    from core.pipeline import get_or_compress
-
-    record, _ = get_or_compress(store(), run, cfg, on_step=on_step, transient=transient)
-    return record
-
-
 @st.cache_data(show_spinner=False, max_entries=128)
 def compression_plot_data(file_path: str, file_bytes: int, run_id: str, root: str, layer_name: str) -> dict:
     """What the Compress page draws for one FC layer, read from the exported file itself:
