@@ -25,6 +25,14 @@ BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
 PLAIN = TrainConfig(**TINY)
 
 
+@pytest.fixture(autouse=True)
+def patient_page(monkeypatch) -> None:
+    """These tests check what the Compress page shows once a setting is computed: it waits for it here
+    (a busy machine may take longer than the page's own INLINE_LIMIT_S). The short wait and the live
+    panel that follows it are tested in tests/test_slider.py."""
+    monkeypatch.setattr("core.pipeline.INLINE_LIMIT_S", float(TIMEOUT))
+
+
 @pytest.fixture(scope="session")
 def lab_root(tmp_path_factory) -> Path:
     """A store with a tiny unregularized run, a tiny binary-regularized one, and a few compressions."""
