@@ -59,6 +59,12 @@ class _Job:
 
 _NO_SLOT = -1  # the "descriptor" of a job that holds no slot (a sweep: each of its items queues for its own)
 
+# One more slot, beside the max_running ones, for the short work a page waits on (a compression the
+# cost model calls cheap, computed while a slider moves): it must not queue behind other sessions'
+# trainings for the one slot of a 2-core machine. It is one lock for the whole root, so at most one
+# such job runs beside the queue; a second one waits in the queue as any job does.
+INTERACTIVE_SLOT = "interactive.lock"
+
 # Owned jobs of this process by (jobs folder, key), shared by all managers of one root.
 _REGISTRY: dict[tuple[str, str], _Job] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -267,11 +273,16 @@ class JobRunner:
         return self.status_for(spec, JobState.DONE, text="already computed", submitted=now, finished=now)
 
     # ------------------------------------------------------------------------ queue and run
-    def wait_for_slot(self, job: _Job) -> int | None:
-        """Sleep in the queue until a slot is ours (its descriptor), or None when cancelled meanwhile."""
+    def wait_for_slot(self, job: _Job, interactive: bool = False) -> int | None:
+        """Sleep in the queue until a slot is ours (its descriptor), or None when cancelled meanwhile.
+        An `interactive` job first tries the interactive slot, which no queued job waits for."""
         while True:
             if self.cancel_requested(job):
                 return None
+            if interactive:
+                fd = try_lock(self.folder.slots_dir / INTERACTIVE_SLOT)
+                if fd is not None:
+                    return fd
             status = job.snapshot()
             rank = self.queue.rank(status)
             if rank != status.position:
@@ -285,17 +296,17 @@ class JobRunner:
     def cancel_requested(self, job: _Job) -> bool:
         return job.cancel_event.is_set() or self.folder.cancel_requested(job.spec.key)
 
-    def execute_quietly(self, job: _Job, needs_slot: bool = True) -> None:
+    def execute_quietly(self, job: _Job, needs_slot: bool = True, interactive: bool = False) -> None:
         """The background thread's body: whatever happens is in the job's status, nothing escapes."""
         with contextlib.suppress(BaseException):  # SystemExit from a job: already recorded as its end
-            self.execute(job, needs_slot)
+            self.execute(job, needs_slot, interactive)
 
-    def execute(self, job: _Job, needs_slot: bool = True) -> JobStatus:
+    def execute(self, job: _Job, needs_slot: bool = True, interactive: bool = False) -> JobStatus:
         """Queue, compute, record the terminal state, let go. Returns the terminal status."""
         state, message = JobState.FAILED, INTERRUPTED_MESSAGE
         slot: int | None = None
         try:
-            slot = self.wait_for_slot(job) if needs_slot else _NO_SLOT
+            slot = self.wait_for_slot(job, interactive) if needs_slot else _NO_SLOT
             if slot is None:
                 state, message = JobState.CANCELLED, CANCELLED_MESSAGE
             else:

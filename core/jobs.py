@@ -132,15 +132,17 @@ class JobManager:
         return self._runner.registered(key)
 
     # ---------------------------------------------------------------------------------- public API
-    def submit(self, spec: JobSpec, slot: bool = True) -> JobStatus:
+    def submit(self, spec: JobSpec, slot: bool = True, interactive: bool = False) -> JobStatus:
         """Start the job in a daemon thread of this process and return at once (for the app).
 
         A key already queued or running anywhere is attached to (its status is returned); a key whose
         result is in the store returns DONE without running anything. `spec.is_done` is called here,
         in the caller's thread. `slot=False` for a job that only coordinates others (a sweep): it
-        computes nothing itself, and its items take their own slots. JobsFolderError (one line)
-        when the jobs folder cannot be used, QueueFull (one line) when `spec.requester` already has
-        max_waiting jobs queued; nothing was queued then.
+        computes nothing itself, and its items take their own slots. `interactive` for short work a
+        page waits on: it may run in the one interactive slot beside the max_running ones, ahead of
+        the queue (jobrunner.INTERACTIVE_SLOT), and queues as usual while that one is taken.
+        JobsFolderError (one line) when the jobs folder cannot be used, QueueFull (one line) when
+        `spec.requester` already has max_waiting jobs queued; nothing was queued then.
         """
         claim = self._runner.claim(spec)
         if claim.local is not None:
@@ -151,7 +153,7 @@ class JobManager:
         job = claim.owned
         thread = threading.Thread(
             target=self._runner.execute_quietly,
-            args=(job, slot),
+            args=(job, slot, interactive),
             name=f"job-{spec.kind}-{spec.key[:16]}",
             daemon=True,
         )

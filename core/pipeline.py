@@ -56,8 +56,10 @@ COMPRESSION_COST_SECONDS = {
 }
 CHEAP_SECONDS = 3.0  # CPU seconds of one busy thread: well under a second on a quiet machine's two
 # The longest a page waits on a compression it computes at once; past it, the compression goes on as
-# a job with a Cancel button (the estimate is a model, and a model can be wrong).
-INLINE_LIMIT_S = 10.0
+# a job whose live panel shows the result the moment it lands (the estimate is a model, and a model can
+# be wrong; a busy server is slower than the model). Under a second, so that every slider move is
+# answered within one (issue 19): the numbers, or the panel that will show them.
+INLINE_LIMIT_S = 0.8
 
 
 class JobFailed(ValueError):
@@ -357,31 +359,40 @@ def get_or_compress(
 
 
 def submit_compression(
-    store: RunStore, run: RunRecord, cfg: CompressConfig, transient: bool = False, requester: str = ""
+    store: RunStore,
+    run: RunRecord,
+    cfg: CompressConfig,
+    transient: bool = False,
+    interactive: bool = False,
+    requester: str = "",
 ) -> JobStatus:
-    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit."""
+    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit.
+    `interactive` for a cheap one a page waits on: it runs in the interactive slot, beside (not behind)
+    the trainings that hold the queue's slots (core/jobrunner.py INTERACTIVE_SLOT)."""
     from .compress import coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
     store.check_writable()
-    spec = compression_spec(store, run, cfg, transient=transient)
-    return job_manager(store).submit(replace(spec, requester=requester))
+    spec = replace(compression_spec(store, run, cfg, transient=transient), requester=requester)
+    return job_manager(store).submit(spec, interactive=interactive)
 
 
 def compress_within(
-    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float = INLINE_LIMIT_S, requester: str = ""
+    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float | None = None, requester: str = ""
 ) -> CompressionRecord | None:
     """A setting the estimate calls cheap, for a page that waits on it: computed as a job (transient:
-    kept off the Frontier until settled) that this call waits on for at most `limit_s`. Its stored
+    kept off the Frontier until settled) that this call waits on for at most `limit_s` (INLINE_LIMIT_S,
+    read at the call, when None). Its stored
     record when it is done by then; None when it is still running (it goes on as a job the page shows,
-    with its Cancel), so that no estimate, however wrong, holds a page longer. DoesNotFit before any
+    with its Cancel), so that no estimate, however wrong, holds a page longer. It runs in the
+    interactive slot, so it does not queue behind other sessions' trainings. DoesNotFit before any
     work; a failure or a cancel raises as `get_or_compress` does."""
     cached = store.load_compression(run.run_id, cfg)
     if cached is not None:
         return cached
-    status = submit_compression(store, run, cfg, transient=True, requester=requester)
-    final = job_manager(store).wait(status.key, timeout=limit_s) or status
+    status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester)
+    final = job_manager(store).wait(status.key, timeout=INLINE_LIMIT_S if limit_s is None else limit_s) or status
     if not final.terminal:
         return None
     _outcome(final, [], f"compression {cfg.label()} of run {run.run_id}")

@@ -18,6 +18,10 @@ from core.pipeline import job_manager
 from ui.common import plain, store
 
 POLL_S = 2.0  # seconds between two looks at a job: each look is a script run in every session
+# A job the user is looking at right now, waiting for its answer (a compression a slider asked for):
+# looked at more often, so its result shows within a fraction of a second of landing. A look is a
+# rerun of the panel's fragment only, a status read, not the whole page.
+ANSWER_POLL_S = 0.25
 
 
 def manager() -> JobManager:
@@ -63,9 +67,10 @@ def cancel_ui(key: str) -> bool:
     return True
 
 
-def job_progress_ui(key: str, what: str) -> None:
-    """A panel that follows the job `key` every POLL_S seconds until it ends, then reruns the page."""
-    st.fragment(_panel, run_every=POLL_S)(key, what)
+def job_progress_ui(key: str, what: str, poll_s: float = POLL_S) -> None:
+    """A panel that follows the job `key` every `poll_s` seconds until it ends, then reruns the page
+    (which draws the result from the store): no click needed."""
+    st.fragment(_panel, run_every=poll_s)(key, what)
 
 
 def last_failure_ui(key: str) -> None:

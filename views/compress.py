@@ -16,12 +16,12 @@ from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvecto
 from core.compress import coded_shapes
 from core.config import ENTROPY_CODERS, LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
+from core.jobs import JobState
 from core.methods import METHOD_SPECS
 from core.methods.base import SHARED_CONTROLS
 from core.onnx_export import MissingDependency, onnx_bytes, require_onnx
 from core.pipeline import (
     CHEAP_SECONDS,
-    INLINE_LIMIT_S,
     compress_within,
     compression_key,
     estimate_seconds,
@@ -50,7 +50,7 @@ from ui.common import (
     url_choice,
 )
 from ui.detail import download_name
-from ui.jobs import job_progress_ui, last_failure_ui, manager
+from ui.jobs import ANSWER_POLL_S, job_progress_ui, last_failure_ui, manager
 from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS, number_input, radio, select_slider, selectbox
 
 SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
@@ -151,20 +151,25 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
 
 def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | None:
     """A cheap setting: computed as a job this script run waits on for at most INLINE_LIMIT_S (one job
-    per key: a second session asking for it at the same moment waits for the same one). Past the
-    limit it goes on in the background, shown with its progress and a Cancel button; None then."""
+    per key: a second session asking for it at the same moment waits for the same one), in the
+    interactive slot beside other sessions' trainings. Past the limit it goes on in the background,
+    its live panel (with Cancel) shows the result the moment it lands; None then. After a failure or a
+    cancel it is offered as a job again, never restarted by itself."""
     key = compression_key(run.run_id, cfg)
     status = manager().status(key)
+    if status is not None and status.state in (JobState.FAILED, JobState.CANCELLED):
+        offer_job(run, cfg, estimate_seconds(run, cfg))
+        return None
     record = None
     if status is None or not status.live:  # one already running past the limit is not waited on again
         with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
             record = compress_within(store(), run, cfg, requester=job_requester())
     if record is None:
         st.info(
-            f"{plain(cfg.label())} takes longer than the {INLINE_LIMIT_S:g} s this page waits, so it goes on "
-            "as a job in the background: you can cancel it, or leave the page and come back."
+            f"Still computing {plain(cfg.label())}: its numbers and charts appear here as soon as it is done "
+            "(it runs as a job in the background: you can cancel it, or leave the page and come back)."
         )
-        job_progress_ui(key, f"Compressing {cfg.label()}")
+        job_progress_ui(key, f"Compressing {cfg.label()}", poll_s=ANSWER_POLL_S)
     return record
 
 

@@ -1,0 +1,159 @@
+"""The slider answers at once (issue 19): a compression the page computes is waited on for at most
+INLINE_LIMIT_S, then its live panel takes over and shows the result when it lands; and the page's
+cheap compressions run in the interactive slot, beside a training that holds the only queue slot."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from core.config import CompressConfig, TrainConfig
+from core.jobs import JobManager, JobSpec, JobState
+from core.pipeline import compression_key, get_or_train
+from core.store import RunStore
+
+AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 60
+RUN = TrainConfig(dataset="digits", model="mlp", hidden=(16,), epochs=1, batch_size=64, seed=0)
+SETTING = CompressConfig(method="pq", subvector_size=2, n_centroids=4)
+QUERY = {"run": RUN.run_id(), "method": "pq", "d": "2", "k": "4"}
+
+
+def until(condition) -> None:
+    """Wait for what must happen, however slow the machine (a hang is caught by pytest-timeout)."""
+    while not condition():
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def slider_store(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "store"
+    get_or_train(RunStore(root), RUN)
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
+    return root
+
+
+class HeldCompression:
+    """core.executors.compress_run, held until released: a compression slower than the page's wait."""
+
+    def __init__(self, monkeypatch) -> None:
+        from core import executors
+
+        self.real = executors.compress_run
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+        monkeypatch.setattr("core.executors.compress_run", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        self.started.set()
+        self.release.wait(TIMEOUT)
+        return self.real(*args, **kwargs)
+
+
+def open_compress() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(QUERY)
+    at.run()
+    at.switch_page("views/compress.py")
+    at.run()
+    return at
+
+
+def metric_labels(at: AppTest) -> list[str]:
+    return [m.label for m in at.metric]
+
+
+def test_a_slow_compression_leaves_the_live_panel_and_its_result_shows_when_it_lands(slider_store, monkeypatch):
+    held = HeldCompression(monkeypatch)
+    at = open_compress()  # returns although the compression is held: the page does not block on it
+    assert not at.exception, [e.message for e in at.exception]
+    assert held.started.is_set()
+    assert at.get("progress"), "the job's live panel is shown"
+    assert any(b.label == "Cancel" for b in at.button)
+    assert "Still computing" in " ".join(str(i.value) for i in at.info)
+    assert "Accuracy after" not in metric_labels(at)
+
+    held.release.set()
+    key = compression_key(RUN.run_id(), SETTING)
+    status = JobManager(slider_store).wait(key, timeout=TIMEOUT)
+    assert status is not None and status.state is JobState.DONE
+    at.run()  # what the panel's fragment does by itself once the job is terminal (st.rerun of the app)
+    assert not at.exception
+    assert "Accuracy after" in metric_labels(at) and not at.get("progress")
+    assert held.calls == 1
+
+
+def test_a_cancelled_compression_is_offered_again_not_restarted(slider_store, monkeypatch):
+    held = HeldCompression(monkeypatch)
+    at = open_compress()
+    next(b for b in at.button if b.label == "Cancel").click().run()
+    held.release.set()
+    key = compression_key(RUN.run_id(), SETTING)
+    status = JobManager(slider_store).wait(key, timeout=TIMEOUT)
+    assert status is not None and status.state is JobState.CANCELLED
+    at.run()
+    assert not at.exception
+    assert "was cancelled" in " ".join(str(e.value) for e in at.error)
+    assert at.button(key="compute_button")  # an offer, one click away
+    assert held.calls == 1  # and nothing started again by itself
+    assert RunStore(slider_store).load_compression(RUN.run_id(), SETTING) is None
+
+
+class Held:
+    """A fake job that computes until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = threading.Event()
+        self.done = False
+
+    def run(self, ctx) -> None:
+        self.running.set()
+        self.release.wait(TIMEOUT)
+        self.done = True
+
+    def spec(self, key: str, kind: str = "train") -> JobSpec:
+        return JobSpec(key=key, kind=kind, label=f"held {key}", run=self.run, is_done=lambda: self.done)
+
+
+def test_an_interactive_job_runs_while_a_training_holds_the_only_slot(tmp_path):
+    manager = JobManager(tmp_path, max_running=1, poll_s=0.02)
+    training, queued, glimpse = Held(), Held(), Held()
+    manager.submit(training.spec("training"))
+    assert training.running.wait(TIMEOUT)
+    manager.submit(queued.spec("queued"))  # an ordinary job waits for the slot...
+    manager.submit(glimpse.spec("glimpse", "compress"), interactive=True)  # ...an interactive one does not
+    assert glimpse.running.wait(TIMEOUT)
+    glimpse.release.set()
+    assert manager.wait("glimpse", timeout=TIMEOUT).state is JobState.DONE
+    assert manager.status("training").state is JobState.RUNNING
+    assert manager.status("queued").state is JobState.QUEUED and not queued.running.is_set()
+    training.release.set()
+    queued.release.set()
+    assert manager.wait("queued", timeout=TIMEOUT).state is JobState.DONE
+
+
+def test_a_second_interactive_job_queues_while_the_interactive_slot_is_taken(tmp_path):
+    manager = JobManager(tmp_path, max_running=1, poll_s=0.02)
+    training, first, second = Held(), Held(), Held()
+    manager.submit(training.spec("training"))
+    assert training.running.wait(TIMEOUT)
+    manager.submit(first.spec("first", "compress"), interactive=True)
+    assert first.running.wait(TIMEOUT)
+    manager.submit(second.spec("second", "compress"), interactive=True)
+    until(lambda: manager.status("second").state is JobState.QUEUED)
+    assert not second.running.is_set()  # one interactive slot: at most max_running + 1 compute at once
+    first.release.set()
+    assert second.running.wait(TIMEOUT)  # the interactive slot, free again, before the training ends
+    assert manager.status("training").state is JobState.RUNNING
+    second.release.set()
+    training.release.set()
+    assert manager.wait("second", timeout=TIMEOUT).state is JobState.DONE
+    assert manager.wait("training", timeout=TIMEOUT).state is JobState.DONE
