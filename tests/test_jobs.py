@@ -300,12 +300,15 @@ def test_the_pipelines_manager_shares_the_cores_among_its_jobs(tmp_path, monkeyp
     before = torch.get_num_threads()
     monkeypatch.setenv("COMPRESSION_LAB_MAX_JOBS", str(2 * usable_cores()))
     pipeline._MANAGERS.clear()
+    pipeline._TORCH_THREADS_SET.clear()
     try:
-        pipeline.job_manager(RunStore(tmp_path))
+        manager = pipeline.job_manager(RunStore(tmp_path))
+        pipeline._share_torch_threads(manager)  # what a job body of this process does first
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
         pipeline._MANAGERS.clear()
+        pipeline._TORCH_THREADS_SET.clear()
 
 
 # ------------------------------------------------------------------------------------ processes
