@@ -104,6 +104,12 @@ def onnx_bytes(
     tensors, meta, float_model, example = _payload(source, model, example_input)
     layers = meta["layers"]
     for info in layers:
+        if coded and (info.get("entropy", "none") != "none" or info.get("mask") is not None):
+            # an rANS stream or a pruning mask: no standard ONNX operator decodes them in the graph
+            raise ValueError(
+                f"layer {info['name']} is pruned or entropy-coded, which the ONNX export cannot decode in the "
+                f"graph; compress the run without --sparsity and --entropy to export it as ONNX"
+            )
         if info["layout"] not in DECODED_LAYOUTS or info["code_bits"] > MAX_CODE_BITS:
             raise ValueError(
                 f"layer {info['name']} is coded as {info['layout']} with {info['code_bits']}-bit codes, which the "

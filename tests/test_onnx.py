@@ -335,3 +335,33 @@ def test_without_onnx_the_missing_package_is_named(capsys, tmp_path, monkeypatch
         onnx_bytes(source)
     err = _one_line_error(capsys, ["export", str(source), "--out", str(out)])
     assert "pip install -r requirements-onnx.txt" in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CompressConfig(method="pq", subvector_size=4, n_centroids=8, sparsity=0.5),
+        CompressConfig(method="kmeans", n_centroids=4, entropy="ans"),
+    ],
+    ids=["pruned", "entropy-coded"],
+)
+def test_a_pruned_or_entropy_coded_file_is_refused_in_one_line(tmp_path, capsys, cfg):
+    """Found at merge: such a file once exported a graph that failed in ONNX Runtime (its codes are a
+    stream or its survivors only); now one line before any export, and nothing written."""
+    torch.manual_seed(0)
+    model = build_model("mlp", DIGITS, 10, (32, 16))
+    with torch.no_grad():  # codes of very unequal frequencies: the rANS stream beats packed codes
+        weight = model.fcs[0].weight
+        weight.copy_((torch.rand_like(weight) > 0.97).float() * torch.randn_like(weight))
+    layers = quantize_model(model, cfg)
+    train_cfg = TrainConfig(dataset="digits", model="mlp", hidden=(32, 16))
+    tensors, meta = build_payload(model.state_dict(), layers, train_cfg, cfg, DIGITS, 10)
+    assert any(info.get("entropy", "none") != "none" or info.get("mask") for info in meta["layers"])
+    blob = to_bytes(tensors, meta)
+    with pytest.raises(ValueError, match="pruned or entropy-coded"):
+        onnx_bytes(blob)
+    source, out = tmp_path / "m.safetensors", tmp_path / "m.onnx"
+    source.write_bytes(blob)
+    assert main(["export", str(source), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pruned or entropy-coded" in err[0] and not out.exists()
