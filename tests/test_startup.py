@@ -129,6 +129,7 @@ def test_a_waiter_loads_no_dataset(tmp_path, store_copy):
     script.write_text(WRAPPER)
     report = tmp_path / "report.json"
     argv = train_argv(cfg, store_copy.root)
+    manager.jobs_dir.mkdir(parents=True, exist_ok=True)  # the job layer makes its folder at its first job
     with open(manager.jobs_dir / f"{cfg.run_id()}.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         waiter = subprocess.Popen([sys.executable, str(script), str(report), *argv], cwd=REPO, stdout=subprocess.PIPE)

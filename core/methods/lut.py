@@ -143,7 +143,7 @@ class LookupTableMethod(Method):
                 f"2, 4, ..., {1 << self.max_bits}"
             )
         for name, shape in shapes:
-            out_features, _ = row_shape(shape)
+            out_features, in_features = row_shape(shape)
             rows = group or out_features
             if out_features % rows:
                 raise DoesNotFit(
@@ -154,6 +154,12 @@ class LookupTableMethod(Method):
                 raise DoesNotFit(
                     f"{self.name}: vectors of cluster_dim={dim} output channels do not divide layer {name}'s "
                     f"{rows} channels a LUT; use a d that divides {rows}"
+                )
+            points = rows // dim * in_features  # what one LUT's k-means clusters
+            if k > points:  # the peer's k-means refuses more clusters than points
+                raise DoesNotFit(
+                    f"{self.name}: k={k} entries is more than the {points} values a LUT of layer {name} clusters; "
+                    f"use k up to {1 << (points.bit_length() - 1)}, or a larger group size"
                 )
 
     def estimate_seconds(self, shapes: Shapes, cfg: CompressConfig) -> float:
