@@ -383,16 +383,27 @@ def _dump(data: Any) -> bytes:
 # ------------------------------------------------------------------------------------- the class
 
 
-class Classroom:
-    """The classes of one run store (under `<store root>/classes/`)."""
+class ClassFiles:
+    """The files of the classes of one run store (under `<store root>/classes/`): read with their types
+    checked, written atomically, each class's read-modify-write under its lock. Knows no rules of a class."""
 
-    def __init__(self, store: RunStore):
-        self.store = store
-        self.root = store.root / "classes"
+    def __init__(self, root: Path):
+        self.root = root
 
-    # ---------------------------------------------------------------------------- files
-    def _folder(self, code: str) -> Path:
+    def folder(self, code: str) -> Path:
         return self.root / check_code(code)
+
+    def new_folder(self) -> str | None:
+        """A fresh class code with its empty folder made, or None when 20 tries found no free code."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(20):
+            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
+            try:
+                (self.root / code).mkdir()
+            except FileExistsError:
+                continue
+            return code
+        return None
 
     def _read_json(self, path: Path) -> Any:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO does not block the page
@@ -423,8 +434,9 @@ class Classroom:
         return ClassState(code, challenge, state, created, secret_sha, students, submissions)
 
     @contextmanager
-    def _locked(self, code: str) -> Iterator[ClassState]:
-        folder = self._folder(code)
+    def locked(self, code: str) -> Iterator[ClassState]:
+        """The class's state read under its lock, for a read-modify-write (`write` before leaving)."""
+        folder = self.folder(code)
         self.load(code)  # no such class / unreadable: refused before the lock file is made
         fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
@@ -433,7 +445,7 @@ class Classroom:
         finally:
             os.close(fd)
 
-    def _write(self, state: ClassState) -> None:
+    def write(self, state: ClassState) -> None:
         folder = self.root / state.code
         write_atomic(
             folder / "students.json",
@@ -467,21 +479,40 @@ class Classroom:
             ),
         )
 
+    def codes(self) -> list[str]:
+        """The codes of the classes under this store (not verified: `load` verifies)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if CODE_PATTERN.fullmatch(p.name) and p.is_dir())
+
+
+class Classroom:
+    """The classes of one run store: the teacher's and the students' actions and the board, each
+    checked against the class's rules before its files (`ClassFiles`) change."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.files = ClassFiles(store.root / "classes")
+        self.root = self.files.root
+
+    def load(self, code: str) -> ClassState:
+        """The class as its files say (`ClassFiles.load`)."""
+        return self.files.load(code)
+
+    def codes(self) -> list[str]:
+        """The codes of the classes under this store (not verified: `load` verifies)."""
+        return self.files.codes()
+
     # ---------------------------------------------------------------------------- teacher
     def open_class(self, challenge: Challenge | None = None) -> OpenedClass:
         """A new class with a fresh code and teacher secret (the secret is returned once, never stored)."""
         challenge = challenge or Challenge()
-        self.root.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(20):
-            code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
-            try:
-                (self.root / code).mkdir()
-            except FileExistsError:
-                continue
-            secret = secrets.token_urlsafe(16)
-            self._write(ClassState(code, challenge, OPEN, time.time(), _sha(secret), {}, ()))
-            return OpenedClass(code, secret)
-        raise ValueError("could not find a free class code; archive old classes and try again")
+        code = self.files.new_folder()
+        if code is None:
+            raise ValueError("could not find a free class code; archive old classes and try again")
+        secret = secrets.token_urlsafe(16)
+        self.files.write(ClassState(code, challenge, OPEN, time.time(), _sha(secret), {}, ()))
+        return OpenedClass(code, secret)
 
     def check_teacher(self, code: str, secret: str) -> ClassState:
         """The class when `secret` is its teacher's; ValueError otherwise."""
@@ -492,19 +523,19 @@ class Classroom:
 
     def set_challenge(self, code: str, secret: str, challenge: Challenge) -> None:
         self.check_teacher(code, secret)
-        with self._locked(code) as state:
-            self._write(replace(state, challenge=challenge))
+        with self.files.locked(code) as state:
+            self.files.write(replace(state, challenge=challenge))
 
     def close(self, code: str, secret: str) -> None:
         """No more joins or submissions; the board shows the final state."""
         self.check_teacher(code, secret)
-        with self._locked(code) as state:
-            self._write(replace(state, state=CLOSED))
+        with self.files.locked(code) as state:
+            self.files.write(replace(state, state=CLOSED))
 
     def reopen(self, code: str, secret: str) -> None:
         self.check_teacher(code, secret)
-        with self._locked(code) as state:
-            self._write(replace(state, state=OPEN))
+        with self.files.locked(code) as state:
+            self.files.write(replace(state, state=OPEN))
 
     def archive(self, code: str, secret: str) -> Path:
         """Close the class and move it to classes/archive/ (its code no longer opens); returns where."""
@@ -519,27 +550,27 @@ class Classroom:
     def remove_student(self, code: str, secret: str, student_id: str) -> None:
         """The student and their points leave the class; their session can no longer submit."""
         self.check_teacher(code, secret)
-        with self._locked(code) as state:
+        with self.files.locked(code) as state:
             if student_id not in state.students:
                 raise ValueError("that student is not in the class (already removed?)")
             students = {k: v for k, v in state.students.items() if k != student_id}
             points = tuple(p for p in state.submissions if p.student_id != student_id)
-            self._write(replace(state, students=students, submissions=points))
+            self.files.write(replace(state, students=students, submissions=points))
 
     def remove_point(self, code: str, secret: str, student_id: str, run_id: str, key: str) -> None:
         self.check_teacher(code, secret)
-        with self._locked(code) as state:
+        with self.files.locked(code) as state:
             kept = tuple(p for p in state.submissions if (p.student_id, p.run_id, p.key) != (student_id, run_id, key))
             if len(kept) == len(state.submissions):
                 raise ValueError("that point is not on the board (already removed?)")
-            self._write(replace(state, submissions=kept))
+            self.files.write(replace(state, submissions=kept))
 
     # ---------------------------------------------------------------------------- students
     def join(self, code: str, name: str) -> Membership:
         """Join with a display name; returns the session's membership (its token is never shown)."""
         name = check_name(name)
         code = check_code(code)
-        with self._locked(code) as state:
+        with self.files.locked(code) as state:
             if not state.is_open:
                 raise ValueError(f"class {code} is closed; ask the teacher")
             if any(_name_key(s.name) == _name_key(name) for s in state.students.values()):
@@ -549,7 +580,7 @@ class Classroom:
             token = secrets.token_urlsafe(24)
             student_id = secrets.token_hex(6)
             student = Student(student_id, name, _sha(token), time.time())
-            self._write(replace(state, students={**state.students, student_id: student}))
+            self.files.write(replace(state, students={**state.students, student_id: student}))
         return Membership(code, token)
 
     def student(self, membership: Membership) -> Student:
@@ -580,7 +611,7 @@ class Classroom:
         why = state.challenge.refusal(record)
         if why:
             raise ValueError(f"{why}; pick a point that fits the challenge")
-        with self._locked(membership.code) as state:
+        with self.files.locked(membership.code) as state:
             if student.student_id not in state.students:
                 raise ValueError("this session was removed from the class; join again")
             mine = [p for p in state.submissions if p.student_id == student.student_id]
@@ -591,7 +622,7 @@ class Classroom:
                     f"you have {MAX_POINTS_PER_STUDENT} points on the board; ask the teacher to remove one"
                 )
             point = Submission(student.student_id, run_id, key, time.time())
-            self._write(replace(state, submissions=(*state.submissions, point)))
+            self.files.write(replace(state, submissions=(*state.submissions, point)))
         self.store.settle_compression(run_id, key)  # a point sent to the board is one the student stayed on
         return record
 
@@ -645,12 +676,6 @@ class Classroom:
                 ]
             )
         return out.getvalue().encode()
-
-    def codes(self) -> list[str]:
-        """The codes of the classes under this store (not verified: `load` verifies)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if CODE_PATTERN.fullmatch(p.name) and p.is_dir())
 
 
 def _best(points: Sequence[BoardPoint], challenge: Challenge) -> BoardPoint | None:
