@@ -40,9 +40,10 @@ WRITE_INTERVAL_S = 0.25
 class _Job:
     """A job this process owns: its lock, its latest status (fresher than the throttled file), its waiters."""
 
-    def __init__(self, spec: JobSpec, lock_fd: int, status: JobStatus):
+    def __init__(self, spec: JobSpec, lock_fd: int, status: JobStatus, folder: JobFolder):
         self.spec = spec
         self.lock_fd = lock_fd
+        self.folder = folder  # where its status file is written
         self.status = status
         self.version = 0  # bumped on each status change; waiters wake when it moves
         self.written = -1  # the version last written to the status file
@@ -55,6 +56,39 @@ class _Job:
     def snapshot(self) -> JobStatus:
         with self.cond:
             return self.status
+
+    def update(self, force: bool = False, **changes: Any) -> None:
+        """Change the status in memory at once, on disk at most every WRITE_INTERVAL_S."""
+        with self.cond:
+            self.status = replace(self.status, **changes)
+            self.version += 1
+            wait = self.last_write + WRITE_INTERVAL_S - time.monotonic()
+            if force or wait <= 0:
+                self.write_locked()
+            elif self.timer is None:
+                self.timer = threading.Timer(wait, self._write_later)
+                self.timer.daemon = True
+                self.timer.start()
+            self.cond.notify_all()
+            status = self.status
+        for listener in self.listeners:
+            listener(status)
+
+    def _write_later(self) -> None:
+        """The timer's body: land the last throttled report, unless the job ended meanwhile."""
+        with self.cond:
+            self.timer = None
+            if self.written != self.version and not self.status.terminal:
+                self.write_locked()
+
+    def write_locked(self, status: JobStatus | None = None) -> None:
+        """Write the status file: the job's status, or `status` (the caller holds self.cond)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.folder.write_status(status or self.status)  # never raises: a full disk must not kill the job
+        self.written = self.version
+        self.last_write = time.monotonic()
 
 
 _NO_SLOT = -1  # the "descriptor" of a job that holds no slot (a sweep: each of its items queues for its own)
@@ -237,9 +271,9 @@ class JobRunner:
             # A cancel left from an earlier run of this key must not cancel this one.
             self.folder.clear_cancel(spec.key)
             status = self.status_for(spec, JobState.QUEUED)
-            job = _Job(spec, fd, replace(status, position=self.queue.rank(status)))
+            job = _Job(spec, fd, replace(status, position=self.queue.rank(status)), self.folder)
             with job.cond:
-                self._write_locked(job)
+                job.write_locked()
             with _REGISTRY_LOCK:
                 _REGISTRY[(self.folder_id, spec.key)] = job
             return _Claim(owned=job)
@@ -286,7 +320,7 @@ class JobRunner:
             status = job.snapshot()
             rank = self.queue.rank(status)
             if rank != status.position:
-                self.update(job, force=True, position=rank)
+                job.update(force=True, position=rank)
             if rank <= self.max_running:
                 fd = self.queue.take_slot(rank)
                 if fd is not None:
@@ -310,7 +344,7 @@ class JobRunner:
             if slot is None:
                 state, message = JobState.CANCELLED, CANCELLED_MESSAGE
             else:
-                self.update(job, force=True, state=JobState.RUNNING, position=None, started=time.time())
+                job.update(force=True, state=JobState.RUNNING, position=None, started=time.time())
                 state, message = self._call(job)
         except KeyboardInterrupt:
             state, message = JobState.CANCELLED, "interrupted (Ctrl-C); submit it again to start over"
@@ -345,40 +379,7 @@ class JobRunner:
         return JobState.DONE, ""
 
     def _report(self, job: _Job, done: int, total: int, text: str, metrics: dict[str, float]) -> None:
-        self.update(job, done=done, total=total, text=text, metrics={**job.snapshot().metrics, **metrics})
-
-    def update(self, job: _Job, force: bool = False, **changes: Any) -> None:
-        """Change the job's status in memory at once, on disk at most every WRITE_INTERVAL_S."""
-        with job.cond:
-            job.status = replace(job.status, **changes)
-            job.version += 1
-            wait = job.last_write + WRITE_INTERVAL_S - time.monotonic()
-            if force or wait <= 0:
-                self._write_locked(job)
-            elif job.timer is None:
-                job.timer = threading.Timer(wait, self._write_later, args=(job,))
-                job.timer.daemon = True
-                job.timer.start()
-            job.cond.notify_all()
-            status = job.status
-        for listener in job.listeners:
-            listener(status)
-
-    def _write_later(self, job: _Job) -> None:
-        """The timer's body: land the last throttled report, unless the job ended meanwhile."""
-        with job.cond:
-            job.timer = None
-            if job.written != job.version and not job.status.terminal:
-                self._write_locked(job)
-
-    def _write_locked(self, job: _Job, status: JobStatus | None = None) -> None:
-        """Write the status file: the job's status, or `status` (the caller holds job.cond)."""
-        if job.timer is not None:
-            job.timer.cancel()
-            job.timer = None
-        self.folder.write_status(status or job.status)  # never raises: a full disk must not kill the job
-        job.written = job.version
-        job.last_write = time.monotonic()
+        job.update(done=done, total=total, text=text, metrics={**job.snapshot().metrics, **metrics})
 
     def finish(self, job: _Job, state: JobState, message: str) -> JobStatus:
         """Record the terminal state, let go of the key, then wake this process's waiters.
@@ -389,7 +390,7 @@ class JobRunner:
         """
         with job.cond:
             final = replace(job.status, state=state, message=message, position=None, finished=time.time())
-            self._write_locked(job, final)
+            job.write_locked(final)
         self.folder.drop_cancel(job.spec.key)
         with _REGISTRY_LOCK:
             _REGISTRY.pop((self.folder_id, job.spec.key), None)

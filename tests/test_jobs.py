@@ -390,6 +390,8 @@ def test_a_killed_owner_is_taken_over(tmp_path):
     with _children(child):
         manager = make_manager(tmp_path, max_running=1)
         until(lambda: (s := manager.status("shared")) is not None and s.state is JobState.RUNNING)
+        # RUNNING is written just before the body starts: kill it once the body has begun, not before
+        until(lambda: (tmp_path / "calls.txt").exists())
         os.kill(child.pid, signal.SIGKILL)
         child.join()
     on_disk = JobStatus.from_json((tmp_path / "jobs" / "shared.json").read_bytes())
