@@ -646,3 +646,71 @@ def toy_pq_figure(
 
 def nice_ratio(value: float) -> str:
     return f"{value:,.2f}x" if math.isfinite(value) else "n/a"
+
+
+# ------------------------------------------------------------------------- the three stages (Learn)
+
+
+def pruned_histogram(kept: Sequence[float], pruned: Sequence[float], height: int = 360) -> go.Figure:
+    """A weight's values in counts on one set of bins: the survivors, and the pruned ones (the smallest
+    |w|, stored as exact zeros) drawn apart, with the threshold at ±(largest pruned |w|) dashed."""
+    values = [*kept, *pruned]
+    limit = max((abs(v) for v in values), default=1.0) or 1.0
+    bins = dict(start=-limit, end=limit, size=2 * limit / 101)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=list(kept), xbins=bins, name=f"kept ({len(kept):,})", marker_color="#0072B2"))
+    if pruned:
+        fig.add_trace(
+            go.Histogram(
+                x=list(pruned), xbins=bins, name=f"pruned ({len(pruned):,}; stored as exact 0)",
+                marker_color=NEUTRAL, opacity=0.6,
+            )
+        )  # fmt: skip
+        threshold = max(abs(v) for v in pruned)
+        for sign in (-1, 1):
+            fig.add_vline(x=sign * threshold, line=dict(color=NEUTRAL, dash="dash", width=2))
+    fig.update_layout(barmode="overlay", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    fig.update_xaxes(title_text="weight value (pruning threshold dashed)")
+    fig.update_yaxes(title_text="weights")
+    return _style(fig, None, height)
+
+
+def code_usage_figure(counts: Sequence[int], method: str = "pq", height: int = 340) -> go.Figure:
+    """How often each code occurs, most used first, against the even use (n / k each) that a bit-packed
+    code of log2 k bits is best for: the more uneven, the more an entropy coder saves."""
+    ordered = sorted((int(c) for c in counts), reverse=True)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=list(range(1, len(ordered) + 1)),
+            y=ordered,
+            name="codes, most used first",
+            marker_color=method_color(method),
+            hovertemplate="rank %{x}: %{y:,} codes<extra></extra>",
+        )
+    )
+    even = sum(ordered) / max(1, len(ordered))
+    fig.add_hline(y=even, line=dict(color=NEUTRAL, dash="dash", width=2))
+    fig.update_xaxes(title_text="code, by how often it is used (rank)")
+    fig.update_yaxes(title_text="occurrences (even use dashed)")
+    fig.update_layout(showlegend=False)
+    return _style(fig, None, height)
+
+
+def stage_ledger_figure(stages: Sequence[tuple[str, int, float]], height: int = 320) -> go.Figure:
+    """(stage, bits, ratio) of each stage as bars of the coded layers' size, each labelled with its ratio."""
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=[chart_text(stage) for stage, _, _ in stages],
+            y=[bits / 1000 for _, bits, _ in stages],
+            text=[nice_ratio(ratio) for _, _, ratio in stages],
+            textposition="outside",
+            marker_color=["#CCCCCC", *["#0072B2"] * (len(stages) - 1)],
+            hovertemplate="%{x}: %{y:,.3f} kilobits<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title_text="after the stage")
+    fig.update_yaxes(title_text="coded layers' size (kilobits; log scale)", type="log")
+    fig.update_layout(showlegend=False)
+    return _style(fig, None, height)
