@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from core.charts import (
-    centroid_histogram,
     code_usage_figure,
     nice_ratio,
     pruned_histogram,
@@ -39,7 +38,7 @@ STAGE_SPARSITIES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98)
 STAGE_D = (1, 2, 4, 8)
 STAGE_K = (2, 4, 8, 16, 32, 64, 128, 256)
 # the Compress page's link for a pruned, entropy-coded compression (each control's value as it writes it)
-PRUNED_ANS_LINK = {"method": "pq", "d": "1", "k": "16", "sparsity": "90%", "entropy": "rANS"}
+PRUNED_ANS_LINK = {"method": "pq", "d": "1", "k": "16", "sparsity": "0.9", "entropy": "rANS"}
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -164,8 +163,7 @@ def three_stages_toy_ui() -> None:
     with col2:
         if subvector_size == 1:
             centroids = [c[0] for c in toy.centroids]
-            figure = centroid_histogram(toy.kept, centroids, method=method, pruned=toy.pruned or None)
-            st.plotly_chart(figure, key="chart_stage_centroids")
+            st.plotly_chart(pruned_histogram(toy.kept, toy.pruned, centroids, method), key="chart_stage_centroids")
         else:
             st.caption(f"With d = {subvector_size} each centroid is a point in {subvector_size} dimensions: the "
                        "codes' use (left) is what the entropy coder sees.")  # fmt: skip
