@@ -729,17 +729,22 @@ def code_usage_figure(counts: Sequence[int], method: str = "pq", height: int = 3
 def stage_ledger_figure(stages: Sequence[tuple[str, int, float]], height: int = 320) -> go.Figure:
     """(stage, bits, ratio) of each stage as bars of the coded layers' size, each labelled with its ratio."""
     fig = go.Figure()
+    bits = [b for _, b, _ in stages]
     fig.add_trace(
         go.Bar(
             x=[chart_text(stage) for stage, _, _ in stages],
-            y=[bits / 1000 for _, bits, _ in stages],
+            y=bits,
             text=[nice_ratio(ratio) for _, _, ratio in stages],
             textposition="outside",
             marker_color=["#CCCCCC", *["#0072B2"] * (len(stages) - 1)],
-            hovertemplate="%{x}: %{y:,.3f} kilobits<extra></extra>",
+            hovertemplate="%{x}: %{y:,} bits<extra></extra>",
+            cliponaxis=False,
         )
     )
+    tickvals, ticktext = log_ticks(min(bits), max(bits), "")
     fig.update_xaxes(title_text="after the stage")
-    fig.update_yaxes(title_text="coded layers' size (kilobits; log scale)", type="log")
+    fig.update_yaxes(
+        title_text="coded layers' size (bits; log scale)", type="log", tickvals=tickvals, ticktext=ticktext
+    )
     fig.update_layout(showlegend=False)
     return _style(fig, None, height)

@@ -106,6 +106,8 @@ def three_stages_toy_ui() -> None:
         "weight as a bitmap, or entropy-coded. Its entropy H(p), with p the kept share, is what an ideal coder "
         "needs; a bitmap is only that good at p = 50%."
     )
+    stage1 = st.container()  # filled once the toy is computed, which needs stage 2's controls too
+    st.subheader("Stage 2: quantize the survivors")
     col1, col2 = st.columns(2)
     with col1:
         subvector_size = int(select_slider("Subvector size d (1: scalar k-means)", STAGE_D, 1, "stage_d", True))
@@ -118,7 +120,7 @@ def three_stages_toy_ui() -> None:
     except ValueError as error:
         show_error(error)
         return
-    cols = st.columns(4)
+    cols = stage1.columns(4)
     kept = len(toy.kept)
     cols[0].metric("Weights kept", f"{kept:,} of {n:,}")
     if toy.mask is None:
@@ -133,9 +135,8 @@ def three_stages_toy_ui() -> None:
         )  # fmt: skip
         cols[3].metric("Entropy bound n·H(p)", f"{mask.entropy_bound_bits:,.0f} bits",
                        help=f"H(p) = {mask.bits_per_symbol:.3f} bits a weight")  # fmt: skip
-    st.plotly_chart(pruned_histogram(toy.kept, toy.pruned), key="chart_stage_prune")
+    stage1.plotly_chart(pruned_histogram(toy.kept, toy.pruned), key="chart_stage_prune")
 
-    st.subheader("Stage 2: quantize the survivors")
     method = toy.config.method
     st.markdown(
         f"The {kept:,} survivors, read row by row as one sequence, are coded by **{method}** "
@@ -163,7 +164,7 @@ def three_stages_toy_ui() -> None:
     with col2:
         if subvector_size == 1:
             centroids = [c[0] for c in toy.centroids]
-            st.plotly_chart(pruned_histogram(toy.kept, toy.pruned, centroids, method), key="chart_stage_centroids")
+            st.plotly_chart(pruned_histogram(toy.kept, (), centroids, method), key="chart_stage_centroids")
         else:
             st.caption(f"With d = {subvector_size} each centroid is a point in {subvector_size} dimensions: the "
                        "codes' use (left) is what the entropy coder sees.")  # fmt: skip
