@@ -416,6 +416,12 @@ def test_learn_three_stages_toy_and_the_real_ledger(tmp_path, monkeypatch):
     assert stages() == ["float32", "quantized", "entropy-coded"]
     at.radio(key="stage_dist").set_value("two wells").run()
     assert_clean(at)
+    # a link holds each control's label, as a bound widget writes it: it opens the same toy, unwarned
+    again = open_page("learn", {"stage_s": "0.98", "stage_d": "8", "stage_k": "8", "stage_dist": "two wells"})
+    assert_clean(again)
+    assert not again.warning
+    assert again.select_slider(key="stage_s").value == 0.98 and again.radio(key="stage_dist").value == "two wells"
+    assert again.select_slider(key="stage_k").value == 8 and metric(again, "Weights kept") == "82 of 4,096"
     at.select_slider(key="stage_s").set_value(0.75).run()
     at.select_slider(key="stage_d").set_value(8).run()
     at.select_slider(key="stage_k").set_value(128).run()

@@ -56,10 +56,6 @@ def _stages_toy(sparsity: float, subvector_size: int, n_centroids: int, distribu
     return stages_toy(sparsity, subvector_size, n_centroids, distribution)
 
 
-def _pct(sparsity: float) -> str:
-    return "off" if sparsity == 0 else f"{sparsity:.0%}"
-
-
 def _ledger_table(stages: list[LedgerStage], with_model: bool) -> pd.DataFrame:
     """The stages as rows; a mask counted inside the codes' column (a stored ledger's entropy line) says so."""
     rows = []
@@ -97,8 +93,8 @@ def three_stages_toy_ui() -> None:
     with col1:
         distribution = radio("Toy weights", DISTRIBUTIONS, "laplace", "stage_dist", True, horizontal=True)
     with col2:
-        sparsity = float(select_slider("Sparsity (pruned share)", STAGE_SPARSITIES, 0.9, "stage_s", True,
-                                       format_func=_pct))  # fmt: skip
+        # the plain number as its label: the URL keeps the label, and the link check takes a number (not 90%)
+        sparsity = float(select_slider("Sparsity (share pruned; 0: none)", STAGE_SPARSITIES, 0.9, "stage_s", True))
 
     st.subheader("Stage 1: prune")
     st.markdown(
