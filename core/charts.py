@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -646,3 +647,104 @@ def toy_pq_figure(
 
 def nice_ratio(value: float) -> str:
     return f"{value:,.2f}x" if math.isfinite(value) else "n/a"
+
+
+# ------------------------------------------------------------------------- the three stages (Learn)
+
+
+def pruned_histogram(
+    kept: Sequence[float],
+    pruned: Sequence[float],
+    centroids: Sequence[float] = (),
+    method: str = "kmeans",
+    height: int = 360,
+) -> go.Figure:
+    """A weight's values in counts on one set of bins: the survivors, and the pruned ones (the smallest
+    |w|, stored as exact zeros) drawn apart, with the threshold at ±(largest pruned |w|) dashed; with
+    `centroids` (1-D), the values that replace the survivors, as lines in the method's colour."""
+    kept_values, pruned_values = np.asarray(kept, dtype=float), np.asarray(pruned, dtype=float)  # arrays: 5x faster
+    limit = float(np.abs(np.concatenate([kept_values, pruned_values])).max(initial=0.0)) or 1.0
+    bins = dict(start=-limit, end=limit, size=2 * limit / 101)
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=kept_values, xbins=bins, name=f"kept ({len(kept):,})", marker_color="#0072B2"))
+    if len(pruned):
+        fig.add_trace(
+            go.Histogram(
+                x=pruned_values, xbins=bins, name=f"pruned ({len(pruned):,}; stored as exact 0)",
+                marker_color=NEUTRAL, opacity=0.6,
+            )
+        )  # fmt: skip
+    # lines as layout shapes: add_vline takes a tenth of a second each, which a slider's answer cannot spare
+    lines = []
+    if len(pruned):
+        threshold = float(np.abs(pruned_values).max())
+        lines += [(sign * threshold, NEUTRAL, "dash") for sign in (-1, 1)]
+    color = method_color(method)
+    values = sorted({float(c) for c in centroids})
+    lines += [(value, color, "solid") for value in values]
+    fig.update_layout(
+        shapes=[
+            dict(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1, line=dict(color=c, dash=dash, width=2))
+            for x, c, dash in lines
+        ]
+    )
+    if values:  # a legend entry for the centroids: a rug along the bottom
+        fig.add_trace(
+            go.Scatter(
+                x=values, y=[0] * len(values), mode="markers", name=f"centroids ({len(values)})",
+                marker=dict(color=color, symbol="line-ns-open", size=18, line=dict(width=2)),
+            )
+        )  # fmt: skip
+    fig.update_layout(barmode="overlay", legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
+    fig.update_xaxes(title_text="weight value" + (" (pruning threshold dashed)" if len(pruned) else ""))
+    fig.update_yaxes(title_text="weights")
+    return _style(fig, None, height)
+
+
+def code_usage_figure(counts: Sequence[int], method: str = "pq", height: int = 340) -> go.Figure:
+    """How often each code occurs, most used first, against the even use (n / k each) that a bit-packed
+    code of log2 k bits is best for: the more uneven, the more an entropy coder saves."""
+    ordered = sorted((int(c) for c in counts), reverse=True)
+    fig = go.Figure()
+    fig.add_trace(
+        go.Bar(
+            x=list(range(1, len(ordered) + 1)),
+            y=ordered,
+            name="codes, most used first",
+            marker_color=method_color(method),
+            hovertemplate="rank %{x}: %{y:,} codes<extra></extra>",
+        )
+    )
+    even = sum(ordered) / max(1, len(ordered))
+    fig.update_layout(
+        shapes=[dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=even, y1=even,
+                     line=dict(color=NEUTRAL, dash="dash", width=2))]
+    )  # fmt: skip
+    fig.update_xaxes(title_text="code, by how often it is used (rank)")
+    fig.update_yaxes(title_text="occurrences (even use dashed)")
+    fig.update_layout(showlegend=False)
+    return _style(fig, None, height)
+
+
+def stage_ledger_figure(stages: Sequence[tuple[str, int, float]], height: int = 320) -> go.Figure:
+    """(stage, bits, ratio) of each stage as bars of the coded layers' size, each labelled with its ratio."""
+    fig = go.Figure()
+    bits = [b for _, b, _ in stages]
+    fig.add_trace(
+        go.Bar(
+            x=[chart_text(stage) for stage, _, _ in stages],
+            y=bits,
+            text=[nice_ratio(ratio) for _, _, ratio in stages],
+            textposition="outside",
+            marker_color=["#CCCCCC", *["#0072B2"] * (len(stages) - 1)],
+            hovertemplate="%{x}: %{y:,} bits<extra></extra>",
+            cliponaxis=False,
+        )
+    )
+    tickvals, ticktext = log_ticks(min(bits), max(bits), "")
+    fig.update_xaxes(title_text="after the stage")
+    fig.update_yaxes(
+        title_text="coded layers' size (bits; log scale)", type="log", tickvals=tickvals, ticktext=ticktext
+    )
+    fig.update_layout(showlegend=False)
+    return _style(fig, None, height)

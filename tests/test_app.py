@@ -389,6 +389,63 @@ def test_learn_worked_example_and_toys(empty_store):
     assert_clean(at)
 
 
+def test_learn_three_stages_toy_and_the_real_ledger(tmp_path, monkeypatch):
+    """The toy's controls moved (each answers with the ledger, every stage shown), a k the new
+    survivors cannot take reset, a setting whose codebook outweighs its codes warned about; on a
+    store with no pruned or entropy-coded compression one line says how to make one (a Compress link
+    with those settings), and with one its stored ledger is shown stage by stage."""
+    from urllib.parse import parse_qsl
+
+    root = tmp_path / "stages-store"
+    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
+    at = open_page("learn")
+    assert_clean(at)
+
+    def ledgers(at: AppTest) -> list:
+        """The stage tables shown: the toy's, then a stored compression's (AppTest finds no table by key)."""
+        return [frame.value for frame in at.dataframe if "after" in frame.value]
+
+    stages = lambda: ledgers(at)[0]["after"].tolist()  # noqa: E731
+    assert stages() == ["float32", "pruned", "quantized", "entropy-coded"]
+    assert metric(at, "Mask as a bitmap") == "4,096 bits"
+    for key, value in (("stage_s", 0.5), ("stage_d", 2), ("stage_k", 64), ("stage_s", 0.98), ("stage_s", 0.0)):
+        at.select_slider(key=key).set_value(value).run()
+        assert_clean(at)
+        assert not at.error
+    assert at.select_slider(key="stage_k").value == 16  # 64 did not fit the 41 subvectors of 98%
+    assert stages() == ["float32", "quantized", "entropy-coded"]
+    at.radio(key="stage_dist").set_value("two wells").run()
+    assert_clean(at)
+    # a link holds each control's label, as a bound widget writes it: it opens the same toy, unwarned
+    again = open_page("learn", {"stage_s": "0.98", "stage_d": "8", "stage_k": "8", "stage_dist": "two wells"})
+    assert_clean(again)
+    assert not again.warning
+    assert again.select_slider(key="stage_s").value == 0.98 and again.radio(key="stage_dist").value == "two wells"
+    assert again.select_slider(key="stage_k").value == 8 and metric(again, "Weights kept") == "82 of 4,096"
+    at.select_slider(key="stage_s").set_value(0.75).run()
+    at.select_slider(key="stage_d").set_value(8).run()
+    at.select_slider(key="stage_k").set_value(128).run()
+    assert_clean(at)
+    assert "the codebook outweighs what the codes save" in texts(at.warning)
+
+    get_or_train(RunStore(root), PLAIN)  # a run, no pruned or entropy-coded compression of it
+    at = open_page("learn")
+    assert "No stored compression is pruned or entropy-coded yet" in texts(at.markdown)
+    links = [link for link in at.get("page_link") if "rANS" in str(link.proto.label)]
+    compress = open_page("compress", dict(parse_qsl(str(links[0].proto.query_string))))  # the link makes one
+    assert_clean(compress)
+    assert compress.select_slider(key="sparsity").value == 0.9 and compress.radio(key="entropy").value == "ans"
+    (record,) = RunStore(root).list_compressions()
+    assert record.compress_config.sparsity == 0.9 and record.compress_config.entropy == "ans"
+    at = open_page("learn")
+    assert_clean(at)
+    _, table = ledgers(at)
+    assert table["after"].tolist() == ["float32", "pruned", "quantized", "entropy-coded"]
+    size = record.size
+    assert table["coded layers (bits)"].tolist()[2:] == [f"{size.fc_bits:,}", f"{size.entropy_fc_bits:,}"]
+    assert table["mask (bits)"].tolist()[2] == f"{size.mask_bits:,}"
+
+
 # ------------------------------------------------------------------------------------------ links
 
 EVIL_LINK = "[text](https://evil.example/x)"
