@@ -15,13 +15,13 @@ from torch import nn
 from .export import (
     MODULE_FORMAT,
     NotACompressedModel,
-    _parse_header,
     fill_module,
     from_bytes,
     model_from_payload,
     module_from_bytes,
     read_file_bytes,
 )
+from .filereader import parse_header
 
 
 def decompress(path: str | Path, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def file_format(blob: bytes) -> str | None:
     """The `format` a compressed file's metadata claims, when its header can be read at all (only to
     say which reader a refused file needs)."""
     try:
-        _, meta_text = _parse_header(blob)
+        _, meta_text = parse_header(blob)
         meta = json.loads(meta_text)
     except Exception:  # an unreadable file: the reader's own refusal is the message
         return None

@@ -8,14 +8,16 @@ The `shared` layout has one group per layer; `per-chunk` has one group per chunk
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from .prune import coded_rows
+# re-exported: their home is fits.py (shapes only, no torch)
+from .fits import DoesNotFit as DoesNotFit
+from .fits import check_codebooks_fit as check_codebooks_fit
+from .fits import check_fits as check_fits
+from .fits import n_chunks, row_shape
 
 if TYPE_CHECKING:
     from .config import CompressConfig  # config imports the methods, which import this module
@@ -34,18 +36,9 @@ DIST_BLOCK = _DIST_BLOCK  # public: the cost model (core/methods/pq.py) counts p
 _SMALL_BLOCK = 1 << 15  # below this many distances, plain argmin (fewer ops) beats `_first_argmin`
 
 
-def row_shape(shape: tuple[int, ...] | list[int]) -> tuple[int, int]:
-    """(out, ...) -> (out, product of the rest): a conv's filters as the rows PQ cuts."""
-    return int(shape[0]), int(math.prod(shape[1:]))
-
-
 def as_rows(weight: torch.Tensor) -> torch.Tensor:
     """(out, in) or (out, in, kh, kw) -> (out, in * kh * kw), each output filter flattened in that order."""
     return weight.reshape(weight.shape[0], -1)
-
-
-def n_chunks(in_features: int, subvector_size: int) -> int:
-    return math.ceil(in_features / subvector_size)
 
 
 def to_subvectors(weight: torch.Tensor, subvector_size: int) -> torch.Tensor:
@@ -348,36 +341,6 @@ class QuantizedLayer:
     @property
     def _group_layout(self) -> str:
         return "shared" if self.layout == "sign" else self.layout
-
-
-class DoesNotFit(ValueError):
-    """A compression setting that the network's layers cannot take (d too wide, k too many)."""
-
-
-def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
-    """Raise DoesNotFit when `cfg` does not fit every layer (a conv counts as its rows of in * kh * kw
-    values): the method says, and its message names the layer whose limit it states and what would fit."""
-    if fc_shapes and cfg.sparsity > 0:  # the method codes each layer's survivors, as one row
-        fc_shapes = [(name, coded_rows(row_shape(shape), cfg.sparsity)) for name, shape in fc_shapes]
-    if fc_shapes:
-        cfg.method_spec.check_fits(list(fc_shapes), cfg)
-
-
-def check_codebooks_fit(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], dim: int, k: int, layout: str) -> None:
-    """DoesNotFit unless subvectors of `dim` fit every layer and, per-chunk, k centroids fit its rows."""
-    rows = [(name, row_shape(shape)) for name, shape in fc_shapes]
-    narrowest, (_, narrowest_in) = min(rows, key=lambda entry: entry[1][1])
-    if dim > narrowest_in:
-        raise DoesNotFit(
-            f"subvector size d={dim} is wider than layer {narrowest}, which has {narrowest_in} "
-            f"inputs; use d <= {narrowest_in}"
-        )
-    fewest, (fewest_out, _) = min(rows, key=lambda entry: entry[1][0])
-    if layout == "per-chunk" and k > fewest_out:
-        raise DoesNotFit(
-            f"the per-chunk layout learns each codebook from the rows of a layer, and layer {fewest} has "
-            f"{fewest_out} rows, so k={k} is too many; use k <= {fewest_out} or the shared layout"
-        )
 
 
 def quantize_weight(

@@ -12,9 +12,13 @@ what to compute, and when, is `core/pipeline.py`'s and `core/jobs.py`'s business
 Everything served is verified: the checksum covers each entry's JSON and its weights' or file's
 sha256 together; the folder name must be the hash of the config inside, and the key the hash of
 the compression config inside; a compressed file must pass the reader's own checks
-(`core.export.read_payload`). An entry that fails any check counts as missing: it is recomputed,
-never served, and never breaks a listing. The checksum detects corruption and edits; it is not a
-signature (someone who can write the store can also recompute it).
+(`core.filereader.check_bytes`, on numpy: no torch). An entry that fails any check counts as missing:
+it is recomputed, never served, and never breaks a listing. The reader's checks run once for each
+file's content in a process (`_VerifiedFiles`, keyed by the sha256 the entry already records): the
+pipeline's look after a job, the pages' cached listing and the page that draws the file's layers all
+serve the file that one check passed, and a changed file (another sha256) is checked again. The
+checksum detects corruption and edits; it is not a signature (someone who can write the store can
+also recompute it).
 
 Writes are atomic (a run is built in a temporary folder and renamed into place; files go through
 `core.fileio.write_atomic`), so a reader never sees half an entry and two writers of one key
@@ -24,19 +28,25 @@ loaded with pickle: weights are safetensors, metadata JSON.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import CompressConfig
 from .fileio import hold_temporary, is_temporary, temporary_name, write_atomic, writer_alive
 from .records import BlobWeights, CompressionRecord, RunRecord, StoredWeights, sha256
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ENV_VAR = "COMPRESSION_LAB_CACHE"
 _WHERE = f"--cache-dir, {ENV_VAR}"  # how a user picks another store: the CLI's option, the app's variable
@@ -47,6 +57,44 @@ TRANSIENT_SUFFIX = ".transient"  # beside <key>.json: a compression only passed 
 # A writer publishes a compression's JSON milliseconds after its file; a file alone this much
 # longer was left by a killed writer (gc's --older-than 0 must not take one being published).
 PUBLISH_GAP_S = 60.0
+
+
+class _VerifiedFiles:
+    """The compressed files that passed the reader's checks in this process, by their sha256, with
+    their metadata: bytes with such a hash are those bytes, so the checks (which cost far more than
+    hashing) are not run on them again. Bounded; the oldest are forgotten first, and checked again
+    if they come back. Shared by the threads of a process (the app's sessions and jobs)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._metas: OrderedDict[str, dict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def meta(self, blob: bytes, sha: str, source: str) -> dict:
+        """The checked metadata of `blob`, whose sha256 is `sha`; NotACompressedModel when it fails."""
+        with self._lock:
+            if sha in self._metas:
+                self._metas.move_to_end(sha)
+                return copy.deepcopy(self._metas[sha])
+        from .filereader import check_bytes  # numpy only: verifying a stored file imports no torch
+
+        _, meta = check_bytes(blob, source)
+        with self._lock:
+            self._metas[sha] = meta
+            while len(self._metas) > self.limit:
+                self._metas.popitem(last=False)
+        return copy.deepcopy(meta)
+
+    def __contains__(self, sha: str) -> bool:
+        with self._lock:
+            return sha in self._metas
+
+    def clear(self) -> None:
+        with self._lock:
+            self._metas.clear()
+
+
+_VERIFIED_FILES = _VerifiedFiles()
 
 
 def default_root() -> Path:
@@ -254,8 +302,25 @@ class RunStore:
 
     def _load_compression(self, run_id: str, key: str) -> CompressionRecord | None:
         """The verified compression record (with its file path), or None when absent or not valid."""
-        from .export import NotACompressedModel, read_payload  # the reader's checks: torch, here only
+        found = self._verified_compression(run_id, key)
+        return None if found is None else found[0]
 
+    def load_compression_payload(
+        self, run_id: str, key: str
+    ) -> tuple[CompressionRecord, dict[str, np.ndarray], dict] | None:
+        """(record, the file's tensors as numpy arrays, its metadata) of a stored compression, verified
+        as `load_compression` does (and not checked again when this process checked these bytes
+        already), or None when absent or not valid: what a page that draws the file's layers reads."""
+        from .filereader import verified_arrays
+
+        found = self._verified_compression(run_id, key)
+        if found is None:
+            return None
+        record, blob, meta = found
+        return record, verified_arrays(blob), meta
+
+    def _verified_compression(self, run_id: str, key: str) -> tuple[CompressionRecord, bytes, dict] | None:
+        """(record, file bytes, checked metadata) of a compression entry that passes every check, or None."""
         try:
             json_path, file_path = self.compression_paths(run_id, key)
             record_json, file_sha = _open_envelope(json_path, "file_sha256")
@@ -266,11 +331,11 @@ class RunStore:
             record = CompressionRecord.from_json(record_json, file_path=str(file_path), transient=transient)
             if record.run_id != run_id or record.key != key or record.file_bytes != len(blob):
                 return None  # copied under another run or another setting's key
-            _, meta = read_payload(blob, source=str(file_path))
+            meta = _VERIFIED_FILES.meta(blob, file_sha, str(file_path))
             if meta.get("run_id") != run_id or meta.get("compress_config") != record.compress_config.to_json():
                 return None
-            return record
-        except (*_READ_ERRORS, NotACompressedModel):
+            return record, blob, meta
+        except _READ_ERRORS:  # NotACompressedModel, the reader's refusal, is a ValueError
             return None
 
     def save_compression(self, record: CompressionRecord, blob: bytes, transient: bool = False) -> CompressionRecord:

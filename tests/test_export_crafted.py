@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save as st_save
 
 import core.export as export
+import core.fileformat as fileformat
 from core.config import CompressConfig, TrainConfig
 from core.export import (
     NotACompressedModel,
@@ -392,7 +393,7 @@ def test_unpack_refuses_too_few_bytes():
 def test_unpack_in_chunks_matches_one_pass(monkeypatch):
     codes = torch.randint(0, 2**11, (1, 1000), generator=torch.Generator().manual_seed(0))
     packed = pack_codes(codes, 11)
-    monkeypatch.setattr(export, "_UNPACK_CHUNK", 64)
+    monkeypatch.setattr(fileformat, "_UNPACK_CHUNK", 64)
     assert torch.equal(unpack_codes(packed, 11, 1000), codes.flatten())
 
 
@@ -410,7 +411,7 @@ def test_load_file_refuses_what_is_not_a_regular_file(tmp_path, monkeypatch, pay
         refused(fifo, "not a regular file")  # and does not block waiting for a writer
     big = tmp_path / "big.safetensors"
     save_file(big, to_bytes(*payloads["kmeans"]))
-    monkeypatch.setattr(export, "MAX_FILE_BYTES", big.stat().st_size - 1)
+    monkeypatch.setattr(fileformat, "MAX_FILE_BYTES", big.stat().st_size - 1)
     refused(big, "above the")
 
 

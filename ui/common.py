@@ -17,7 +17,7 @@ import torch
 
 from core.config import CompressConfig
 from core.data import DatasetUnavailable
-from core.export import layers_from_payload, read_payload
+from core.filemodel import as_tensors, layers_from_payload
 from core.pq import to_groups, to_subvectors
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from core.store import RunStore, stat_signature
@@ -94,9 +94,13 @@ def stored_compression(run_id: str, cfg: CompressConfig) -> CompressionRecord | 
 @st.cache_data(show_spinner=False, max_entries=128)
 def compression_plot_data(file_path: str, file_bytes: int, run_id: str, root: str, layer_name: str) -> dict:
     """What the Compress page draws for one FC layer, read from the exported file itself:
-    the layer's float weights (d = 1) or its 2-D subvectors (d = 2), and the centroids."""
-    tensors, meta = read_payload(Path(file_path).read_bytes(), source=file_path)
-    layers = {layer.name: layer for layer in layers_from_payload(tensors, meta)}
+    the layer's float weights (d = 1) or its 2-D subvectors (d = 2), and the centroids. The file is
+    the store's verified entry (`<key>.safetensors`), not checked again when the store checked it."""
+    found = RunStore(root).load_compression_payload(run_id, Path(file_path).stem)
+    if found is None:
+        return {"kind": "none"}
+    _, arrays, meta = found
+    layers = {layer.name: layer for layer in layers_from_payload(as_tensors(arrays), meta)}
     if layer_name not in layers:
         return {"kind": "none"}
     layer = layers[layer_name]

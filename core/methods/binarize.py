@@ -7,17 +7,21 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..pq import QuantizedLayer
 from .base import LayerCost, LayerFormat, Method
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch where a weight is coded or read back: checking a file's format needs none
+    import torch
+
     from ..config import CompressConfig
+    from ..pq import QuantizedLayer
 
 
 def binarize_weight(name: str, weight: torch.Tensor, centroid_bits: int = 32) -> QuantizedLayer:
     """(out, in) or (out, in, kh, kw) -> sign codes (1, numel) and the codebook [-alpha, +alpha] (1, 2, 1)."""
+    import torch
+
+    from ..pq import QuantizedLayer
+
     weight = weight.detach().float()
     if weight.numel() == 0 or not bool(torch.isfinite(weight).all()):
         raise ValueError(f"weight {name} is empty or holds NaN or infinite values: binarize needs finite weights")
@@ -60,6 +64,10 @@ class Binarize(Method):
     def read_layer(
         self, name: str, info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], codes: torch.Tensor
     ) -> QuantizedLayer:
+        import torch
+
+        from ..pq import QuantizedLayer
+
         alpha = tensors[f"{name}.alpha"].float().reshape(())
         codebooks = torch.stack([-alpha, alpha]).reshape(1, 2, 1)
         return QuantizedLayer(name, tuple(info["shape"]), 1, "sign", codebooks, codes)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
-
 from ..size import FLOAT_BITS
 from .base import LayerCost, Method
 
 if TYPE_CHECKING:
+    import torch
+
     from ..config import CompressConfig
     from ..pq import QuantizedLayer
 

@@ -8,24 +8,15 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..calibration import CALIBRATION_SAMPLES
-from ..pq import (
-    DIST_BLOCK,
-    KMEANS_PP_MAX_K,
-    KMEANS_PP_SAMPLE_PER_CENTROID,
-    QuantizedLayer,
-    check_codebooks_fit,
-    n_chunks,
-    quantize_weight,
-    row_shape,
-)
+from ..fits import check_codebooks_fit, n_chunks, row_shape
 from ..size import code_width
 from .base import SHARED_CONTROLS, LayerCost, LayerFormat, Method, Shapes
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the k-means (core/pq.py) computes with torch: imported where a weight is coded
+    import torch
+
     from ..config import CompressConfig
+    from ..pq import QuantizedLayer
 
 # Seconds a unit of each kind of work takes on this machine (2 shared CPU cores), fitted by
 # bench/estimate.py to measured quantizations of LeNet-300-100's and LeNet-5's layers (its results:
@@ -89,6 +80,8 @@ class ProductQuantization(Method):
     def quantize(
         self, name: str, weight: torch.Tensor, cfg: CompressConfig, moments: torch.Tensor | None = None
     ) -> QuantizedLayer:
+        from ..pq import quantize_weight
+
         return quantize_weight(name, weight, cfg, moments)
 
     def layer_bits(self, rows: tuple[int, int], cfg: CompressConfig) -> LayerCost:
@@ -107,6 +100,9 @@ class ProductQuantization(Method):
         k-means of core/pq.py does it: k-means++ seeding on at most 16 k points, then at most
         kmeans_iters + 1 assignments; nothing to iterate when a codebook has no more points than k.
         The activation-aware k-means runs its iterations whatever the plain one did."""
+        from ..calibration import CALIBRATION_SAMPLES
+        from ..pq import DIST_BLOCK, KMEANS_PP_MAX_K, KMEANS_PP_SAMPLE_PER_CENTROID
+
         work = dict.fromkeys(COST_SECONDS, 0.0)
         dim, k, iters = cfg.subvector_size, cfg.n_centroids, cfg.kmeans_iters
         for _, shape in shapes:
@@ -157,6 +153,8 @@ class ProductQuantization(Method):
     def read_layer(
         self, name: str, info: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], codes: torch.Tensor
     ) -> QuantizedLayer:
+        from ..pq import QuantizedLayer
+
         codebooks = tensors[f"{name}.codebooks"].float()
         return QuantizedLayer(name, tuple(info["shape"]), info["subvector_size"], info["layout"], codebooks, codes)
 

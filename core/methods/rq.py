@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..pq import QuantizedLayer, as_rows, kmeans, nearest, to_groups, to_subvectors
 from .base import SHARED_CONTROLS, LayerCost, LayerFormat, Method, MethodOption, Shapes
 from .pq import CODEBOOK_FIELDS, ProductQuantization
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch where a weight is coded: checking a file's format needs none
+    import torch
+
     from ..config import CompressConfig
+    from ..pq import QuantizedLayer
 
 
 def residual_quantize(name: str, weight: torch.Tensor, cfg: CompressConfig) -> QuantizedLayer:
@@ -27,6 +27,10 @@ def residual_quantize(name: str, weight: torch.Tensor, cfg: CompressConfig) -> Q
     Stage s is seeded with cfg.seed + s; its first stage is `core.pq.quantize_weight`'s k-means, to
     the bit. With centroid_bits 16 each stage's centroids are rounded before its codes are chosen and
     before the next stage sees the residual, so the residual is that of what the file holds."""
+    import torch
+
+    from ..pq import QuantizedLayer, as_rows, kmeans, nearest, to_groups, to_subvectors
+
     dim, k = cfg.subvector_size, cfg.n_centroids
     grouped = to_groups(to_subvectors(as_rows(weight.detach().float()), dim), cfg.layout)  # (G, N, d)
     residual = grouped
