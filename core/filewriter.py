@@ -43,7 +43,7 @@ def _store_symbols(
     return "ans"
 
 
-def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig) -> list[dict]:
+def add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer], cfg: CompressConfig) -> list[dict]:
     """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
     them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
     share it."""
@@ -92,7 +92,7 @@ def build_payload(
     """The tensors and metadata of the file. `state_dict` gives the float rest."""
     coded = {layer.name for layer in layers}
     tensors = {key: value.detach().float().cpu().contiguous() for key, value in state_dict.items() if key not in coded}
-    layer_info = _add_coded(tensors, layers, compress_cfg)
+    layer_info = add_coded(tensors, layers, compress_cfg)
     meta = {
         "format": FORMAT,
         "train_config": train_cfg.to_json(),
@@ -112,7 +112,7 @@ def build_module_payload(
     `build_payload` writes them) and its uncoded tensors in their own dtypes. No training config:
     `load_module` fills a freshly built instance of the module, which says what every tensor must be."""
     tensors = {key: value.detach().cpu().contiguous() for key, value in rest.items()}
-    layer_info = _add_coded(tensors, layers, cfg)
+    layer_info = add_coded(tensors, layers, cfg)
     meta = {"format": MODULE_FORMAT, "compress_config": cfg.to_json(), "layers": layer_info}
     return tensors, meta
 

@@ -27,7 +27,8 @@ import torch
 
 from . import entropy
 from .config import CompressConfig
-from .export import _add_coded, stored_code_bits  # the writer itself: the toy stores what a file would
+from .export import stored_code_bits
+from .filewriter import add_coded  # the writer itself: the toy stores what a file would
 from .methods import quantize_model
 from .pq import check_fits, n_chunks
 from .prune import n_kept
@@ -188,7 +189,7 @@ def stages_toy(
     weight = toy_weight(distribution, seed)  # (64, 64)
     (layer,) = quantize_model(torch.nn.Module(), cfg, [(TOY_LAYER, weight)])
     tensors: dict[str, torch.Tensor] = {}
-    (info,) = _add_coded(tensors, [layer], cfg)
+    (info,) = add_coded(tensors, [layer], cfg)
     size = size_report([TOY_SHAPE], 0, cfg)
     size = dataclasses.replace(size, entropy_code_bits=stored_code_bits(tensors, {"layers": [info]}))
     k = layer.n_centroids
