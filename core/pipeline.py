@@ -15,11 +15,12 @@ The store (core/store.py) only persists; this module decides what runs.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -358,6 +359,65 @@ def get_or_compress(
     return record, not local.ran
 
 
+class PlanKind(enum.Enum):
+    """What a page does with a setting: show it, compute it at once, offer it as a job, or say why not."""
+
+    STORED = "stored"  # in the store, verified: show its record
+    CHEAP = "cheap"  # fits, and the estimate is under CHEAP_SECONDS: compute it while the page waits
+    EXPENSIVE = "expensive"  # fits, but takes longer: offer it as a job, with its estimate
+    DOES_NOT_FIT = "does not fit"  # the method's sentence says what would fit
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """The answer of `plan_compression` for one setting of one run: exactly what the page needs, the
+    fit check and the estimate done once. `record` (STORED) is the store's verified record, `seconds`
+    (CHEAP, EXPENSIVE) the measured cost model's estimate, `reason` (DOES_NOT_FIT) the method's sentence."""
+
+    kind: PlanKind
+    run_id: str
+    key: str  # the compression key (CompressConfig.key())
+    record: CompressionRecord | None = None
+    seconds: float = 0.0
+    reason: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.kind is not PlanKind.DOES_NOT_FIT
+
+    def check(self, run: RunRecord, cfg: CompressConfig) -> None:
+        """The fit check's outcome, for a call that computes: DoesNotFit (the method's sentence) when
+        it does not fit; ValueError when this plan is of another run or setting (a caller's bug)."""
+        from .pq import DoesNotFit
+
+        if (self.run_id, self.key) != (run.run_id, cfg.key()):
+            raise ValueError(f"this plan is for {self.run_id}-{self.key}, not {compression_key(run.run_id, cfg)}")
+        if not self.fits:
+            raise DoesNotFit(self.reason)
+
+
+def plan_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> CompressionPlan:
+    """One look for a page: the stored compression (verified), else whether the setting fits the run
+    (the one fit check: the plan carries its outcome to `submit_compression` and `compress_within`),
+    else its estimate, cheap or expensive. Nothing is computed, written or settled; no dataset is
+    loaded and no weight read (the network is built on the meta device)."""
+    from .compress import coded_shapes
+    from .pq import DoesNotFit, check_fits
+
+    key = cfg.key()
+    record = store.load_compression(run.run_id, cfg)
+    if record is not None:
+        return CompressionPlan(PlanKind.STORED, run.run_id, key, record=record)
+    shapes = coded_shapes(run, cfg.targets)
+    try:
+        check_fits(shapes, cfg)
+    except DoesNotFit as error:
+        return CompressionPlan(PlanKind.DOES_NOT_FIT, run.run_id, key, reason=str(error))
+    seconds = _estimate(run, cfg, shapes)
+    kind = PlanKind.CHEAP if seconds <= CHEAP_SECONDS else PlanKind.EXPENSIVE
+    return CompressionPlan(kind, run.run_id, key, seconds=seconds)
+
+
 def submit_compression(
     store: RunStore,
     run: RunRecord,
@@ -365,33 +425,45 @@ def submit_compression(
     transient: bool = False,
     interactive: bool = False,
     requester: str = "",
+    plan: CompressionPlan | None = None,
 ) -> JobStatus:
-    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit.
+    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit
+    (`plan`: the outcome of `plan_compression`'s fit check, which is then not run again).
     `interactive` for a cheap one a page waits on: it runs in the interactive slot, beside (not behind)
     the trainings that hold the queue's slots (core/jobrunner.py INTERACTIVE_SLOT)."""
-    from .compress import coded_shapes
-    from .pq import check_fits
+    if plan is None:
+        from .compress import coded_shapes
+        from .pq import check_fits
 
-    check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+        check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check of a caller with no plan
+    else:
+        plan.check(run, cfg)
     store.check_writable()
     spec = replace(compression_spec(store, run, cfg, transient=transient), requester=requester)
     return job_manager(store).submit(spec, interactive=interactive)
 
 
 def compress_within(
-    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float | None = None, requester: str = ""
+    store: RunStore,
+    run: RunRecord,
+    cfg: CompressConfig,
+    limit_s: float | None = None,
+    requester: str = "",
+    plan: CompressionPlan | None = None,
 ) -> CompressionRecord | None:
     """A setting the estimate calls cheap, for a page that waits on it: computed as a job (transient:
     kept off the Frontier until settled) that this call waits on for at most `limit_s` (INLINE_LIMIT_S,
-    read at the call, when None). Its stored
-    record when it is done by then; None when it is still running (it goes on as a job the page shows,
-    with its Cancel), so that no estimate, however wrong, holds a page longer. It runs in the
-    interactive slot, so it does not queue behind other sessions' trainings. DoesNotFit before any
-    work; a failure or a cancel raises as `get_or_compress` does."""
-    cached = store.load_compression(run.run_id, cfg)
-    if cached is not None:
-        return cached
-    status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester)
+    read at the call, when None). Its stored record when it is done by then; None when it is still
+    running (it goes on as a job the page shows, with its Cancel), so that no estimate, however wrong,
+    holds a page longer. It runs in the interactive slot, so it does not queue behind other sessions'
+    trainings. `plan`: the page's `plan_compression` of it (its stored record is returned as it is, its
+    fit check not run again); without one, it is planned here. DoesNotFit before any work; a failure
+    or a cancel raises as `get_or_compress` does."""
+    plan = plan or plan_compression(store, run, cfg)
+    plan.check(run, cfg)
+    if plan.record is not None:
+        return plan.record
+    status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester, plan=plan)
     final = job_manager(store).wait(status.key, timeout=INLINE_LIMIT_S if limit_s is None else limit_s) or status
     if not final.terminal:
         return None
@@ -426,15 +498,18 @@ def forward_macs(model: str, input_shape: tuple[int, int, int], n_classes: int, 
     return macs[0]
 
 
-def compression_cost_features(run: RunRecord, cfg: CompressConfig) -> dict[str, float]:
+def compression_cost_features(
+    run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]] | None = None
+) -> dict[str, float]:
     """The work of a compression beside the method's own (the keys of COMPRESSION_COST_SECONDS): the
     evaluation of the rebuilt model on the test split, and the centroid fine-tuning (each step a
-    forward and a backward pass of a mini-batch, and a decode of every coded weight)."""
+    forward and a backward pass of a mini-batch, and a decode of every coded weight). `shapes`: the
+    coded weights' (`core.compress.coded_shapes`), when the caller has them."""
     from .compress import coded_shapes
 
     source = DATASET_SOURCES[run.config.dataset]
     macs = forward_macs(run.config.model, run.input_shape, run.n_classes, tuple(run.config.hidden))
-    coded = sum(math.prod(shape) for _, shape in coded_shapes(run, cfg.targets))
+    coded = sum(math.prod(shape) for _, shape in (shapes or coded_shapes(run, cfg.targets)))
     steps = cfg.finetune_epochs * math.ceil(source.n_train / run.config.batch_size)
     return {
         "fixed": 1.0,
@@ -451,6 +526,10 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     centroid fine-tuning. It tells what the page computes at once from what it offers as a job."""
     from .compress import coded_shapes
 
-    work = compression_cost_features(run, cfg)
+    return _estimate(run, cfg, coded_shapes(run, cfg.targets))
+
+
+def _estimate(run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]]) -> float:
+    work = compression_cost_features(run, cfg, shapes)
     rest = sum(COMPRESSION_COST_SECONDS[kind] * amount for kind, amount in work.items())
-    return rest + cfg.method_spec.estimate_seconds(coded_shapes(run, cfg.targets), cfg)
+    return rest + cfg.method_spec.estimate_seconds(shapes, cfg)

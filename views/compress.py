@@ -13,7 +13,6 @@ from functools import partial
 import streamlit as st
 
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
-from core.compress import coded_shapes
 from core.config import ENTROPY_CODERS, LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
 from core.jobs import JobState
@@ -21,13 +20,14 @@ from core.methods import METHOD_SPECS
 from core.methods.base import SHARED_CONTROLS
 from core.onnx_export import MissingDependency, onnx_bytes, require_onnx
 from core.pipeline import (
-    CHEAP_SECONDS,
+    CompressionPlan,
+    PlanKind,
     compress_within,
     compression_key,
-    estimate_seconds,
+    plan_compression,
     submit_compression,
 )
-from core.pq import DoesNotFit, check_fits
+from core.pq import DoesNotFit
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.classroom import job_requester, send_to_board_ui
 from ui.common import (
@@ -46,7 +46,6 @@ from ui.common import (
     runs,
     show_error,
     store,
-    stored_compression,
     url_choice,
 )
 from ui.detail import download_name
@@ -94,7 +93,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             help="A code is log2(k) bits per subvector.",
         )
         sparsity = select_slider(
-            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=method == "float",
+            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=not spec.codes_weights,
             format_func=lambda s: "off" if s == 0 else f"{s:.0%}",
             help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
             "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
@@ -129,7 +128,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         entropy = radio(
             "Codes stored", ENTROPY_CODERS, "none", "entropy", True, horizontal=True,
             format_func=lambda e: {"none": "bit-packed", "ans": "rANS"}[e],
-            disabled=method == "float",
+            disabled=not spec.codes_weights,
             help="entropy-coded: each layer's codes coded by rANS (constriction) under the frequencies of its own "
             "codes; the stream and the frequency table (32 bits a count) are counted in the size. A layer keeps "
             "packed codes where that is smaller.",
@@ -149,7 +148,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
     )
 
 
-def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | None:
+def compress_now(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> CompressionRecord | None:
     """A cheap setting: computed as a job this script run waits on for at most INLINE_LIMIT_S (one job
     per key: a second session asking for it at the same moment waits for the same one), in the
     interactive slot beside other sessions' trainings. Past the limit it goes on in the background,
@@ -158,12 +157,12 @@ def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | Non
     key = compression_key(run.run_id, cfg)
     status = manager().status(key)
     if status is not None and status.state in (JobState.FAILED, JobState.CANCELLED):
-        offer_job(run, cfg, estimate_seconds(run, cfg))
+        offer_job(run, cfg, plan)
         return None
     record = None
     if status is None or not status.live:  # one already running past the limit is not waited on again
         with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-            record = compress_within(store(), run, cfg, requester=job_requester())
+            record = compress_within(store(), run, cfg, requester=job_requester(), plan=plan)
     if record is None:
         st.info(
             f"Still computing {plain(cfg.label())}: its numbers and charts appear here as soon as it is done "
@@ -199,8 +198,9 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
 
 
-def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
+def offer_job(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> None:
     """An expensive setting: only after a click, as a cancellable job; a link never starts it."""
+    seconds = plan.seconds
     key = compression_key(run.run_id, cfg)
     status = manager().status(key)
     if status is not None and status.live:
@@ -215,7 +215,7 @@ def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
     )
     if st.button(f"Compute (about {fmt_seconds(seconds)})", type="primary", key="compute_button"):
         try:
-            submit_compression(store(), run, cfg, requester=job_requester())
+            submit_compression(store(), run, cfg, requester=job_requester(), plan=plan)
         except ValueError as error:  # a read-only store, too many jobs waiting: one line, nothing queued
             st.error(f"**The compression could not start.** {plain(error)}")
             return
@@ -330,18 +330,17 @@ def page() -> None:
         st.error(f"**This setting is not valid.** {plain(error)}")
         return
     try:
-        record = stored_compression(run.run_id, cfg)
+        plan = plan_compression(store(), run, cfg)  # stored, cheap, expensive or does not fit: one call
+        if plan.kind is PlanKind.DOES_NOT_FIT:
+            st.error(f"**This setting does not fit the run.** {plain(plan.reason)}")
+            return
+        if plan.kind is PlanKind.EXPENSIVE:
+            offer_job(run, cfg, plan)
+            return
+        record = plan.record if plan.kind is PlanKind.STORED else compress_now(run, cfg, plan)
         if record is None:
-            seconds = estimate_seconds(run, cfg)
-            if seconds <= CHEAP_SECONDS:
-                record = compress_now(run, cfg)  # raises DoesNotFit before any work
-                if record is None:
-                    return  # still running: its job panel is shown
-            else:
-                check_fits(coded_shapes(run, cfg.targets), cfg)  # before offering it
-                offer_job(run, cfg, seconds)
-                return
-    except DoesNotFit as error:
+            return  # still running: its job panel is shown
+    except DoesNotFit as error:  # a job of another session that found it does not fit
         st.error(f"**This setting does not fit the run.** {plain(error)}")
         return
     except (DatasetUnavailable, CorruptEntry, ValueError) as error:
