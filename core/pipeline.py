@@ -18,8 +18,9 @@ import contextlib
 import enum
 import functools
 import math
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -472,6 +473,153 @@ def compress_within(
     if record is None:
         raise JobFailed(f"compression {cfg.label()} finished but its stored entry fails its checks")
     return record
+
+
+# ------------------------------------------------------------------------ computed ahead of a slider
+
+PRECOMPUTE_MAX = 4  # settings one page view has computed ahead of its slider, at most (by default)
+ENV_PRECOMPUTE = "COMPRESSION_LAB_PRECOMPUTE"  # that number for this server; 0 turns computing ahead off
+PRECOMPUTE_LOOK = 8  # settings it looks at for them (stored, expensive or unfit ones are passed over)
+PRECOMPUTE_NICE = 10  # the niceness of their threads: the page's own work and trainings come first
+
+
+def precompute_budget() -> int:
+    """COMPRESSION_LAB_PRECOMPUTE, else PRECOMPUTE_MAX: how many settings a page view computes ahead."""
+    value = os.environ.get(ENV_PRECOMPUTE, "").strip()
+    if not value:
+        return PRECOMPUTE_MAX
+    if not value.isdigit():
+        raise ValueError(f"{ENV_PRECOMPUTE}={value!r} must be a whole number of settings, 0 (off) or more")
+    return int(value)
+
+
+def _at_low_priority(run: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
+    """The job's body at PRECOMPUTE_NICE: its thread (one a job, gone with it) yields the CPU to the
+    page's own work and to trainings. Torch's intra-op threads, where there are several, keep theirs."""
+
+    def low(ctx: JobContext) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # not Linux: the job runs at the usual priority
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRECOMPUTE_NICE)
+        run(ctx)
+
+    return low
+
+
+class Precompute:
+    """The settings next to the one a page shows (the next and previous values of its sliders), computed
+    ahead at low priority, so that the next press finds its result stored: one process's, for one store.
+
+    Each requester (a page session) has one list of wanted settings, nearest first, replaced at each
+    `want`: the first PRECOMPUTE_LOOK are looked at (`plan_compression`), and at most
+    `precompute_budget()` of them (PRECOMPUTE_MAX unless the server says otherwise), the cheap ones,
+    computed; stored settings and those that do not fit or are expensive are passed over. One worker
+    thread computes them one at a time, each as a transient compression job (single flight: a press
+    on a setting being computed ahead joins its job), with no queue slot (it never waits behind a
+    training; one runs at most) and at PRECOMPUTE_NICE. When a requester's run changes, its list is
+    dropped and the job it is computing ahead is cancelled (at the job's next report: a k-means in
+    flight ends first, then stores nothing)."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self._lock = threading.Lock()
+        # requester -> (run, settings still to look at, how many more it may compute)
+        self._wanted: dict[str, tuple[RunRecord, list[CompressConfig], int]] = {}
+        self._order: list[str] = []  # requesters, the most recent `want` first
+        self._running: tuple[str, str, str] | None = None  # (requester, run id, job key) being computed
+        self._thread: threading.Thread | None = None
+
+    def want(self, run: RunRecord, settings: Sequence[CompressConfig], requester: str = "") -> list[str]:
+        """Compute these settings of `run` ahead, for `requester`, in place of what it wanted before.
+        Returns the compression keys kept to look at (at most PRECOMPUTE_LOOK). Returns at once: the
+        looks and the work happen in the worker thread."""
+        budget = precompute_budget()
+        kept = list({cfg.key(): cfg for cfg in settings}.values())[:PRECOMPUTE_LOOK] if budget else []
+        cancel = None
+        with self._lock:
+            if self._running is not None and self._running[0] == requester and self._running[1] != run.run_id:
+                cancel = self._running[2]  # the old run's list is dropped below, its running job cancelled
+            self._wanted[requester] = (run, kept, budget)
+            self._order = [requester, *(name for name in self._order if name != requester)]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="precompute", daemon=True)
+                self._thread.start()
+        if cancel is not None:
+            with contextlib.suppress(JobsFolderError):
+                job_manager(self.store).cancel(cancel)
+        return [cfg.key() for cfg in kept]
+
+    def wanted(self, requester: str = "") -> list[str]:
+        """The compression keys still waiting to be computed ahead for `requester`."""
+        with self._lock:
+            entry = self._wanted.get(requester)
+            return [] if entry is None or entry[2] <= 0 else [cfg.key() for cfg in entry[1]]
+
+    def running(self) -> str | None:
+        """The job key being computed ahead now, if any."""
+        with self._lock:
+            return None if self._running is None else self._running[2]
+
+    def _next(self) -> tuple[str, RunRecord, CompressConfig] | None:
+        with self._lock:
+            # a requester with nothing left is forgotten: the lists stay as many as the live page views
+            self._wanted = {name: entry for name, entry in self._wanted.items() if entry[1] and entry[2] > 0}
+            self._order = [name for name in self._order if name in self._wanted]
+            for requester in self._order:
+                run, settings, budget = self._wanted[requester]
+                if settings and budget > 0:
+                    cfg = settings.pop(0)
+                    self._running = (requester, run.run_id, compression_key(run.run_id, cfg))
+                    return requester, run, cfg
+            self._running = None
+            self._thread = None  # the next `want` starts a worker again
+            return None
+
+    def _spent(self, requester: str, run_id: str) -> None:
+        """One computation of `requester`'s budget used (unless its list was replaced meanwhile)."""
+        with self._lock:
+            if requester not in self._wanted:
+                return
+            run, settings, budget = self._wanted[requester]
+            if run.run_id == run_id:
+                self._wanted[requester] = (run, settings, budget - 1)
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            requester, run, cfg = item
+            try:
+                if self._compute(run, cfg, requester):
+                    self._spent(requester, run.run_id)
+            except Exception:  # a setting that cannot be computed ahead is passed over
+                continue
+
+    def _compute(self, run: RunRecord, cfg: CompressConfig, requester: str) -> bool:
+        """Compute one setting ahead if it is cheap; whether it was submitted."""
+        plan = plan_compression(self.store, run, cfg)
+        if plan.kind is not PlanKind.CHEAP:
+            return False
+        self.store.check_writable()
+        local = _Local()
+        spec = compression_spec(self.store, run, cfg, local=local, transient=True)
+        spec = replace(spec, run=_at_low_priority(spec.run), requester=requester, label=f"ahead: {spec.label}")
+        manager = job_manager(self.store)
+        final = manager.wait(manager.submit(spec, slot=False).key)
+        if local.ran and final is not None and final.state is not JobState.DONE:
+            # cancelled (the run changed) or failed, computed for no one who asked: no entry is left that
+            # would tell the page of a failure it never saw (a press on it computes it, and says so)
+            manager.cleanup(older_than_s=0, keys=lambda key: key == final.key)
+        return True
+
+
+_PRECOMPUTES: dict[str, Precompute] = {}
+
+
+def precompute(store: RunStore) -> Precompute:
+    """The one Precompute of this process for the store's root."""
+    key = str(Path(store.root).resolve())
+    with _MANAGERS_LOCK:
+        if key not in _PRECOMPUTES:
+            _PRECOMPUTES[key] = Precompute(store)
+        return _PRECOMPUTES[key]
 
 
 @functools.lru_cache(maxsize=64)

@@ -7,6 +7,8 @@ once, with no retraining ever.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from functools import partial
 
@@ -25,6 +27,7 @@ from core.pipeline import (
     compress_within,
     compression_key,
     plan_compression,
+    precompute,
     submit_compression,
 )
 from core.pq import DoesNotFit
@@ -146,6 +149,36 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         sparsity=float(sparsity),
         **{field: int(value) for field, value in own.items()},
     )
+
+
+# the page's sliders a press moves, nearest first: their neighbouring values are computed ahead
+SLIDER_AXES = (("n_centroids", K_OPTIONS), ("subvector_size", D_OPTIONS))
+
+
+def neighbours(cfg: CompressConfig, method: str) -> list[CompressConfig]:
+    """The settings one press of a slider away from `cfg` (the page's `method` chosen, whose sliders
+    they are), then two: what the page has computed ahead (core.pipeline.Precompute), nearest first."""
+    spec = METHOD_SPECS[method]
+    axes = [(field, options) for field, options in SLIDER_AXES if field in spec.controls]
+    found: list[CompressConfig] = []
+    for step in (1, 2):
+        for field, options in axes:
+            value = getattr(cfg, field)
+            if value not in options:
+                continue
+            at = options.index(value)
+            for other in (at - step, at + step):
+                if 0 <= other < len(options):
+                    with contextlib.suppress(ValueError):  # a combination the config refuses is no neighbour
+                        found.append(dataclasses.replace(cfg, method=method, **{field: options[other]}))
+    return [other for other in found if other.key() != cfg.key()]
+
+
+def compute_ahead(run: RunRecord, cfg: CompressConfig, method: str) -> None:
+    """Have the neighbouring settings computed in the background at low priority, so that the next
+    press finds its numbers stored; never in the way of the page (it returns at once)."""
+    with contextlib.suppress(Exception):
+        precompute(store()).want(run, neighbours(cfg, method), requester=job_requester())
 
 
 def compress_now(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> CompressionRecord | None:
@@ -331,6 +364,7 @@ def page() -> None:
         return
     try:
         plan = plan_compression(store(), run, cfg)  # stored, cheap, expensive or does not fit: one call
+        compute_ahead(run, cfg, st.session_state.get("method", cfg.method))
         if plan.kind is PlanKind.DOES_NOT_FIT:
             st.error(f"**This setting does not fit the run.** {plain(plan.reason)}")
             return
