@@ -465,6 +465,7 @@ def compress_within(
     if plan.record is not None:
         return plan.record
     status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester, plan=plan)
+    hurry(store, status.key)  # computed ahead at low priority: not any more, someone waits on it
     final = job_manager(store).wait(status.key, timeout=INLINE_LIMIT_S if limit_s is None else limit_s) or status
     if not final.terminal:
         return None
@@ -493,16 +494,16 @@ def precompute_budget() -> int:
     return int(value)
 
 
-def _at_low_priority(run: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
-    """The job's body at PRECOMPUTE_NICE: its thread (one a job, gone with it) yields the CPU to the
-    page's own work and to trainings. Torch's intra-op threads, where there are several, keep theirs."""
+def _can_raise_priority() -> bool:
+    """Whether this process may take a thread back from PRECOMPUTE_NICE to nice 0 (root, or an
+    RLIMIT_NICE of 20 or more): only then is a setting computed ahead at low priority, because a
+    press that joins it must not wait on a starved thread."""
+    try:
+        import resource
 
-    def low(ctx: JobContext) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # not Linux: the job runs at the usual priority
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PRECOMPUTE_NICE)
-        run(ctx)
-
-    return low
+        return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    except (ImportError, AttributeError, OSError):
+        return False
 
 
 class Precompute:
@@ -515,7 +516,8 @@ class Precompute:
     computed; stored settings and those that do not fit or are expensive are passed over. One worker
     thread computes them one at a time, each as a transient compression job (single flight: a press
     on a setting being computed ahead joins its job), with no queue slot (it never waits behind a
-    training; one runs at most) and at PRECOMPUTE_NICE. When a requester's run changes, its list is
+    training; one runs at most) and at PRECOMPUTE_NICE until a press waits on it (`hurry`; where the
+    process may not raise a thread's priority again, at the usual one). When a requester's run changes, its list is
     dropped and the job it is computing ahead is cancelled (at the job's next report: a k-means in
     flight ends first, then stores nothing)."""
 
@@ -527,6 +529,9 @@ class Precompute:
         self._order: list[str] = []  # requesters, the most recent `want` first
         self._running: tuple[str, str, str] | None = None  # (requester, run id, job key) being computed
         self._thread: threading.Thread | None = None
+        self._threads: dict[str, int] = {}  # job key -> native id of the thread computing it at low priority
+        self._hurried: set[str] = set()  # keys someone waited on before their body started
+        self.nice = PRECOMPUTE_NICE if _can_raise_priority() else 0
 
     def want(self, run: RunRecord, settings: Sequence[CompressConfig], requester: str = "") -> list[str]:
         """Compute these settings of `run` ahead, for `requester`, in place of what it wanted before.
@@ -554,6 +559,41 @@ class Precompute:
             entry = self._wanted.get(requester)
             return [] if entry is None or entry[2] <= 0 else [cfg.key() for cfg in entry[1]]
 
+    def hurry(self, key: str) -> bool:
+        """Someone waits on `key` now: if it is being computed ahead at low priority, its thread goes back
+        to nice 0. Whether it did."""
+        with self._lock:
+            native_id = self._threads.pop(key, None)
+            if native_id is None and self._running is not None and self._running[2] == key:
+                self._hurried.add(key)  # its body has not started yet: it starts at nice 0
+                return True
+        if native_id is None:
+            return False
+        with contextlib.suppress(OSError):  # the thread has ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, native_id, 0)
+            return True
+        return False
+
+    def _low_priority(self, key: str, run: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
+        """The job's body at `self.nice`: its thread (one a job, gone with it) yields the CPU to the page's
+        own work and to trainings until someone waits on it (`hurry`). Torch's intra-op threads, where
+        there are several, keep their priority."""
+
+        def low(ctx: JobContext) -> None:
+            with self._lock:
+                if self.nice and key not in self._hurried:
+                    with contextlib.suppress(OSError, AttributeError):  # not Linux: the usual priority
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                        self._threads[key] = threading.get_native_id()
+            try:
+                run(ctx)
+            finally:
+                with self._lock:
+                    self._threads.pop(key, None)
+                    self._hurried.discard(key)
+
+        return low
+
     def running(self) -> str | None:
         """The job key being computed ahead now, if any."""
         with self._lock:
@@ -561,6 +601,7 @@ class Precompute:
 
     def _next(self) -> tuple[str, RunRecord, CompressConfig] | None:
         with self._lock:
+            self._hurried.clear()  # the last one has ended (or was never computed: stored, expensive)
             # a requester with nothing left is forgotten: the lists stay as many as the live page views
             self._wanted = {name: entry for name, entry in self._wanted.items() if entry[1] and entry[2] > 0}
             self._order = [name for name in self._order if name in self._wanted]
@@ -600,7 +641,9 @@ class Precompute:
         self.store.check_writable()
         local = _Local()
         spec = compression_spec(self.store, run, cfg, local=local, transient=True)
-        spec = replace(spec, run=_at_low_priority(spec.run), requester=requester, label=f"ahead: {spec.label}")
+        spec = replace(
+            spec, run=self._low_priority(spec.key, spec.run), requester=requester, label=f"ahead: {spec.label}"
+        )
         manager = job_manager(self.store)
         final = manager.wait(manager.submit(spec, slot=False).key)
         if local.ran and final is not None and final.state is not JobState.DONE:
@@ -611,6 +654,13 @@ class Precompute:
 
 
 _PRECOMPUTES: dict[str, Precompute] = {}
+
+
+def hurry(store: RunStore, key: str) -> bool:
+    """A page waits on the compression job `key`: if it is being computed ahead, at full priority now."""
+    with _MANAGERS_LOCK:
+        ahead = _PRECOMPUTES.get(str(Path(store.root).resolve()))
+    return ahead is not None and ahead.hurry(key)
 
 
 def precompute(store: RunStore) -> Precompute:

@@ -26,6 +26,7 @@ from core.pipeline import (
     PlanKind,
     compress_within,
     compression_key,
+    hurry,
     plan_compression,
     precompute,
     submit_compression,
@@ -193,6 +194,8 @@ def compress_now(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> 
         offer_job(run, cfg, plan)
         return None
     record = None
+    if status is not None and status.live:
+        hurry(store(), key)  # computed ahead at low priority: someone waits on it now
     if status is None or not status.live:  # one already running past the limit is not waited on again
         with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
             record = compress_within(store(), run, cfg, requester=job_requester(), plan=plan)
