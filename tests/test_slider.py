@@ -266,3 +266,42 @@ def test_computing_ahead_is_cancelled_when_the_run_changes(slider_store, monkeyp
     assert all(ahead.store.load_compression(first.run_id, cfg) is None for cfg in settings)  # cancelled
     assert JobManager(slider_store).status(held_key) is None  # no failure left for the page to show
     assert ahead.store.load_compression(other.run_id, settings[0]) is not None
+
+
+# ------------------------------------------------------------------------------ what one rerun costs
+
+
+def test_the_page_runs_the_fit_check_once_for_a_setting_it_computes(slider_store, monkeypatch):
+    from core import pq
+
+    real, calls = pq.check_fits, []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("core.pq.check_fits", counted)
+    monkeypatch.setattr("core.pipeline.INLINE_LIMIT_S", TIMEOUT)  # the page waits for the numbers
+    at = open_compress()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Accuracy after" in metric_labels(at)
+    assert len(calls) == 1  # the plan's: the page and the job's submission ask no second time
+
+
+def test_the_centroid_histogram_sends_its_bins_not_every_weight():
+    import random
+
+    from core.charts import HISTOGRAM_BINS, centroid_histogram
+
+    rng = random.Random(0)
+    weights = [rng.gauss(0, 0.05) for _ in range(50_000)]
+    centroids = sorted(rng.gauss(0, 0.05) for _ in range(16))
+    fig = centroid_histogram(weights, centroids, method="kmeans")
+    bars, lines, rug = fig.data
+    assert len(bars.x) == HISTOGRAM_BINS and abs(sum(bars.y) - 100.0) < 1e-6  # shares of the weights, in %
+    assert [x for x in lines.x if x is not None] == [c for c in centroids for _ in range(2)]  # one line each
+    assert list(rug.x) == centroids
+    pruned = centroid_histogram(weights[:1000], centroids, pruned=weights[1000:3000])
+    survivors, zeroed = pruned.data[:2]
+    assert (sum(survivors.y), sum(zeroed.y)) == (1000, 2000)  # counts on the same bins
+    assert list(survivors.x) == list(zeroed.x)
