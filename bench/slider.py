@@ -35,6 +35,7 @@ if str(ROOT) not in sys.path:
 
 from playwright.sync_api import sync_playwright
 
+from core import pipeline
 from core.config import CompressConfig, TrainConfig
 from core.jobs import JobManager, JobState
 from core.pipeline import get_or_compress, get_or_train
@@ -115,12 +116,23 @@ def trial(url: str, run: TrainConfig) -> list[dict]:
             browser.close()
 
 
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """(25th, 75th percentile): the spread printed beside a median."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return round(q[0], 3), round(q[2], 3)
+
+
 def summary(presses: list[dict]) -> dict:
     answered = [p["answered_s"] for p in presses]
     result = [p["result_s"] for p in presses if p["result_s"] is not None] or [float("nan")]
     return {
         "answered_median_s": round(statistics.median(answered), 3),
+        "answered_quartiles_s": quartiles(answered),
+        "answered_best_s": round(min(answered), 3),
         "answered_worst_s": round(max(answered), 3),
+        "by_numbers": sum(p["answered_by"] == "numbers" for p in presses),
         "result_median_s": round(statistics.median(result), 3),
         "result_worst_s": round(max(result), 3),
         "by_panel": sum(p["answered_by"] == "panel" for p in presses),
@@ -160,14 +172,22 @@ def write(results: dict, out: Path) -> None:
         f"= {results['inline_limit_s']} s). result: until the new numbers are on the screen. load1: "
         "os.getloadavg()[0] at each press (2 cores; other agents' work included).",
         "",
-        "| trial | answered median | answered worst | result median | result worst | by panel | load1 |",
-        "|---|---|---|---|---|---|---|",
+        f"Settings computed ahead of each press (COMPRESSION_LAB_PRECOMPUTE): {results.get('precompute', 0)}. "
+        "by: the press answered by its numbers (stored, or computed within the limit), by the live panel, or "
+        "by the offer of a job (an expensive setting).",
+        "",
+        "| trial | answered median | answered p25-p75 | best-worst | result median | result worst "
+        "| by numbers / panel / offer | load1 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, trial_ in results["trials"].items():
         s = trial_["summary"]
+        low, high = s["answered_quartiles_s"]
+        n = len(trial_["presses"])
         lines.append(
-            f"| {name} | {s['answered_median_s']:.2f} s | {s['answered_worst_s']:.2f} s | {s['result_median_s']:.2f} s"
-            f" | {s['result_worst_s']:.2f} s | {s['by_panel']}/{len(trial_['presses'])} | "
+            f"| {name} | {s['answered_median_s']:.2f} s | {low:.2f}-{high:.2f} s | {s['answered_best_s']:.2f}-"
+            f"{s['answered_worst_s']:.2f} s | {s['result_median_s']:.2f} s | {s['result_worst_s']:.2f} s | "
+            f"{s['by_numbers']} / {s['by_panel']} / {n - s['by_numbers'] - s['by_panel']} of {n} | "
             f"{s['load1_min']:.1f}-{s['load1_max']:.1f} |"
         )
     for name, trial_ in results["trials"].items():
@@ -201,7 +221,8 @@ def main() -> None:
             "machine": f"{platform.node()} ({os.cpu_count()} cores)",
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "run": f"mnist-5k mlp 300-100, {args.epochs} epochs (Train page defaults; seeds 0 and 1)",
-            "inline_limit_s": __import__("core.pipeline", fromlist=["INLINE_LIMIT_S"]).INLINE_LIMIT_S,
+            "inline_limit_s": pipeline.INLINE_LIMIT_S,
+            "precompute": pipeline.precompute_budget(),
             "trials": {},
         }
         with streamlit_app(store_root, Path(tmp) / "streamlit.log") as url:

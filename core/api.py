@@ -223,13 +223,14 @@ def compress(
     shapes = [(name, tuple(weight.shape)) for name, weight in chosen]
     check_fits(shapes, cfg)
     batches = None
-    if cfg.weighting == "activations" and cfg.method in ("kmeans", "pq"):
+    method = cfg.method_spec
+    if cfg.weighting == "activations" and method.uses_calibration:
         batches = _calibration_batches(calibration)
     coded = quantize_model(model, cfg, chosen, batches)
     aliases = _shared_keys(model)
     coded_names = {layer.name for layer in coded}
     rest = {key: value.detach().cpu() for key, value in state.items() if key not in coded_names | aliases.keys()}
-    if cfg.method == "float":  # the chosen weights stay in the rest, accounted as the layers at 32 bits
+    if not method.codes_weights:  # the chosen weights stay in the rest, accounted as the layers at 32 bits
         size = _size(cfg, shapes, {key: value for key, value in rest.items() if key not in dict(shapes)})
     else:
         size = _size(cfg, [(layer.name, tuple(layer.shape)) for layer in coded], rest)

@@ -384,7 +384,7 @@ class CompressConfig:
             values = canonical
         if values["finetune_epochs"] == 0:
             values["finetune_lr"] = defaults["finetune_lr"]
-        if values["method"] == "float":  # nothing coded: no stage has codes to act on
+        if not METHOD_SPECS[values["method"]].codes_weights:  # nothing coded: no stage has codes to act on
             values.update({name: defaults[name] for name in STAGE_FIELDS})
         for name, value in values.items():
             _set(self, name, value)

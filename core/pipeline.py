@@ -15,11 +15,13 @@ The store (core/store.py) only persists; this module decides what runs.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import math
+import os
 import threading
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -358,6 +360,65 @@ def get_or_compress(
     return record, not local.ran
 
 
+class PlanKind(enum.Enum):
+    """What a page does with a setting: show it, compute it at once, offer it as a job, or say why not."""
+
+    STORED = "stored"  # in the store, verified: show its record
+    CHEAP = "cheap"  # fits, and the estimate is under CHEAP_SECONDS: compute it while the page waits
+    EXPENSIVE = "expensive"  # fits, but takes longer: offer it as a job, with its estimate
+    DOES_NOT_FIT = "does not fit"  # the method's sentence says what would fit
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """The answer of `plan_compression` for one setting of one run: exactly what the page needs, the
+    fit check and the estimate done once. `record` (STORED) is the store's verified record, `seconds`
+    (CHEAP, EXPENSIVE) the measured cost model's estimate, `reason` (DOES_NOT_FIT) the method's sentence."""
+
+    kind: PlanKind
+    run_id: str
+    key: str  # the compression key (CompressConfig.key())
+    record: CompressionRecord | None = None
+    seconds: float = 0.0
+    reason: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.kind is not PlanKind.DOES_NOT_FIT
+
+    def check(self, run: RunRecord, cfg: CompressConfig) -> None:
+        """The fit check's outcome, for a call that computes: DoesNotFit (the method's sentence) when
+        it does not fit; ValueError when this plan is of another run or setting (a caller's bug)."""
+        from .pq import DoesNotFit
+
+        if (self.run_id, self.key) != (run.run_id, cfg.key()):
+            raise ValueError(f"this plan is for {self.run_id}-{self.key}, not {compression_key(run.run_id, cfg)}")
+        if not self.fits:
+            raise DoesNotFit(self.reason)
+
+
+def plan_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> CompressionPlan:
+    """One look for a page: the stored compression (verified), else whether the setting fits the run
+    (the one fit check: the plan carries its outcome to `submit_compression` and `compress_within`),
+    else its estimate, cheap or expensive. Nothing is computed, written or settled; no dataset is
+    loaded and no weight read (the network is built on the meta device)."""
+    from .compress import coded_shapes
+    from .pq import DoesNotFit, check_fits
+
+    key = cfg.key()
+    record = store.load_compression(run.run_id, cfg)
+    if record is not None:
+        return CompressionPlan(PlanKind.STORED, run.run_id, key, record=record)
+    shapes = coded_shapes(run, cfg.targets)
+    try:
+        check_fits(shapes, cfg)
+    except DoesNotFit as error:
+        return CompressionPlan(PlanKind.DOES_NOT_FIT, run.run_id, key, reason=str(error))
+    seconds = _estimate(run, cfg, shapes)
+    kind = PlanKind.CHEAP if seconds <= CHEAP_SECONDS else PlanKind.EXPENSIVE
+    return CompressionPlan(kind, run.run_id, key, seconds=seconds)
+
+
 def submit_compression(
     store: RunStore,
     run: RunRecord,
@@ -365,33 +426,46 @@ def submit_compression(
     transient: bool = False,
     interactive: bool = False,
     requester: str = "",
+    plan: CompressionPlan | None = None,
 ) -> JobStatus:
-    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit.
+    """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit
+    (`plan`: the outcome of `plan_compression`'s fit check, which is then not run again).
     `interactive` for a cheap one a page waits on: it runs in the interactive slot, beside (not behind)
     the trainings that hold the queue's slots (core/jobrunner.py INTERACTIVE_SLOT)."""
-    from .compress import coded_shapes
-    from .pq import check_fits
+    if plan is None:
+        from .compress import coded_shapes
+        from .pq import check_fits
 
-    check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+        check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check of a caller with no plan
+    else:
+        plan.check(run, cfg)
     store.check_writable()
     spec = replace(compression_spec(store, run, cfg, transient=transient), requester=requester)
     return job_manager(store).submit(spec, interactive=interactive)
 
 
 def compress_within(
-    store: RunStore, run: RunRecord, cfg: CompressConfig, limit_s: float | None = None, requester: str = ""
+    store: RunStore,
+    run: RunRecord,
+    cfg: CompressConfig,
+    limit_s: float | None = None,
+    requester: str = "",
+    plan: CompressionPlan | None = None,
 ) -> CompressionRecord | None:
     """A setting the estimate calls cheap, for a page that waits on it: computed as a job (transient:
     kept off the Frontier until settled) that this call waits on for at most `limit_s` (INLINE_LIMIT_S,
-    read at the call, when None). Its stored
-    record when it is done by then; None when it is still running (it goes on as a job the page shows,
-    with its Cancel), so that no estimate, however wrong, holds a page longer. It runs in the
-    interactive slot, so it does not queue behind other sessions' trainings. DoesNotFit before any
-    work; a failure or a cancel raises as `get_or_compress` does."""
-    cached = store.load_compression(run.run_id, cfg)
-    if cached is not None:
-        return cached
-    status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester)
+    read at the call, when None). Its stored record when it is done by then; None when it is still
+    running (it goes on as a job the page shows, with its Cancel), so that no estimate, however wrong,
+    holds a page longer. It runs in the interactive slot, so it does not queue behind other sessions'
+    trainings. `plan`: the page's `plan_compression` of it (its stored record is returned as it is, its
+    fit check not run again); without one, it is planned here. DoesNotFit before any work; a failure
+    or a cancel raises as `get_or_compress` does."""
+    plan = plan or plan_compression(store, run, cfg)
+    plan.check(run, cfg)
+    if plan.record is not None:
+        return plan.record
+    status = submit_compression(store, run, cfg, transient=True, interactive=True, requester=requester, plan=plan)
+    hurry(store, status.key)  # computed ahead at low priority: not any more, someone waits on it
     final = job_manager(store).wait(status.key, timeout=INLINE_LIMIT_S if limit_s is None else limit_s) or status
     if not final.terminal:
         return None
@@ -400,6 +474,202 @@ def compress_within(
     if record is None:
         raise JobFailed(f"compression {cfg.label()} finished but its stored entry fails its checks")
     return record
+
+
+# ------------------------------------------------------------------------ computed ahead of a slider
+
+PRECOMPUTE_MAX = 4  # settings one page view has computed ahead of its slider, at most (by default)
+ENV_PRECOMPUTE = "COMPRESSION_LAB_PRECOMPUTE"  # that number for this server; 0 turns computing ahead off
+PRECOMPUTE_LOOK = 8  # settings it looks at for them (stored, expensive or unfit ones are passed over)
+PRECOMPUTE_NICE = 10  # the niceness of their threads: the page's own work and trainings come first
+
+
+def precompute_budget() -> int:
+    """COMPRESSION_LAB_PRECOMPUTE, else PRECOMPUTE_MAX: how many settings a page view computes ahead."""
+    value = os.environ.get(ENV_PRECOMPUTE, "").strip()
+    if not value:
+        return PRECOMPUTE_MAX
+    if not value.isdigit():
+        raise ValueError(f"{ENV_PRECOMPUTE}={value!r} must be a whole number of settings, 0 (off) or more")
+    return int(value)
+
+
+def _can_raise_priority() -> bool:
+    """Whether this process may take a thread back from PRECOMPUTE_NICE to nice 0 (root, or an
+    RLIMIT_NICE of 20 or more): only then is a setting computed ahead at low priority, because a
+    press that joins it must not wait on a starved thread."""
+    try:
+        import resource
+
+        return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+    except (ImportError, AttributeError, OSError):
+        return False
+
+
+class Precompute:
+    """The settings next to the one a page shows (the next and previous values of its sliders), computed
+    ahead at low priority, so that the next press finds its result stored: one process's, for one store.
+
+    Each requester (a page session) has one list of wanted settings, nearest first, replaced at each
+    `want`: the first PRECOMPUTE_LOOK are looked at (`plan_compression`), and at most
+    `precompute_budget()` of them (PRECOMPUTE_MAX unless the server says otherwise), the cheap ones,
+    computed; stored settings and those that do not fit or are expensive are passed over. One worker
+    thread computes them one at a time, each as a transient compression job (single flight: a press
+    on a setting being computed ahead joins its job), with no queue slot (it never waits behind a
+    training; one runs at most) and at PRECOMPUTE_NICE until a press waits on it (`hurry`; where the
+    process may not raise a thread's priority again, at the usual one). When a requester's run changes, its list is
+    dropped and the job it is computing ahead is cancelled (at the job's next report: a k-means in
+    flight ends first, then stores nothing)."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self._lock = threading.Lock()
+        # requester -> (run, settings still to look at, how many more it may compute)
+        self._wanted: dict[str, tuple[RunRecord, list[CompressConfig], int]] = {}
+        self._order: list[str] = []  # requesters, the most recent `want` first
+        self._running: tuple[str, str, str] | None = None  # (requester, run id, job key) being computed
+        self._thread: threading.Thread | None = None
+        self._threads: dict[str, int] = {}  # job key -> native id of the thread computing it at low priority
+        self._hurried: set[str] = set()  # keys someone waited on before their body started
+        self.nice = PRECOMPUTE_NICE if _can_raise_priority() else 0
+
+    def want(self, run: RunRecord, settings: Sequence[CompressConfig], requester: str = "") -> list[str]:
+        """Compute these settings of `run` ahead, for `requester`, in place of what it wanted before.
+        Returns the compression keys kept to look at (at most PRECOMPUTE_LOOK). Returns at once: the
+        looks and the work happen in the worker thread."""
+        budget = precompute_budget()
+        kept = list({cfg.key(): cfg for cfg in settings}.values())[:PRECOMPUTE_LOOK] if budget else []
+        cancel = None
+        with self._lock:
+            if self._running is not None and self._running[0] == requester and self._running[1] != run.run_id:
+                cancel = self._running[2]  # the old run's list is dropped below, its running job cancelled
+            self._wanted[requester] = (run, kept, budget)
+            self._order = [requester, *(name for name in self._order if name != requester)]
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name="precompute", daemon=True)
+                self._thread.start()
+        if cancel is not None:
+            with contextlib.suppress(JobsFolderError):
+                job_manager(self.store).cancel(cancel)
+        return [cfg.key() for cfg in kept]
+
+    def wanted(self, requester: str = "") -> list[str]:
+        """The compression keys still waiting to be computed ahead for `requester`."""
+        with self._lock:
+            entry = self._wanted.get(requester)
+            return [] if entry is None or entry[2] <= 0 else [cfg.key() for cfg in entry[1]]
+
+    def hurry(self, key: str) -> bool:
+        """Someone waits on `key` now: if it is being computed ahead at low priority, its thread goes back
+        to nice 0. Whether it did."""
+        with self._lock:
+            native_id = self._threads.pop(key, None)
+            if native_id is None and self._running is not None and self._running[2] == key:
+                self._hurried.add(key)  # its body has not started yet: it starts at nice 0
+                return True
+        if native_id is None:
+            return False
+        with contextlib.suppress(OSError):  # the thread has ended meanwhile
+            os.setpriority(os.PRIO_PROCESS, native_id, 0)
+            return True
+        return False
+
+    def _low_priority(self, key: str, run: Callable[[JobContext], None]) -> Callable[[JobContext], None]:
+        """The job's body at `self.nice`: its thread (one a job, gone with it) yields the CPU to the page's
+        own work and to trainings until someone waits on it (`hurry`). Torch's intra-op threads, where
+        there are several, keep their priority."""
+
+        def low(ctx: JobContext) -> None:
+            with self._lock:
+                if self.nice and key not in self._hurried:
+                    with contextlib.suppress(OSError, AttributeError):  # not Linux: the usual priority
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+                        self._threads[key] = threading.get_native_id()
+            try:
+                run(ctx)
+            finally:
+                with self._lock:
+                    self._threads.pop(key, None)
+                    self._hurried.discard(key)
+
+        return low
+
+    def running(self) -> str | None:
+        """The job key being computed ahead now, if any."""
+        with self._lock:
+            return None if self._running is None else self._running[2]
+
+    def _next(self) -> tuple[str, RunRecord, CompressConfig] | None:
+        with self._lock:
+            self._hurried.clear()  # the last one has ended (or was never computed: stored, expensive)
+            # a requester with nothing left is forgotten: the lists stay as many as the live page views
+            self._wanted = {name: entry for name, entry in self._wanted.items() if entry[1] and entry[2] > 0}
+            self._order = [name for name in self._order if name in self._wanted]
+            for requester in self._order:
+                run, settings, budget = self._wanted[requester]
+                if settings and budget > 0:
+                    cfg = settings.pop(0)
+                    self._running = (requester, run.run_id, compression_key(run.run_id, cfg))
+                    return requester, run, cfg
+            self._running = None
+            self._thread = None  # the next `want` starts a worker again
+            return None
+
+    def _spent(self, requester: str, run_id: str) -> None:
+        """One computation of `requester`'s budget used (unless its list was replaced meanwhile)."""
+        with self._lock:
+            if requester not in self._wanted:
+                return
+            run, settings, budget = self._wanted[requester]
+            if run.run_id == run_id:
+                self._wanted[requester] = (run, settings, budget - 1)
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            requester, run, cfg = item
+            try:
+                if self._compute(run, cfg, requester):
+                    self._spent(requester, run.run_id)
+            except Exception:  # a setting that cannot be computed ahead is passed over
+                continue
+
+    def _compute(self, run: RunRecord, cfg: CompressConfig, requester: str) -> bool:
+        """Compute one setting ahead if it is cheap; whether it was submitted."""
+        plan = plan_compression(self.store, run, cfg)
+        if plan.kind is not PlanKind.CHEAP:
+            return False
+        self.store.check_writable()
+        local = _Local()
+        spec = compression_spec(self.store, run, cfg, local=local, transient=True)
+        spec = replace(
+            spec, run=self._low_priority(spec.key, spec.run), requester=requester, label=f"ahead: {spec.label}"
+        )
+        manager = job_manager(self.store)
+        final = manager.wait(manager.submit(spec, slot=False).key)
+        if local.ran and final is not None and final.state is not JobState.DONE:
+            # cancelled (the run changed) or failed, computed for no one who asked: no entry is left that
+            # would tell the page of a failure it never saw (a press on it computes it, and says so)
+            manager.cleanup(older_than_s=0, keys=lambda key: key == final.key)
+        return True
+
+
+_PRECOMPUTES: dict[str, Precompute] = {}
+
+
+def hurry(store: RunStore, key: str) -> bool:
+    """A page waits on the compression job `key`: if it is being computed ahead, at full priority now."""
+    with _MANAGERS_LOCK:
+        ahead = _PRECOMPUTES.get(str(Path(store.root).resolve()))
+    return ahead is not None and ahead.hurry(key)
+
+
+def precompute(store: RunStore) -> Precompute:
+    """The one Precompute of this process for the store's root."""
+    key = str(Path(store.root).resolve())
+    with _MANAGERS_LOCK:
+        if key not in _PRECOMPUTES:
+            _PRECOMPUTES[key] = Precompute(store)
+        return _PRECOMPUTES[key]
 
 
 @functools.lru_cache(maxsize=64)
@@ -426,15 +696,18 @@ def forward_macs(model: str, input_shape: tuple[int, int, int], n_classes: int, 
     return macs[0]
 
 
-def compression_cost_features(run: RunRecord, cfg: CompressConfig) -> dict[str, float]:
+def compression_cost_features(
+    run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]] | None = None
+) -> dict[str, float]:
     """The work of a compression beside the method's own (the keys of COMPRESSION_COST_SECONDS): the
     evaluation of the rebuilt model on the test split, and the centroid fine-tuning (each step a
-    forward and a backward pass of a mini-batch, and a decode of every coded weight)."""
+    forward and a backward pass of a mini-batch, and a decode of every coded weight). `shapes`: the
+    coded weights' (`core.compress.coded_shapes`), when the caller has them."""
     from .compress import coded_shapes
 
     source = DATASET_SOURCES[run.config.dataset]
     macs = forward_macs(run.config.model, run.input_shape, run.n_classes, tuple(run.config.hidden))
-    coded = sum(math.prod(shape) for _, shape in coded_shapes(run, cfg.targets))
+    coded = sum(math.prod(shape) for _, shape in (shapes or coded_shapes(run, cfg.targets)))
     steps = cfg.finetune_epochs * math.ceil(source.n_train / run.config.batch_size)
     return {
         "fixed": 1.0,
@@ -451,6 +724,10 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
     centroid fine-tuning. It tells what the page computes at once from what it offers as a job."""
     from .compress import coded_shapes
 
-    work = compression_cost_features(run, cfg)
+    return _estimate(run, cfg, coded_shapes(run, cfg.targets))
+
+
+def _estimate(run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]]) -> float:
+    work = compression_cost_features(run, cfg, shapes)
     rest = sum(COMPRESSION_COST_SECONDS[kind] * amount for kind, amount in work.items())
-    return rest + cfg.method_spec.estimate_seconds(coded_shapes(run, cfg.targets), cfg)
+    return rest + cfg.method_spec.estimate_seconds(shapes, cfg)

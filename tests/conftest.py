@@ -13,6 +13,9 @@ from tests.tiny import TINY
 
 # The tests never touch the network: a missing dataset fails at once instead of trying a download.
 os.environ.setdefault("COMPRESSION_LAB_OFFLINE", "1")
+# no settings computed ahead of the Compress page's sliders (core.pipeline.Precompute): a test sees the
+# compressions it asks for; tests/test_slider.py turns it on where it tests it
+os.environ.setdefault("COMPRESSION_LAB_PRECOMPUTE", "0")
 
 
 @pytest.fixture

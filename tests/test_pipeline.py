@@ -381,3 +381,141 @@ def test_output_weighting_is_counted_when_every_subvector_is_its_own_centroid():
         1e-3, plain.method_spec.estimate_seconds(shapes, plain)
     )
     assert cfg.method_spec.estimate_seconds(shapes, cfg) > 60
+
+
+# ------------------------------------------------------------------------------- the one planner call
+
+
+@pytest.fixture(scope="module")
+def plan_store(tmp_path_factory) -> tuple[RunStore, object]:
+    """A store of its own (the plans below write compressions) holding the tiny run."""
+    store = RunStore(tmp_path_factory.mktemp("plan-store"))
+    run, _ = pipeline.get_or_train(store, TrainConfig(**TINY))
+    return store, run
+
+
+class CountedFits:
+    """core.pq.check_fits, counted (the pipeline imports it where it checks)."""
+
+    def __init__(self, monkeypatch) -> None:
+        from core import pq
+
+        self.real = pq.check_fits
+        self.calls = 0
+        monkeypatch.setattr("core.pq.check_fits", self)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.real(*args, **kwargs)
+
+
+def test_the_plan_of_a_stored_setting_passes_its_verified_record_through(plan_store, monkeypatch):
+    store, run = plan_store
+    cfg = CompressConfig(method="kmeans", n_centroids=4)
+    record, _ = pipeline.get_or_compress(store, run, cfg)
+    fits = CountedFits(monkeypatch)
+    plan = pipeline.plan_compression(store, run, cfg)
+    assert plan.kind is pipeline.PlanKind.STORED and plan.fits
+    assert plan.record == store.load_compression(run.run_id, cfg) and plan.record.key == record.key
+    assert fits.calls == 0  # a stored result fitted when it was made: nothing is checked again
+    assert pipeline.compress_within(store, run, cfg, plan=plan) is plan.record
+
+
+def test_a_cheap_setting_is_planned_cheap_and_computed_with_one_fit_check(plan_store, monkeypatch):
+    store, run = plan_store
+    cfg = CompressConfig(method="pq", subvector_size=2, n_centroids=4, seed=11)
+    fits = CountedFits(monkeypatch)
+    plan = pipeline.plan_compression(store, run, cfg)
+    assert plan.kind is pipeline.PlanKind.CHEAP and plan.record is None
+    assert 0 < plan.seconds <= pipeline.CHEAP_SECONDS
+    assert plan.seconds == pipeline.estimate_seconds(run, cfg)
+    record = pipeline.compress_within(store, run, cfg, limit_s=600, plan=plan)
+    assert record is not None and record.key == cfg.key()
+    assert fits.calls == 1  # the plan's, carried to the job's submission
+
+
+def test_an_expensive_setting_is_planned_with_its_estimate_and_submitted_with_one_fit_check(plan_store, monkeypatch):
+    store, run = plan_store
+    cfg = CompressConfig(method="pq", subvector_size=4, n_centroids=8, seed=12)
+    monkeypatch.setattr(pipeline, "CHEAP_SECONDS", 0.0)  # every setting costs more than nothing
+    fits = CountedFits(monkeypatch)
+    plan = pipeline.plan_compression(store, run, cfg)
+    assert plan.kind is pipeline.PlanKind.EXPENSIVE and plan.seconds == pipeline.estimate_seconds(run, cfg)
+    assert store.load_compression(run.run_id, cfg) is None  # planning computes nothing
+    status = pipeline.submit_compression(store, run, cfg, plan=plan)
+    final = pipeline.job_manager(store).wait(status.key, timeout=600)
+    assert final is not None and final.state is JobState.DONE
+    assert fits.calls == 1
+
+
+def test_a_setting_that_does_not_fit_is_planned_with_the_methods_sentence_and_never_submitted(plan_store, monkeypatch):
+    from core.pq import DoesNotFit
+
+    store, run = plan_store
+    cfg = CompressConfig(method="pq", subvector_size=32, n_centroids=4)  # wider than the 16-wide layer
+    with pytest.raises(DoesNotFit) as direct:
+        pipeline.get_or_compress(store, run, cfg)
+    fits = CountedFits(monkeypatch)
+    plan = pipeline.plan_compression(store, run, cfg)
+    assert plan.kind is pipeline.PlanKind.DOES_NOT_FIT and not plan.fits
+    assert plan.reason == str(direct.value) and "d=32" in plan.reason
+    for submit in (pipeline.submit_compression, pipeline.compress_within):
+        with pytest.raises(DoesNotFit, match="d=32"):
+            submit(store, run, cfg, plan=plan)
+    assert fits.calls == 1
+    assert pipeline.job_manager(store).status(compression_key(run.run_id, cfg)) is None
+
+
+def test_a_plan_of_another_setting_is_refused(plan_store):
+    store, run = plan_store
+    plan = pipeline.plan_compression(store, run, CompressConfig(method="kmeans", n_centroids=8))
+    with pytest.raises(ValueError, match="this plan is for"):
+        pipeline.submit_compression(store, run, CompressConfig(method="kmeans", n_centroids=16), plan=plan)
+
+
+# ---------------------------------------------------------------- what the pages ask the method
+
+
+def _coded_by(name: str) -> bool:
+    """Whether `core.compress` with method `name` codes the weights of a small model."""
+    import core
+    from core.methods import METHOD_SPECS
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    spec = METHOD_SPECS[name]
+    try:
+        spec.check_fits([("0.weight", (8, 16))], CompressConfig(method=name, subvector_size=2, n_centroids=4))
+    except ValueError as missing:  # a peer whose package is not installed says so
+        pytest.skip(str(missing))
+    compressed = core.compress(model, CompressConfig(method=name, subvector_size=2, n_centroids=4))
+    return bool(compressed.layers)
+
+
+@pytest.mark.parametrize("name", ["float", "binarize", "kmeans", "pq", "rq"])
+def test_codes_weights_says_whether_the_method_codes_any_weight(name):
+    from core.methods import METHOD_SPECS
+
+    spec = METHOD_SPECS[name]
+    assert spec.codes_weights == _coded_by(name)
+    # the stages after a method act on its codes: a method that codes none has them reset
+    cfg = CompressConfig(method=name, sparsity=0.5, entropy="ans")
+    assert (cfg.sparsity, cfg.entropy) == ((0.5, "ans") if spec.codes_weights else (0.0, "none"))
+
+
+@pytest.mark.parametrize("name", ["binarize", "kmeans", "pq", "rq"])
+def test_uses_calibration_says_whether_output_weighting_needs_the_models_inputs(name):
+    import core
+    from core.methods import METHOD_SPECS
+
+    spec = METHOD_SPECS[name]
+    cfg = CompressConfig(method=name, subvector_size=2, n_centroids=4, weighting="activations")
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    if spec.uses_calibration:
+        assert cfg.weighting == "activations"
+        with pytest.raises(ValueError, match="calibration"):
+            core.compress(model, cfg)  # no inputs given
+        assert core.compress(model, cfg, calibration=torch.randn(32, 16)).layers
+    else:  # it does not read the weighting: the config resets it, and no inputs are asked for
+        assert cfg.weighting == "none"
+        core.compress(model, cfg)

@@ -4,6 +4,7 @@ cheap compressions run in the interactive slot, beside a training that holds the
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -157,3 +158,150 @@ def test_a_second_interactive_job_queues_while_the_interactive_slot_is_taken(tmp
     training.release.set()
     assert manager.wait("second", timeout=TIMEOUT).state is JobState.DONE
     assert manager.wait("training", timeout=TIMEOUT).state is JobState.DONE
+
+
+# ------------------------------------------------------------------ settings computed ahead of a press
+
+
+def test_the_neighbours_are_one_press_then_two_away_along_the_methods_sliders():
+    from views.compress import neighbours
+
+    shown = CompressConfig(method="pq", subvector_size=1, n_centroids=256)  # the page's pq, d = 1: kmeans
+    near = [cfg.label() for cfg in neighbours(shown, "pq")]
+    assert near == ["kmeans k=128", "kmeans k=512", "pq d=2 k=256 shared", "kmeans k=64", "kmeans k=1024",
+                    "pq d=4 k=256 shared"]  # fmt: skip
+    # a method without a d slider has no d neighbours; float has no slider at all
+    assert all(cfg.method == "binarize" for cfg in neighbours(CompressConfig(method="binarize"), "binarize"))
+    assert neighbours(CompressConfig(method="float"), "float") == []
+
+
+class Ahead:
+    """A Precompute on the slider store, with core.executors.compress_run counted (and held if asked)."""
+
+    def __init__(self, monkeypatch, root: Path, budget: int, hold: bool = False) -> None:
+        from core import executors, pipeline
+
+        monkeypatch.setenv("COMPRESSION_LAB_PRECOMPUTE", str(budget))
+        monkeypatch.setattr(pipeline, "_PRECOMPUTES", {})
+        self.real = executors.compress_run
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.started = threading.Event()
+        self.computed: list[str] = []
+        self.nice: list[int] = []  # each computation's thread's niceness, as it starts
+        self.nice_after: list[int] = []  # and once released
+        monkeypatch.setattr("core.executors.compress_run", self)
+        self.store = RunStore(root)
+        self.ahead = pipeline.precompute(self.store)
+
+    def __call__(self, run, cfg, *args, **kwargs):
+        import os
+
+        self.nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        self.computed.append(f"{run.run_id}-{cfg.key()}")
+        self.started.set()
+        self.release.wait(TIMEOUT)
+        self.nice_after.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return self.real(run, cfg, *args, **kwargs)
+
+    def idle(self) -> None:
+        until(lambda: self.ahead.running() is None and not self.ahead.wanted())
+
+
+def test_computing_ahead_is_bounded_and_passes_over_what_is_stored_expensive_or_does_not_fit(slider_store, monkeypatch):
+    from core import pipeline
+
+    ahead = Ahead(monkeypatch, slider_store, budget=2)
+    run = ahead.store.load_run(RUN.run_id())
+    stored = CompressConfig(method="kmeans", n_centroids=2)
+    pipeline.get_or_compress(ahead.store, run, stored)
+    ahead.computed.clear()
+    ahead.nice.clear()
+    unfit = CompressConfig(method="pq", subvector_size=32, n_centroids=4)  # wider than the 16-wide layer
+    cheap = [CompressConfig(method="kmeans", n_centroids=k) for k in (4, 8, 16, 32)]
+    kept = ahead.ahead.want(run, [stored, unfit, *cheap])
+    assert kept == [cfg.key() for cfg in (stored, unfit, *cheap)]
+    ahead.idle()
+    # the stored and unfit ones are looked at and passed over; two cheap ones (the budget) are computed
+    assert ahead.computed == [compression_key(run.run_id, cfg) for cfg in cheap[:2]]
+    assert all(ahead.store.load_compression(run.run_id, cfg) is not None for cfg in cheap[:2])
+    assert all(ahead.store.load_compression(run.run_id, cfg) is None for cfg in cheap[2:])
+    assert ahead.nice == [ahead.ahead.nice] * 2  # at low priority, where it may be raised again
+    assert ahead.ahead.nice in (0, pipeline.PRECOMPUTE_NICE)
+    # each is a transient job: kept off the Frontier until someone settles on it
+    assert ahead.store.load_compression(run.run_id, cheap[0]).transient
+
+
+def test_a_press_on_a_setting_being_computed_ahead_joins_its_job(slider_store, monkeypatch):
+    from core import pipeline
+
+    ahead = Ahead(monkeypatch, slider_store, budget=1, hold=True)
+    run = ahead.store.load_run(RUN.run_id())
+    cfg = CompressConfig(method="kmeans", n_centroids=8)
+    ahead.ahead.want(run, [cfg])
+    assert ahead.started.wait(TIMEOUT)
+    assert pipeline.compress_within(ahead.store, run, cfg, limit_s=0.05) is None  # still held: the panel
+    ahead.release.set()
+    until(lambda: ahead.nice_after)
+    assert ahead.nice == [ahead.ahead.nice] and ahead.nice_after == [0]  # hurried: someone waits on it
+    record = pipeline.compress_within(ahead.store, run, cfg, limit_s=TIMEOUT)
+    assert record is not None and ahead.computed == [compression_key(run.run_id, cfg)]  # computed once
+
+
+def test_computing_ahead_is_cancelled_when_the_run_changes(slider_store, monkeypatch):
+
+    ahead = Ahead(monkeypatch, slider_store, budget=4, hold=True)
+    first = ahead.store.load_run(RUN.run_id())
+    other, _ = get_or_train(ahead.store, dataclasses.replace(RUN, seed=1))
+    settings = [CompressConfig(method="kmeans", n_centroids=k) for k in (4, 8, 16)]
+    ahead.ahead.want(first, settings, requester="s")
+    assert ahead.started.wait(TIMEOUT)
+    held_key = compression_key(first.run_id, settings[0])
+    assert ahead.ahead.running() == held_key
+    ahead.ahead.want(other, settings[:1], requester="s")  # the session opened another run
+    ahead.release.set()
+    ahead.idle()
+    assert ahead.computed == [held_key, compression_key(other.run_id, settings[0])]  # the rest dropped
+    assert all(ahead.store.load_compression(first.run_id, cfg) is None for cfg in settings)  # cancelled
+    assert JobManager(slider_store).status(held_key) is None  # no failure left for the page to show
+    assert ahead.store.load_compression(other.run_id, settings[0]) is not None
+
+
+# ------------------------------------------------------------------------------ what one rerun costs
+
+
+def test_the_page_runs_the_fit_check_once_for_a_setting_it_computes(slider_store, monkeypatch):
+    from core import pq
+
+    real, calls = pq.check_fits, []
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("core.pq.check_fits", counted)
+    monkeypatch.setattr("core.pipeline.INLINE_LIMIT_S", TIMEOUT)  # the page waits for the numbers
+    at = open_compress()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "Accuracy after" in metric_labels(at)
+    assert len(calls) == 1  # the plan's: the page and the job's submission ask no second time
+
+
+def test_the_centroid_histogram_sends_its_bins_not_every_weight():
+    import random
+
+    from core.charts import HISTOGRAM_BINS, centroid_histogram
+
+    rng = random.Random(0)
+    weights = [rng.gauss(0, 0.05) for _ in range(50_000)]
+    centroids = sorted(rng.gauss(0, 0.05) for _ in range(16))
+    fig = centroid_histogram(weights, centroids, method="kmeans")
+    bars, lines, rug = fig.data
+    assert len(bars.x) == HISTOGRAM_BINS and abs(sum(bars.y) - 100.0) < 1e-6  # shares of the weights, in %
+    assert [x for x in lines.x if x is not None] == [c for c in centroids for _ in range(2)]  # one line each
+    assert list(rug.x) == centroids
+    pruned = centroid_histogram(weights[:1000], centroids, pruned=weights[1000:3000])
+    survivors, zeroed = pruned.data[:2]
+    assert (sum(survivors.y), sum(zeroed.y)) == (1000, 2000)  # counts on the same bins
+    assert list(survivors.x) == list(zeroed.x)

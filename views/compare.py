@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.analysis import best_within_budget, pareto_mask
 from core.charts import RUN_COLORS, frontier_figure, histogram_range, training_curves, weight_histogram
+from core.methods import METHOD_SPECS
 from core.records import RunRecord
 from ui.common import compressions, keep, kept, runs, runs_multiselect_ui
 
@@ -80,7 +81,7 @@ def budgets(chosen: list[RunRecord], names: list[str]) -> None:
         "the second shows what quantization alone costs each run.",
     )
     baseline = max(r.test_accuracy for r in chosen)
-    compressed = pd.DataFrame([r for r in rows if r["method"] != "float"])
+    compressed = pd.DataFrame([r for r in rows if METHOD_SPECS[r["method"]].codes_weights])
     if compressed.empty:
         st.info("Only float points so far: compress these runs to see the budgets.")
         return

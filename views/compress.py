@@ -7,13 +7,14 @@ once, with no retraining ever.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import time
 from functools import partial
 
 import streamlit as st
 
 from core.charts import bits_breakdown, centroid_histogram, nice_ratio, subvector_scatter
-from core.compress import coded_shapes
 from core.config import ENTROPY_CODERS, LAYOUTS, METHODS, TARGETS, WEIGHTINGS, CompressConfig
 from core.data import DatasetUnavailable
 from core.jobs import JobState
@@ -21,13 +22,16 @@ from core.methods import METHOD_SPECS
 from core.methods.base import SHARED_CONTROLS
 from core.onnx_export import MissingDependency, onnx_bytes, require_onnx
 from core.pipeline import (
-    CHEAP_SECONDS,
+    CompressionPlan,
+    PlanKind,
     compress_within,
     compression_key,
-    estimate_seconds,
+    hurry,
+    plan_compression,
+    precompute,
     submit_compression,
 )
-from core.pq import DoesNotFit, check_fits
+from core.pq import DoesNotFit
 from core.records import CompressionRecord, CorruptEntry, RunRecord
 from ui.classroom import job_requester, send_to_board_ui
 from ui.common import (
@@ -46,7 +50,6 @@ from ui.common import (
     runs,
     show_error,
     store,
-    stored_compression,
     url_choice,
 )
 from ui.detail import download_name
@@ -94,7 +97,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             help="A code is log2(k) bits per subvector.",
         )
         sparsity = select_slider(
-            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=method == "float",
+            "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=not spec.codes_weights,
             format_func=lambda s: "off" if s == 0 else f"{s:.0%}",
             help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
             "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
@@ -129,7 +132,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         entropy = radio(
             "Codes stored", ENTROPY_CODERS, "none", "entropy", True, horizontal=True,
             format_func=lambda e: {"none": "bit-packed", "ans": "rANS"}[e],
-            disabled=method == "float",
+            disabled=not spec.codes_weights,
             help="entropy-coded: each layer's codes coded by rANS (constriction) under the frequencies of its own "
             "codes; the stream and the frequency table (32 bits a count) are counted in the size. A layer keeps "
             "packed codes where that is smaller.",
@@ -149,7 +152,37 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
     )
 
 
-def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | None:
+# the page's sliders a press moves, nearest first: their neighbouring values are computed ahead
+SLIDER_AXES = (("n_centroids", K_OPTIONS), ("subvector_size", D_OPTIONS))
+
+
+def neighbours(cfg: CompressConfig, method: str) -> list[CompressConfig]:
+    """The settings one press of a slider away from `cfg` (the page's `method` chosen, whose sliders
+    they are), then two: what the page has computed ahead (core.pipeline.Precompute), nearest first."""
+    spec = METHOD_SPECS[method]
+    axes = [(field, options) for field, options in SLIDER_AXES if field in spec.controls]
+    found: list[CompressConfig] = []
+    for step in (1, 2):
+        for field, options in axes:
+            value = getattr(cfg, field)
+            if value not in options:
+                continue
+            at = options.index(value)
+            for other in (at - step, at + step):
+                if 0 <= other < len(options):
+                    with contextlib.suppress(ValueError):  # a combination the config refuses is no neighbour
+                        found.append(dataclasses.replace(cfg, method=method, **{field: options[other]}))
+    return [other for other in found if other.key() != cfg.key()]
+
+
+def compute_ahead(run: RunRecord, cfg: CompressConfig, method: str) -> None:
+    """Have the neighbouring settings computed in the background at low priority, so that the next
+    press finds its numbers stored; never in the way of the page (it returns at once)."""
+    with contextlib.suppress(Exception):
+        precompute(store()).want(run, neighbours(cfg, method), requester=job_requester())
+
+
+def compress_now(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> CompressionRecord | None:
     """A cheap setting: computed as a job this script run waits on for at most INLINE_LIMIT_S (one job
     per key: a second session asking for it at the same moment waits for the same one), in the
     interactive slot beside other sessions' trainings. Past the limit it goes on in the background,
@@ -158,12 +191,14 @@ def compress_now(run: RunRecord, cfg: CompressConfig) -> CompressionRecord | Non
     key = compression_key(run.run_id, cfg)
     status = manager().status(key)
     if status is not None and status.state in (JobState.FAILED, JobState.CANCELLED):
-        offer_job(run, cfg, estimate_seconds(run, cfg))
+        offer_job(run, cfg, plan)
         return None
     record = None
+    if status is not None and status.live:
+        hurry(store(), key)  # computed ahead at low priority: someone waits on it now
     if status is None or not status.live:  # one already running past the limit is not waited on again
         with st.spinner(f"Compressing: {cfg.label()} (k-means, then accuracy of the rebuilt model)…"):
-            record = compress_within(store(), run, cfg, requester=job_requester())
+            record = compress_within(store(), run, cfg, requester=job_requester(), plan=plan)
     if record is None:
         st.info(
             f"Still computing {plain(cfg.label())}: its numbers and charts appear here as soon as it is done "
@@ -199,8 +234,9 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:,.0f} s"
 
 
-def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
+def offer_job(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> None:
     """An expensive setting: only after a click, as a cancellable job; a link never starts it."""
+    seconds = plan.seconds
     key = compression_key(run.run_id, cfg)
     status = manager().status(key)
     if status is not None and status.live:
@@ -215,7 +251,7 @@ def offer_job(run: RunRecord, cfg: CompressConfig, seconds: float) -> None:
     )
     if st.button(f"Compute (about {fmt_seconds(seconds)})", type="primary", key="compute_button"):
         try:
-            submit_compression(store(), run, cfg, requester=job_requester())
+            submit_compression(store(), run, cfg, requester=job_requester(), plan=plan)
         except ValueError as error:  # a read-only store, too many jobs waiting: one line, nothing queued
             st.error(f"**The compression could not start.** {plain(error)}")
             return
@@ -330,18 +366,18 @@ def page() -> None:
         st.error(f"**This setting is not valid.** {plain(error)}")
         return
     try:
-        record = stored_compression(run.run_id, cfg)
+        plan = plan_compression(store(), run, cfg)  # stored, cheap, expensive or does not fit: one call
+        compute_ahead(run, cfg, st.session_state.get("method", cfg.method))
+        if plan.kind is PlanKind.DOES_NOT_FIT:
+            st.error(f"**This setting does not fit the run.** {plain(plan.reason)}")
+            return
+        if plan.kind is PlanKind.EXPENSIVE:
+            offer_job(run, cfg, plan)
+            return
+        record = plan.record if plan.kind is PlanKind.STORED else compress_now(run, cfg, plan)
         if record is None:
-            seconds = estimate_seconds(run, cfg)
-            if seconds <= CHEAP_SECONDS:
-                record = compress_now(run, cfg)  # raises DoesNotFit before any work
-                if record is None:
-                    return  # still running: its job panel is shown
-            else:
-                check_fits(coded_shapes(run, cfg.targets), cfg)  # before offering it
-                offer_job(run, cfg, seconds)
-                return
-    except DoesNotFit as error:
+            return  # still running: its job panel is shown
+    except DoesNotFit as error:  # a job of another session that found it does not fit
         st.error(f"**This setting does not fit the run.** {plain(error)}")
         return
     except (DatasetUnavailable, CorruptEntry, ValueError) as error:

@@ -12,6 +12,8 @@ instead of branching on its name:
     layer_format / ...    the tensors it writes into the file, and what the reader expects of them
     label, color          how it is named and drawn
     controls, options     which Compress-page controls it uses, and the controls of its own
+    codes_weights         whether it codes weights at all (the stages after it act on its codes)
+    uses_calibration      whether its output-error weighting needs the model's inputs
 
 This module imports no config at run time: core/config.py imports the registry.
 """
@@ -97,6 +99,9 @@ class Method:
     tensor_names: tuple[str, ...] = ()  # suffixes of its tensors in the file, beside `.codes`
     layer_keys: tuple[str, ...] = ()  # keys of its own in a layer entry of the file's metadata
     uses_calibration: bool = False  # whether cfg.weighting == "activations" needs calibration inputs
+    # whether it codes any weight: a method that keeps them float has no codes for the stages after
+    # it (pruning, entropy coding: config resets them) and counts the chosen layers at 32 bits
+    codes_weights: bool = True
 
     # ------------------------------------------------------------------------------ the config
 

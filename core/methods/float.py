@@ -18,6 +18,7 @@ class Float(Method):
     name = "float"
     summary = "no compression (the reference)"
     color = "#555555"
+    codes_weights = False
 
     def quantize(
         self, name: str, weight: torch.Tensor, cfg: CompressConfig, moments: torch.Tensor | None = None
