@@ -478,17 +478,22 @@ def compress_within(
 
 # ------------------------------------------------------------------------ computed ahead of a slider
 
-PRECOMPUTE_MAX = 4  # settings one page view has computed ahead of its slider, at most (by default)
+PRECOMPUTE_MAX = 4  # settings one page view has computed ahead of its slider, at most, when a server turns it on
+# Off unless a server sets COMPRESSION_LAB_PRECOMPUTE (e.g. 4): in bench/results/slider.md no press found
+# its setting computed ahead (0 of 9), and a niced thread in the page's process may hold the GIL while
+# descheduled (the first press took 1.9 s at load 13); a niced worker process is the design that would
+# fix it. Measured benefit first, then on by default.
+PRECOMPUTE_DEFAULT = 0
 ENV_PRECOMPUTE = "COMPRESSION_LAB_PRECOMPUTE"  # that number for this server; 0 turns computing ahead off
 PRECOMPUTE_LOOK = 8  # settings it looks at for them (stored, expensive or unfit ones are passed over)
 PRECOMPUTE_NICE = 10  # the niceness of their threads: the page's own work and trainings come first
 
 
 def precompute_budget() -> int:
-    """COMPRESSION_LAB_PRECOMPUTE, else PRECOMPUTE_MAX: how many settings a page view computes ahead."""
+    """COMPRESSION_LAB_PRECOMPUTE, else PRECOMPUTE_DEFAULT (off): how many settings a page view computes ahead."""
     value = os.environ.get(ENV_PRECOMPUTE, "").strip()
     if not value:
-        return PRECOMPUTE_MAX
+        return PRECOMPUTE_DEFAULT
     if not value.isdigit():
         raise ValueError(f"{ENV_PRECOMPUTE}={value!r} must be a whole number of settings, 0 (off) or more")
     return int(value)
@@ -512,7 +517,7 @@ class Precompute:
 
     Each requester (a page session) has one list of wanted settings, nearest first, replaced at each
     `want`: the first PRECOMPUTE_LOOK are looked at (`plan_compression`), and at most
-    `precompute_budget()` of them (PRECOMPUTE_MAX unless the server says otherwise), the cheap ones,
+    `precompute_budget()` of them (none unless the server sets COMPRESSION_LAB_PRECOMPUTE), the cheap ones,
     computed; stored settings and those that do not fit or are expensive are passed over. One worker
     thread computes them one at a time, each as a transient compression job (single flight: a press
     on a setting being computed ahead joins its job), with no queue slot (it never waits behind a
