@@ -292,7 +292,7 @@ def compression_spec(
         chosen = executor or get_executor()  # here: a waiter imports no executor (nor torch)
 
         def step(i: int, n: int) -> None:
-            ctx.report(i, n, f"fine-tuning the centroids: step {i}/{n}")
+            ctx.report(i, n, f"fine-tuning (survivors, then centroids): step {i}/{n}")
             if on_step is not None:
                 on_step(i, n)
 
@@ -343,10 +343,11 @@ def get_or_compress(
     cached = stored_compression(store, run, cfg, transient)
     if cached is not None:
         return cached, True
-    from .compress import coded_shapes
+    from .compress import check_pruned_run, coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+    check_pruned_run(run, cfg)  # a run pruned in training: its zeros stay the mask
     store.check_writable()
     local = _Local()
     spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
@@ -369,10 +370,11 @@ def submit_compression(
     """Start (or join) the compression in a background thread; DoesNotFit first, when it does not fit.
     `interactive` for a cheap one a page waits on: it runs in the interactive slot, beside (not behind)
     the trainings that hold the queue's slots (core/jobrunner.py INTERACTIVE_SLOT)."""
-    from .compress import coded_shapes
+    from .compress import check_pruned_run, coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+    check_pruned_run(run, cfg)  # a run pruned in training: its zeros stay the mask
     store.check_writable()
     spec = replace(compression_spec(store, run, cfg, transient=transient), requester=requester)
     return job_manager(store).submit(spec, interactive=interactive)
@@ -428,20 +430,22 @@ def forward_macs(model: str, input_shape: tuple[int, int, int], n_classes: int, 
 
 def compression_cost_features(run: RunRecord, cfg: CompressConfig) -> dict[str, float]:
     """The work of a compression beside the method's own (the keys of COMPRESSION_COST_SECONDS): the
-    evaluation of the rebuilt model on the test split, and the centroid fine-tuning (each step a
-    forward and a backward pass of a mini-batch, and a decode of every coded weight)."""
+    evaluation of the rebuilt model on the test split, the survivors' retraining and the centroid
+    fine-tuning (each step a forward and a backward pass of a mini-batch, and for the centroids a decode
+    of every coded weight; a retraining step is priced as a fine-tuning step, not fitted apart)."""
     from .compress import coded_shapes
 
     source = DATASET_SOURCES[run.config.dataset]
     macs = forward_macs(run.config.model, run.input_shape, run.n_classes, tuple(run.config.hidden))
     coded = sum(math.prod(shape) for _, shape in coded_shapes(run, cfg.targets))
-    steps = cfg.finetune_epochs * math.ceil(source.n_train / run.config.batch_size)
+    epoch_steps = math.ceil(source.n_train / run.config.batch_size)
+    steps = (cfg.prune_finetune_epochs + cfg.finetune_epochs) * epoch_steps
     return {
         "fixed": 1.0,
         "evaluation": float(source.n_train * macs),  # the test split is never larger than the training one
         "finetune_steps": float(steps),
         "finetune_macs": float(steps * run.config.batch_size * macs),
-        "finetune_decoded": float(steps * coded),
+        "finetune_decoded": float(cfg.finetune_epochs * epoch_steps * coded),  # the centroids' steps only
     }
 
 
