@@ -71,10 +71,6 @@ class GradualPruner:
         self.masks: list[torch.Tensor] | None = None
         self.sparsity = 0.0
 
-    @property
-    def active(self) -> bool:
-        return self.masks is not None
-
     def prune_at(self, t: float) -> bool:
         """Prune to the schedule's sparsity at time `t`; True when the masks changed."""
         import torch

@@ -66,6 +66,14 @@ def show_run(run: RunRecord) -> None:
     cols[2].metric("Final R(W)", f"{history[-1].reg:.4f}")
     cols[3].metric("FC layers", len(run.layers))
     st.plotly_chart(training_curves({run.label(): history}), key="chart_curves")
+    if run.config.prune_sparsity:
+        c = run.config
+        st.caption(
+            f"Pruned during training: {c.prune_sparsity:.0%} of each regularized layer's weights are exact zeros, "
+            f"reached on the cubic schedule from epoch {c.prune_start_epoch} over {c.prune_epochs} epoch(s). "
+            f"Compress it with a sparsity of at least {c.prune_sparsity:g}: the coding then keeps those zeros "
+            "as its mask and codes only the survivors (the histograms below include the zeros)."
+        )
 
     st.subheader("FC weight histograms: the weights collapse onto ±α")
     names = [layer.name for layer in run.layers]
