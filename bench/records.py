@@ -1,8 +1,10 @@
 """Past the paper: pruning, PQ / k-means, centroid fine-tuning and entropy coding, stage by stage, and
 what the binarizing regularizer does to the entropy of the codes.
 
-For each seed, an unregularized run and a binary-regularized run of the same length; every compression
-setting of the grid (sparsity x method x fine-tuning) on both, each stored entropy-coded (`entropy="ans"`),
+For each seed, an unregularized run and a binary-regularized run of the same length (and, with
+--gradual, the same two pruned gradually during training to each sparsity given, Zhu & Gupta's cubic
+schedule); every compression setting of the grid (sparsity x survivors' retraining x method x
+fine-tuning) on each (a gradually pruned run at its own sparsity or more), each stored entropy-coded (`entropy="ans"`),
 so that one record holds both sizes: the raw FC ratio (bit-packed codes, bitmap masks) and the
 entropy-coded one (ANS streams and their frequency tables), of the same decoded weights. Each accuracy
 is compared with the float accuracy of the unregularized run of the same seed; "within 1 point on
@@ -11,6 +13,7 @@ every seed" takes the worst seed.
     python bench/records.py --dataset fashion-mnist --seeds 0 1 2 3 4        # the issue's setting
     python bench/records.py --dataset digits --epochs 20 --seeds 0 1 --bases "kmeans k=4" "pq d=8 k=32" \
         --sparsities 0 0.8 0.9                                               # what 2 busy cores allowed
+    python bench/records.py --gradual 0.9 --prune-start 1 --prune-epochs 4 --retrain 0 2   # + both pruning forms
 
 Writes records_<dataset>.{csv,md} (the points and the tables) and records_entropy_<dataset>.csv (bits a
 code, per run and setting) under --out (default bench/results). Runs and compressions are cached in
@@ -28,6 +31,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import pandas as pd
+import torch
 
 from core.config import CompressConfig, TrainConfig
 from core.entropy import entropy_bits_per_code
@@ -45,13 +49,20 @@ SPARSITIES = (0.0, 0.5, 0.8, 0.9)
 FINETUNE = (0, 3)
 
 
-def grid(bases: list[str], sparsities: list[float], finetune: list[int]) -> list[CompressConfig]:
-    return [
-        CompressConfig(**BASES[base], sparsity=s, finetune_epochs=ft, entropy="ans")
+def grid(
+    bases: list[str], sparsities: list[float], finetune: list[int], retrain: list[int], pruned: float = 0.0
+) -> list[CompressConfig]:
+    """The settings of the grid, each once (a setting that cannot retrain is one, whatever --retrain says);
+    for a run pruned to `pruned` during training, the sparsities below it are coded at it instead."""
+    chosen = sorted({max(s, pruned) for s in sparsities})
+    settings = [
+        CompressConfig(**BASES[base], sparsity=s, prune_finetune_epochs=rt, finetune_epochs=ft, entropy="ans")
         for base in bases
-        for s in sparsities
+        for s in chosen
+        for rt in retrain
         for ft in finetune
     ]
+    return list(dict.fromkeys(settings))
 
 
 def code_entropy_rows(run, variant: str) -> list[dict]:
@@ -81,10 +92,14 @@ def best_within(df: pd.DataFrame, size_col: str, budget_pts: float = 1.0) -> pd.
     return best.sort_values(["stages", "variant"]).reset_index(drop=True)
 
 
-def stages_of(cfg: CompressConfig) -> str:
+def stages_of(cfg: CompressConfig, run_sparsity: float = 0.0) -> str:
     parts = []
-    if cfg.sparsity:
+    if run_sparsity:
+        parts.append("gradual prune")
+    if cfg.sparsity > run_sparsity:
         parts.append("prune")
+    if cfg.prune_finetune_epochs:
+        parts.append("retrain")
     parts.append("quantize")
     if cfg.finetune_epochs:
         parts.append("ft")
@@ -101,23 +116,36 @@ def main() -> None:
     parser.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument("--finetune", type=int, nargs="+", default=list(FINETUNE))
+    parser.add_argument("--retrain", type=int, nargs="+", default=[0], help="epochs of the survivors' retraining")
+    parser.add_argument("--gradual", type=float, nargs="*", default=[], help="final sparsities pruned in training")
+    parser.add_argument("--prune-start", type=int, default=1, help="epoch gradual pruning starts at")
+    parser.add_argument("--prune-epochs", type=int, default=4, help="epochs its sparsity ramps over")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     store = RunStore(args.cache_dir)
     base = dict(dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs)
-    points, entropies = [], []
+    points, entropies, runs = [], [], []
     for seed in args.seeds:
         ref, _ = get_or_train(store, TrainConfig(**base, seed=seed), device="cpu")
-        reg, _ = get_or_train(
-            store, TrainConfig(**base, seed=seed, reg="binary", lam=args.lam, warmup_epochs=2), device="cpu"
-        )
-        for variant, run in (("no reg", ref), (f"binary λ={args.lam:g}", reg)):
-            entropies += code_entropy_rows(run, variant)
-            for cfg in grid(args.bases, args.sparsities, args.finetune):
+        binary = dict(reg="binary", lam=args.lam, warmup_epochs=2)
+        variants = [("no reg", {}), (f"binary λ={args.lam:g}", binary)]
+        for s in args.gradual:
+            schedule = dict(prune_sparsity=s, prune_start_epoch=args.prune_start, prune_epochs=args.prune_epochs)
+            variants += [(f"gradual {s:g}", schedule), (f"binary λ={args.lam:g} + gradual {s:g}", binary | schedule)]
+        for variant, fields in variants:
+            run = ref if not fields else get_or_train(store, TrainConfig(**base, seed=seed, **fields), device="cpu")[0]
+            pruned = run.config.prune_sparsity
+            if not pruned:  # the codes' entropy of the unpruned runs (a pruned run's zeros are one value)
+                entropies += code_entropy_rows(run, variant)
+            runs.append(dict(seed=seed, variant=variant, run_id=run.run_id, test_accuracy=run.test_accuracy,
+                             drop_pts=100 * (ref.test_accuracy - run.test_accuracy), seconds=run.seconds))  # fmt: skip
+            for cfg in grid(args.bases, args.sparsities, args.finetune, args.retrain, pruned):
                 record, _ = get_or_compress(store, run, cfg, device="cpu")
                 row = record.row()
-                row.update(variant=variant, stages=stages_of(cfg), ref_float=ref.test_accuracy,
+                row.update(variant=variant, stages=stages_of(cfg, pruned), ref_float=ref.test_accuracy,
                            drop_pts=100 * (ref.test_accuracy - record.accuracy), label=cfg.label())  # fmt: skip
                 points.append(row)
             print(f"seed {seed} {variant}: {len(points)} points", flush=True)
@@ -127,6 +155,8 @@ def main() -> None:
     df.to_csv(out / f"records_{args.dataset}.csv", index=False)
     ent = pd.DataFrame(entropies)
     ent.to_csv(out / f"records_entropy_{args.dataset}.csv", index=False)
+    trained = pd.DataFrame(runs)
+    trained.to_csv(out / f"records_runs_{args.dataset}.csv", index=False)
 
     lines = [f"# {args.dataset} mlp {'-'.join(map(str, args.hidden))}, {args.epochs} epochs, seeds {args.seeds}", ""]
     lines += ["Largest FC ratio within 1 point of the unregularized float run of the same seed, on every seed:", ""]
@@ -136,6 +166,12 @@ def main() -> None:
         code_width=("code_width", "first"), bits_per_code=("bits_per_code", "mean"),
         sd=("bits_per_code", "std"), n_seeds=("seed", "nunique"),
     ).reset_index()  # fmt: skip
+    lines += ["## The trained runs (float accuracy, drop against the unregularized run of the same seed)", ""]
+    per_run = trained.groupby("variant").agg(
+        accuracy=("test_accuracy", "mean"), mean_drop=("drop_pts", "mean"), worst_drop=("drop_pts", "max"),
+        n_seeds=("seed", "nunique"),
+    ).reset_index()  # fmt: skip
+    lines += [per_run.to_markdown(index=False, floatfmt=".4f"), ""]
     lines += ["## Bits a code (empirical entropy of the codes, no pruning)", ""]
     lines += [summary.to_markdown(index=False, floatfmt=".3f"), ""]
     per_seed = ent.pivot_table(index=["setting", "seed"], columns="variant", values="bits_per_code")

@@ -46,6 +46,7 @@ COMPRESS_FLAGS: dict[str, tuple[str, ...]] = {
     "subvector_size": ("--subvector-size", "-d"),
     "n_centroids": ("--centroids", "-k"),
     "seed": ("--kmeans-seed",),
+    "prune_finetune_epochs": ("--prune-finetune", "--prune-finetune-epochs"),
 }
 # The fields a sweep takes several values of, and their sweep defaults.
 TRAIN_SWEEP: dict[str, list[Any]] = {"reg": ["binary"], "lam": [0.0, 0.02], "seed": [0]}

@@ -1,6 +1,6 @@
-"""Compress a trained run: quantize its coded layers (FC, plus conv with `targets="fc+conv"`), optionally
-fine-tune the centroids, build the exported file, and measure it:
-accuracy of the model rebuilt from the file, and its size.
+"""Compress a trained run: prune its coded layers (with `sparsity > 0`, optionally retraining the
+survivors), quantize them (FC, plus conv with `targets="fc+conv"`), optionally fine-tune the centroids,
+build the exported file, and measure it: accuracy of the model rebuilt from the file, and its size.
 
 The accuracy is measured on the model rebuilt from the file's own tensors, so loading the
 exported file gives back exactly the accuracy reported here.
@@ -24,7 +24,8 @@ from .data import Dataset, load_dataset
 from .export import build_payload, model_from_payload, stored_code_bits, to_bytes
 from .methods import quantize_model
 from .models import build_model, coded_weights
-from .pq import QuantizedLayer
+from .pq import DoesNotFit, QuantizedLayer
+from .prune import magnitude_mask
 from .records import CompressionRecord, RunRecord
 from .size import size_report
 from .train import OnStep, evaluate, pick_device
@@ -127,6 +128,64 @@ def finetune_centroids(
     )  # fmt: skip
 
 
+def check_pruned_run(run: RunRecord, cfg: CompressConfig) -> None:
+    """DoesNotFit (one line, before any work) when `run` was pruned during training and `cfg` would code
+    its pruned zeros as weights: a coding method then prunes at least as much, so that the mask it
+    stores is the run's zeros (the same magnitude order: they are the smallest) and it codes only the
+    survivors. A float compression codes nothing and is always allowed."""
+    pruned = run.config.prune_sparsity
+    if pruned > 0 and cfg.method_spec.codes_weights and cfg.sparsity < pruned:
+        raise DoesNotFit(
+            f"run {run.run_id} was pruned to sparsity {pruned:g} during training: compress it with sparsity "
+            f">= {pruned:g} (--sparsity {pruned:g}), so that its zeros are the stored mask and only the "
+            "survivors are coded"
+        )
+
+
+def retrain_survivors(
+    model: nn.Module,
+    data: Dataset,
+    cfg: CompressConfig,
+    batch_size: int,
+    lr: float,
+    device: torch.device,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Deep Compression's retraining after pruning: the coded weights pruned at `cfg.sparsity` by
+    magnitude, then the whole network trained `cfg.prune_finetune_epochs` epochs (cross-entropy, Adam at
+    `lr`, seeded shuffled mini-batches of the training split) with the mask fixed: masked gradients
+    zeroed before each step, masked weights after it. Returns the new state dict (CPU, float32);
+    `model` is not modified. The coding that follows prunes the same weights: the zeros are the smallest."""
+    model = copy.deepcopy(model).to(device).train()
+    weights = [weight for _, weight in coded_weights(model, cfg.targets)]
+    with torch.no_grad():
+        masks = [magnitude_mask(weight, cfg.sparsity) for weight in weights]
+        for weight, mask in zip(weights, masks):
+            weight.mul_(mask)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n_train = len(data.x_train)
+    step = 0
+    for _ in range(cfg.prune_finetune_epochs):
+        order = torch.randperm(n_train, generator=generator)
+        for start in range(0, n_train, batch_size):
+            index = order[start : start + batch_size]
+            loss = F.cross_entropy(model(data.x_train[index].to(device)), data.y_train[index].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                for weight, mask in zip(weights, masks):
+                    if weight.grad is not None:
+                        weight.grad.mul_(mask)
+                optimizer.step()
+                for weight, mask in zip(weights, masks):
+                    weight.mul_(mask)
+            step += 1
+            if on_step is not None:
+                on_step(step)
+    return {key: value.detach().float().cpu().contiguous() for key, value in model.state_dict().items()}
+
+
 def compress_run(
     run: RunRecord,
     cfg: CompressConfig,
@@ -138,17 +197,30 @@ def compress_run(
     measured on the model rebuilt from the file's own tensors. The setting must fit the run's layers:
     `core.pipeline` checks that once (`core.pq.check_fits`), before any job or work."""
     started = time.perf_counter()
+    check_pruned_run(run, cfg)
     device = pick_device(device)
     data = data or load_dataset(run.config.dataset)
     state = run.state_dict()  # read and checked (sha256) once: the model and the file both start from it
     model = run.model(state)
+    n_steps = math.ceil(len(data.x_train) / run.config.batch_size)
+    total_steps = (cfg.prune_finetune_epochs + cfg.finetune_epochs) * n_steps
+    if cfg.prune_finetune_epochs:  # the survivors retrained: the file, the layers and the errors start from them
+        state = retrain_survivors(
+            model, data, cfg, run.config.batch_size, run.config.lr, device,
+            on_step=(lambda step: on_step(step, total_steps)) if on_step is not None else None,
+        )  # fmt: skip
+        model = run.model(state)
     targets = coded_weights(model, cfg.targets)
     n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
     size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
     calibration = calibration_batches(data.x_train, cfg.seed) if cfg.weighting == "activations" else None
     layers = quantize_model(model, cfg, targets, calibration)
     if cfg.finetune_epochs and layers:
-        layers = finetune_centroids(model, layers, data, cfg, run.config.batch_size, device, on_step)
+        done = cfg.prune_finetune_epochs * n_steps  # the steps of the survivors' retraining, reported first
+        layers = finetune_centroids(
+            model, layers, data, cfg, run.config.batch_size, device,
+            (lambda step, _: on_step(done + step, total_steps)) if on_step is not None else None,
+        )  # fmt: skip
     layer_mse = tuple((layer.name, float(((state[layer.name] - layer.decode()) ** 2).mean())) for layer in layers)
     tensors, meta = build_payload(
         state, layers, run.config, cfg, run.input_shape, run.n_classes, extra={"run_id": run.run_id}

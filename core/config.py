@@ -48,7 +48,7 @@ TARGETS = ("fc", "fc+conv")
 ENTROPY_CODERS = ("none", "ans")
 # Stages that wrap any coding method's codes: kept through a method's canonical form (which resets the
 # fields it does not read), reset only for a method that codes nothing.
-STAGE_FIELDS = ("entropy", "sparsity")
+STAGE_FIELDS = ("entropy", "sparsity", "prune_finetune_epochs")
 
 # Fields added after the first release: left out of a config's JSON (and so of its hash) while they
 # hold their default, so every run id and compression key from before stays what it was.
@@ -61,6 +61,10 @@ LATER_FIELDS = {
     "entropy": "none",
     "sparsity": 0.0,
     "group_size": 0,
+    "prune_sparsity": 0.0,
+    "prune_start_epoch": 0,
+    "prune_epochs": 1,
+    "prune_finetune_epochs": 0,
 }
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
@@ -145,6 +149,13 @@ def check_seed(seed: object, name: str = "seed") -> None:
     _int(name, seed, 0, MAX_SEED)
 
 
+def check_sparsity(name: str, value: object) -> None:
+    """A pruning sparsity: the fraction of a weight set to zero, in [0, 1)."""
+    ok = isinstance(value, float) and math.isfinite(value) and 0 <= value < 1
+    if not ok:
+        raise ValueError(f"{name}={value!r} must be a number from 0 (no pruning) up to but not including 1, e.g. 0.9")
+
+
 def parse_hidden(text: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
     """Hidden widths from '300,100', '300 100', '300, 100' or a sequence; ValueError says the format."""
     if isinstance(text, str):
@@ -188,9 +199,20 @@ class TrainConfig:
     batch_size: int = _f(64, "mini-batch size")
     seed: int = _f(0, "seeds weight init and shuffling; same seed on the CPU, same run")
     reg_targets: str = _f(
-        "fc", "layers the regularizer acts on: fc (the paper) or fc+conv (beyond the paper)", choices=TARGETS
+        "fc",
+        "layers the regularizer (and gradual pruning) acts on: fc (the paper) or fc+conv (beyond the paper)",
+        choices=TARGETS,
     )
     warmup_start: int = _f(0, "epoch at which lam starts to ramp up (lam = 0 before it)")
+    prune_sparsity: float = _f(
+        0.0,
+        "gradual magnitude pruning during training (Zhu & Gupta 2017): the final fraction in [0, 1) of each "
+        "regularized layer's weights held at exact zero; 0 turns it off",
+    )
+    prune_start_epoch: int = _f(0, "epoch at which gradual pruning starts (sparsity 0 before it)")
+    prune_epochs: int = _f(
+        1, "epochs over which the sparsity rises to prune_sparsity on the cubic schedule (then held to the end)"
+    )
 
     def __post_init__(self) -> None:
         # Lists from JSON / argparse, strings from a text box: keep the dataclass hashable.
@@ -203,6 +225,8 @@ class TrainConfig:
             _set(self, "lam", float(self.lam))
         if isinstance(self.lr, int) and not isinstance(self.lr, bool):
             _set(self, "lr", float(self.lr))
+        if isinstance(self.prune_sparsity, int) and not isinstance(self.prune_sparsity, bool):
+            _set(self, "prune_sparsity", float(self.prune_sparsity))
         self._validate()
         self._canonicalize()
 
@@ -227,6 +251,15 @@ class TrainConfig:
         check_levels(self.reg_levels)
         check_subvector_size(self.reg_subvector_size)
         check_centroids(self.reg_centroids)
+        check_sparsity("prune_sparsity", self.prune_sparsity)
+        _int("prune_start_epoch", self.prune_start_epoch, 0, MAX_EPOCHS)
+        _int("prune_epochs", self.prune_epochs, 1, MAX_EPOCHS)
+        if self.prune_sparsity > 0 and self.prune_start_epoch + self.prune_epochs > self.epochs:
+            raise ValueError(
+                f"gradual pruning must reach its sparsity by the end of training: prune_start_epoch "
+                f"({self.prune_start_epoch}) + prune_epochs ({self.prune_epochs}) is more than epochs ({self.epochs}); "
+                f"start earlier, ramp over fewer epochs or train longer"
+            )
         n_params = self.mlp_parameters() if self.model == "mlp" else 0
         if n_params > MAX_PARAMETERS:
             raise ValueError(
@@ -256,8 +289,11 @@ class TrainConfig:
             _set(self, "reg_centroids", 256)
         if self.model != "mlp":
             _set(self, "hidden", (300, 100))
-        if self.reg == "none" or self.model == "mlp":
-            _set(self, "reg_targets", "fc")  # nothing to regularize, or no conv layer to add
+        if self.prune_sparsity == 0:
+            _set(self, "prune_start_epoch", 0)
+            _set(self, "prune_epochs", 1)
+        if (self.reg == "none" and self.prune_sparsity == 0) or self.model == "mlp":
+            _set(self, "reg_targets", "fc")  # nothing to regularize or prune, or no conv layer to add
 
     def run_id(self) -> str:
         payload = _without_later_defaults(asdict(self))
@@ -265,17 +301,30 @@ class TrainConfig:
         return config_hash(payload)
 
     def label(self) -> str:
-        """'none', or the regularizer with its settings, e.g. 'binary λ=0.02', 'pq λ=1 d=8 k=16'."""
+        """'none', or the regularizer with its settings, e.g. 'binary λ=0.02', 'pq λ=1 d=8 k=16'; gradual
+        pruning adds its sparsity, e.g. 'binary λ=0.02 prune 0.9'."""
         if self.reg == "none":
-            return "none (λ=0)"
-        text = f"{self.reg} λ={self.lam:g}"
-        if self.reg == "levels":
-            text += f" L={self.reg_levels}"
-        if self.reg == "pq":
-            text += f" d={self.reg_subvector_size} k={self.reg_centroids}"
+            text = "none (λ=0)"
+        else:
+            text = f"{self.reg} λ={self.lam:g}"
+            if self.reg == "levels":
+                text += f" L={self.reg_levels}"
+            if self.reg == "pq":
+                text += f" d={self.reg_subvector_size} k={self.reg_centroids}"
+        if self.prune_sparsity:
+            text += f" prune {self.prune_sparsity:g}"
         if self.reg_targets == "fc+conv":
             text += " +conv"
         return text
+
+    def prune_schedule(self, t: float) -> float:
+        """The sparsity of gradual pruning at training time `t` (in epochs, from 0): Zhu & Gupta's cubic
+        s_t = s_f (1 - (1 - (t - t0) / n)^3) from t0 = prune_start_epoch over n = prune_epochs epochs;
+        0 before, s_f after. Fast at first, while many weights are redundant, slower near the end."""
+        if self.prune_sparsity == 0 or t <= self.prune_start_epoch:
+            return 0.0
+        progress = min(1.0, (t - self.prune_start_epoch) / self.prune_epochs)
+        return self.prune_sparsity * (1.0 - (1.0 - progress) ** 3)
 
     def to_json(self) -> dict:
         return _without_later_defaults(asdict(self) | {"hidden": list(self.hidden)})
@@ -329,6 +378,11 @@ class CompressConfig:
     group_size: int = _f(
         0, "output channels that share one lookup table (the peers coreml, torchao); 0: one per tensor"
     )
+    prune_finetune_epochs: int = _f(
+        0,
+        "with sparsity > 0: epochs of retraining the surviving weights (the mask fixed, the run's learning "
+        "rate) after pruning and before coding (Deep Compression's retraining)",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
@@ -350,11 +404,8 @@ class CompressConfig:
         _choice("targets", self.targets, TARGETS)
         _choice("weighting", self.weighting, WEIGHTINGS)
         _choice("entropy coder", self.entropy, ENTROPY_CODERS)
-        ok = isinstance(self.sparsity, float) and math.isfinite(self.sparsity) and 0 <= self.sparsity < 1
-        if not ok:
-            raise ValueError(
-                f"sparsity={self.sparsity!r} must be a number from 0 (no pruning) up to but not including 1, e.g. 0.9"
-            )
+        check_sparsity("sparsity", self.sparsity)
+        _int("prune_finetune_epochs", self.prune_finetune_epochs, 0, MAX_EPOCHS)
         check_subvector_size(self.subvector_size)
         check_centroids(self.n_centroids)
         if self.centroid_bits not in CENTROID_BITS:
@@ -386,6 +437,8 @@ class CompressConfig:
             values["finetune_lr"] = defaults["finetune_lr"]
         if not METHOD_SPECS[values["method"]].codes_weights:  # nothing coded: no stage has codes to act on
             values.update({name: defaults[name] for name in STAGE_FIELDS})
+        if values["sparsity"] == 0:  # nothing pruned: no survivors to retrain
+            values["prune_finetune_epochs"] = 0
         for name, value in values.items():
             _set(self, name, value)
 
@@ -406,7 +459,8 @@ class CompressConfig:
         if self.finetune_epochs:
             text += f" +ft{self.finetune_epochs}"
         if self.sparsity:
-            text = f"prune {self.sparsity:g} + " + text
+            retrain = f" +rt{self.prune_finetune_epochs}" if self.prune_finetune_epochs else ""
+            text = f"prune {self.sparsity:g}{retrain} + " + text
         if self.entropy != "none":
             text += f" +{self.entropy}"
         return text

@@ -294,7 +294,7 @@ def compression_spec(
         chosen = executor or get_executor()  # here: a waiter imports no executor (nor torch)
 
         def step(i: int, n: int) -> None:
-            ctx.report(i, n, f"fine-tuning the centroids: step {i}/{n}")
+            ctx.report(i, n, f"fine-tuning (survivors, then centroids): step {i}/{n}")
             if on_step is not None:
                 on_step(i, n)
 
@@ -345,10 +345,11 @@ def get_or_compress(
     cached = stored_compression(store, run, cfg, transient)
     if cached is not None:
         return cached, True
-    from .compress import coded_shapes
+    from .compress import check_pruned_run, coded_shapes
     from .pq import check_fits
 
     check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check
+    check_pruned_run(run, cfg)  # a run pruned in training: its zeros stay the mask
     store.check_writable()
     local = _Local()
     spec = compression_spec(store, run, cfg, device, data, on_step, local, executor, transient)
@@ -402,7 +403,7 @@ def plan_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> Co
     (the one fit check: the plan carries its outcome to `submit_compression` and `compress_within`),
     else its estimate, cheap or expensive. Nothing is computed, written or settled; no dataset is
     loaded and no weight read (the network is built on the meta device)."""
-    from .compress import coded_shapes
+    from .compress import check_pruned_run, coded_shapes
     from .pq import DoesNotFit, check_fits
 
     key = cfg.key()
@@ -412,6 +413,7 @@ def plan_compression(store: RunStore, run: RunRecord, cfg: CompressConfig) -> Co
     shapes = coded_shapes(run, cfg.targets)
     try:
         check_fits(shapes, cfg)
+        check_pruned_run(run, cfg)  # a run pruned in training: its zeros stay the mask
     except DoesNotFit as error:
         return CompressionPlan(PlanKind.DOES_NOT_FIT, run.run_id, key, reason=str(error))
     seconds = _estimate(run, cfg, shapes)
@@ -433,10 +435,11 @@ def submit_compression(
     `interactive` for a cheap one a page waits on: it runs in the interactive slot, beside (not behind)
     the trainings that hold the queue's slots (core/jobrunner.py INTERACTIVE_SLOT)."""
     if plan is None:
-        from .compress import coded_shapes
+        from .compress import check_pruned_run, coded_shapes
         from .pq import check_fits
 
         check_fits(coded_shapes(run, cfg.targets), cfg)  # the one check of a caller with no plan
+        check_pruned_run(run, cfg)  # a run pruned in training: its zeros stay the mask
     else:
         plan.check(run, cfg)
     store.check_writable()
@@ -705,21 +708,23 @@ def compression_cost_features(
     run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]] | None = None
 ) -> dict[str, float]:
     """The work of a compression beside the method's own (the keys of COMPRESSION_COST_SECONDS): the
-    evaluation of the rebuilt model on the test split, and the centroid fine-tuning (each step a
-    forward and a backward pass of a mini-batch, and a decode of every coded weight). `shapes`: the
-    coded weights' (`core.compress.coded_shapes`), when the caller has them."""
+    evaluation of the rebuilt model on the test split, the survivors' retraining and the centroid
+    fine-tuning (each step a forward and a backward pass of a mini-batch, and for the centroids a decode
+    of every coded weight; a retraining step is priced as a fine-tuning step, not fitted apart).
+    `shapes`: the coded weights' (`core.compress.coded_shapes`), when the caller has them."""
     from .compress import coded_shapes
 
     source = DATASET_SOURCES[run.config.dataset]
     macs = forward_macs(run.config.model, run.input_shape, run.n_classes, tuple(run.config.hidden))
     coded = sum(math.prod(shape) for _, shape in (shapes or coded_shapes(run, cfg.targets)))
-    steps = cfg.finetune_epochs * math.ceil(source.n_train / run.config.batch_size)
+    epoch_steps = math.ceil(source.n_train / run.config.batch_size)
+    steps = (cfg.prune_finetune_epochs + cfg.finetune_epochs) * epoch_steps
     return {
         "fixed": 1.0,
         "evaluation": float(source.n_train * macs),  # the test split is never larger than the training one
         "finetune_steps": float(steps),
         "finetune_macs": float(steps * run.config.batch_size * macs),
-        "finetune_decoded": float(steps * coded),
+        "finetune_decoded": float(cfg.finetune_epochs * epoch_steps * coded),  # the centroids' steps only
     }
 
 

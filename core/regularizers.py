@@ -42,12 +42,16 @@ from .pq import QuantizedLayer, as_rows, assign, kmeans, to_groups, to_subvector
 _EPS = 1e-12
 
 
-def binary_penalty(weights: list[torch.Tensor]) -> torch.Tensor:
-    """The paper's term (our reading): zero exactly when every weight of a layer is +/- alpha_l."""
+def binary_penalty(weights: list[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """The paper's term (our reading): zero exactly when every weight of a layer is +/- alpha_l. With
+    `masks` (gradual pruning), alpha and the mean run over each layer's survivors only: the pruned zeros
+    are not weights the term pulls, nor weights that shrink alpha."""
     total = weights[0].new_zeros(())
-    for weight in weights:
-        alpha_sq = weight.detach().abs().mean().pow(2).clamp_min(_EPS)
-        total = total + ((weight * weight - alpha_sq) ** 2).mean() / alpha_sq**2
+    for index, weight in enumerate(weights):
+        mask = masks[index] if masks is not None else None
+        chosen = weight if mask is None else weight[mask]
+        alpha_sq = chosen.detach().abs().mean().pow(2).clamp_min(_EPS)
+        total = total + ((chosen * chosen - alpha_sq) ** 2).mean() / alpha_sq**2
     return total
 
 
@@ -108,15 +112,23 @@ def _as_tensor(weights: list[torch.Tensor], value: Penalty) -> torch.Tensor:
 
 @torch.no_grad()
 def binary_gradient_(
-    weights: list[torch.Tensor], lam: float, workspace: Workspace | None = None, overwrite: bool = False
+    weights: list[torch.Tensor],
+    lam: float,
+    workspace: Workspace | None = None,
+    overwrite: bool = False,
+    kept: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """`binary_step_` with the penalty as a tensor."""
-    return _as_tensor(weights, binary_step_(weights, lam, workspace, overwrite))
+    return _as_tensor(weights, binary_step_(weights, lam, workspace, overwrite, kept))
 
 
 @torch.no_grad()
 def binary_step_(
-    weights: list[torch.Tensor], lam: float, workspace: Workspace | None = None, overwrite: bool = False
+    weights: list[torch.Tensor],
+    lam: float,
+    workspace: Workspace | None = None,
+    overwrite: bool = False,
+    kept: Sequence[int] | None = None,
 ) -> Penalty:
     """Adds lam * d(binary_penalty)/dW to each weight's .grad (or, with `overwrite`, sets .grad to it,
     for a backward pass to accumulate into); returns the penalty (detached).
@@ -126,6 +138,10 @@ def binary_step_(
     grad (+)= c * gap * w. On the CPU the per-layer scalars are Python floats (reading one is free
     there, and a `value=` argument fuses the multiply into the last pass); on a GPU they stay on the
     device, where reading one would wait for it at every step.
+
+    `kept` (gradual pruning): the survivors of each weight, whose pruned entries are exact zeros: alpha
+    and the mean run over the survivors (as `binary_penalty` with masks). A zero's gradient is 0 here
+    (4 w (w^2 - a^2) at w = 0), and its share (0 - a^2)^2 of the sum is taken out of the penalty.
     """
     workspace = workspace or Workspace()
     if _host_scalars(weights[0]):
@@ -134,11 +150,12 @@ def binary_step_(
         for index, weight in enumerate(weights):
             flat = weight.detach().reshape(-1)
             n = flat.numel()
+            m = kept[index] if kept is not None else n
             gap = workspace.get(index, flat)
-            alpha_sq = max((float(torch.abs(flat, out=gap).sum()) / n) ** 2, _EPS)
+            alpha_sq = max((float(torch.abs(flat, out=gap).sum()) / m) ** 2, _EPS)
             torch.addcmul(zero - alpha_sq, flat, flat, out=gap)
-            scale = alpha_sq * alpha_sq * n
-            total += float(torch.dot(gap, gap)) / scale
+            scale = alpha_sq * alpha_sq * m
+            total += max(0.0, float(torch.dot(gap, gap)) - (n - m) * alpha_sq * alpha_sq) / scale
             grad = _grad(weight, overwrite)
             torch.addcmul(zero if overwrite else grad, gap, flat, value=4 * lam / scale, out=grad)
         return total
@@ -146,11 +163,12 @@ def binary_step_(
     for index, weight in enumerate(weights):
         flat = weight.detach().reshape(-1)
         n = flat.numel()
+        m = kept[index] if kept is not None else n
         gap = workspace.get(index, flat)
-        alpha_sq_t = (torch.abs(flat, out=gap).sum() / n).square().clamp_min(_EPS)
+        alpha_sq_t = (torch.abs(flat, out=gap).sum() / m).square().clamp_min(_EPS)
         torch.mul(flat, flat, out=gap).sub_(alpha_sq_t)
-        scale_t = alpha_sq_t * alpha_sq_t * n
-        total_t += torch.dot(gap, gap) / scale_t
+        scale_t = alpha_sq_t * alpha_sq_t * m
+        total_t += (torch.dot(gap, gap) - (n - m) * alpha_sq_t * alpha_sq_t).clamp_min(0) / scale_t
         grad = _grad(weight, overwrite)
         if overwrite:
             torch.mul(gap.mul_(4 * lam / scale_t), flat, out=grad)
@@ -229,7 +247,13 @@ def pq_targets(weight: torch.Tensor, subvector_size: int, n_centroids: int, seed
 
 class Term:
     """One regularizer: `refresh` once an epoch (fits targets), then at every step either
-    `add_gradient_` (closed form, in place) or `penalty` (autograd); both the same term."""
+    `add_gradient_` (closed form, in place) or `penalty` (autograd); both the same term.
+
+    `kept`: with gradual pruning, the survivors of each weight (set by `Regularizer.set_masks`); the
+    binary term reads it (its alpha and mean over the survivors); levels and pq count the zeros as weights."""
+
+    kept: list[int] | None = None
+    masks: list[torch.Tensor] | None = None
 
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
         pass
@@ -250,10 +274,10 @@ class BinaryTerm(Term):
         self.workspace = Workspace()
 
     def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
-        return binary_step_(weights, lam, self.workspace, overwrite)
+        return binary_step_(weights, lam, self.workspace, overwrite, self.kept)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        return binary_penalty(weights)
+        return binary_penalty(weights, self.masks)
 
 
 class LevelsTerm(Term):
@@ -398,6 +422,17 @@ class Regularizer:
         if not chosen:
             raise ValueError(f"the layer patterns {self.layers} match no nn.Linear or nn.Conv2d of this model")
         return chosen
+
+    def set_masks(self, model: nn.Module, masks: dict[int, torch.Tensor]) -> None:
+        """Gradual pruning: the survivors' masks (by id of the weight; True = kept), read by the term at
+        each step until set again. A weight without a mask is whole."""
+        if self.term is None:
+            return
+        weights = self.weights(model)
+        chosen = [masks.get(id(weight)) for weight in weights]
+        full = [torch.ones_like(w, dtype=torch.bool) if m is None else m for w, m in zip(weights, chosen)]
+        self.term.masks = full
+        self.term.kept = [int(m.sum()) for m in full]
 
     @torch.no_grad()
     def refresh(self, model: nn.Module, epoch: int) -> None:

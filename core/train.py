@@ -17,7 +17,8 @@ from torch.nn import functional as F
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .histograms import weight_histograms
-from .models import build_model, fc_layers
+from .models import build_model, coded_weights, fc_layers
+from .prune import GradualPruner, pruning_interval
 from .records import EpochMetrics, LayerHistogram, LayerShape, MemoryWeights, RunRecord
 from .regularizers import Regularizer
 
@@ -88,9 +89,11 @@ def train_epoch(
     generator: torch.Generator,
     device: torch.device,
     on_step: OnStep | None = None,
+    pruner: GradualPruner | None = None,
 ) -> dict[str, float]:
     """One pass over (x_train, y_train), already on `device`; returns the mean loss, cross-entropy
-    and regularizer value."""
+    and regularizer value. With a `pruner`, its pruning steps fall every `pruning_interval` steps, and
+    its masks hold at every step (before the regularizer reads the weights, and after the optimizer)."""
     model.train()
     n_train = len(x_train)
     order = torch.randperm(n_train, generator=generator).to(device)  # CPU generator: same order everywhere
@@ -102,9 +105,12 @@ def train_epoch(
     sum_lam_reg: float | torch.Tensor = 0.0
     start = reg.starter(model) if reg.active else None
     report_every = max(1, n_steps // 20)
+    prune_every = pruning_interval(n_steps)
     for step in range(n_steps):
         index = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
         x, y = x_train[index], y_train[index]
+        if pruner is not None and step % prune_every == 0 and pruner.prune_at(epoch + step / n_steps):
+            reg.set_masks(model, pruner.masks_by_weight())
         if start is not None:
             # the gradients start at lam * dR/dW; backward adds the task's: the gradient of ce + lam * R
             lam = reg.lam_at(epoch, step, n_steps)
@@ -115,7 +121,11 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
         ce = F.cross_entropy(model(x), y)
         ce.backward()
+        if pruner is not None:
+            pruner.mask_gradients_()
         optimizer.step()
+        if pruner is not None:
+            pruner.apply_()
         sum_ce += ce.detach()
         if on_step is not None and (step + 1) % report_every == 0:
             _check_finite(float(sum_ce) + float(sum_lam_reg), epoch, "loss", cfg)
@@ -144,6 +154,8 @@ def train(
     generator = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     reg = Regularizer.from_config(cfg)
+    # gradual pruning acts on the regularizer's layers (FC, plus conv with reg_targets fc+conv)
+    pruner = GradualPruner(cfg, [w for _, w in coded_weights(model, cfg.reg_targets)]) if cfg.prune_sparsity else None
     # The whole dataset moves to the device once (at most a few hundred MB here), not per batch.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test = data.x_test.to(device)
@@ -154,7 +166,10 @@ def train(
         epoch_start = time.perf_counter()
         if reg.active:
             reg.refresh(model, epoch)
-        sums = train_epoch(model, x_train, y_train, optimizer, reg, cfg, epoch, generator, device, on_step)
+        sums = train_epoch(model, x_train, y_train, optimizer, reg, cfg, epoch, generator, device, on_step, pruner)
+        if pruner is not None and epoch + 1 == cfg.epochs and pruner.prune_at(cfg.epochs):
+            # the schedule ends with training: its last step lands after the last optimizer step
+            reg.set_masks(model, pruner.masks_by_weight())
         for name, layer in fc_layers(model):
             _check_finite(float(layer.weight.detach().abs().max()), epoch, f"weights of {name}", cfg)
         metrics = EpochMetrics(

@@ -4,14 +4,17 @@ counted exactly (bitmap, or entropy-coded), and the file's bytes equal to the le
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from core.compress import compress_run
-from core.config import CompressConfig
+from core.compress import compress_run, retrain_survivors
+from core.config import CompressConfig, TrainConfig
+from core.data import DATASET_SOURCES, load_dataset
 from core.export import (
     HEADER_BOUND,
     NotACompressedModel,
@@ -23,9 +26,18 @@ from core.export import (
     to_bytes,
 )
 from core.methods import quantize_model
-from core.prune import magnitude_mask, n_kept
+from core.models import coded_weights
+from core.pipeline import compression_cost_features, estimate_seconds, get_or_compress, get_or_train
+from core.pq import DoesNotFit
+from core.prune import GradualPruner, magnitude_mask, n_kept
+from core.regularizers import binary_penalty, binary_step_
 from core.size import size_report
-from tests.test_app import lab_root, lab_store  # noqa: F401  (the page tests' fixtures)
+from core.store import RunStore
+from core.train import train
+from tests.test_app import assert_clean, empty_store, lab_root, lab_store, open_page, texts  # noqa: F401
+from tests.test_cli import TRAIN as CLI_TRAIN
+from tests.test_cli import run_cli
+from tests.tiny import TINY
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999])
@@ -163,3 +175,234 @@ def test_the_sweep_grid_carries_both_stages_to_every_coding_method():
     assert by_method["float"] == CompressConfig(method="float")
     for method in ("kmeans", "pq"):
         assert by_method[method].entropy == "ans" and by_method[method].sparsity == 0.5
+
+
+# ---------------------------------------------------------------------- gradual pruning during training
+
+GRADUAL = dict(TINY, epochs=3, prune_sparsity=0.75, prune_start_epoch=0, prune_epochs=2)
+
+
+def _coded_zeros(run) -> dict[str, tuple[int, int]]:
+    """(zeros, weights) of each coded (FC) weight of a run."""
+    state = run.state_dict()
+    return {layer.name: (int((state[layer.name] == 0).sum()), state[layer.name].numel()) for layer in run.layers}
+
+
+@pytest.fixture(scope="module")
+def gradual_runs(tmp_path_factory):
+    """A tiny run pruned gradually without and with the binarizing term, each trained once."""
+    store = RunStore(tmp_path_factory.mktemp("gradual-store"))
+    plain, _ = get_or_train(store, TrainConfig(**GRADUAL))
+    binary, _ = get_or_train(store, TrainConfig(**GRADUAL, reg="binary", lam=0.05))
+    return store, plain, binary
+
+
+def test_the_schedule_is_zhu_and_gupta_cubic_exact_at_its_ends():
+    cfg = TrainConfig(**dict(TINY, epochs=5), prune_sparsity=0.9, prune_start_epoch=1, prune_epochs=3)
+    assert cfg.prune_schedule(0.0) == 0.0 and cfg.prune_schedule(1.0) == 0.0  # nothing before the start
+    assert cfg.prune_schedule(4.0) == 0.9 and cfg.prune_schedule(5.0) == 0.9  # s_f from the end on
+    assert cfg.prune_schedule(2.5) == pytest.approx(0.9 * (1 - 0.5**3))  # s_f (1 - (1 - t/T)^3)
+    values = [cfg.prune_schedule(t / 10) for t in range(51)]
+    assert values == sorted(values)  # never decreasing: a pruned weight stays pruned
+    assert TrainConfig(**TINY).prune_schedule(1.0) == 0.0  # off
+
+
+@pytest.mark.parametrize("variant", ["plain", "binary"])
+def test_gradual_pruning_reaches_its_sparsity_exactly(gradual_runs, variant):
+    _, plain, binary = gradual_runs
+    run = {"plain": plain, "binary": binary}[variant]
+    for name, (zeros, n) in _coded_zeros(run).items():
+        assert zeros == n - n_kept(n, 0.75), name  # floor(s * n) exact zeros, as post-training pruning
+    assert all(math.isfinite(epoch.loss) for epoch in run.history)
+    assert run.test_accuracy > 0.5  # it still learned (10 classes: chance is 0.1)
+
+
+def test_the_binary_term_combines_with_pruning_over_the_survivors(gradual_runs):
+    _, plain, binary = gradual_runs
+    assert binary.config.label() == "binary λ=0.05 prune 0.75" and binary.run_id != plain.run_id
+    assert 0 < binary.history[-1].reg < binary.history[0].reg  # the term still acts, and falls
+    # the survivors' magnitudes: the term (alpha over the survivors) pulls them together, not to zero
+    state = binary.state_dict()
+    for layer in binary.layers:
+        survivors = state[layer.name][state[layer.name] != 0].abs()
+        assert survivors.min() > 0 and survivors.std() / survivors.mean() < 1.0
+
+
+def test_the_mask_holds_through_training(monkeypatch):
+    """Each pruning step keeps what the one before pruned, and between steps the zeros stay zeros."""
+    seen: list[list[torch.Tensor]] = []
+    original = GradualPruner.apply_
+
+    def recording_apply(self):
+        original(self)
+        if self.masks is not None:
+            for weight, mask in zip(self.weights, self.masks):
+                assert not weight.detach()[~mask].any()
+            if not seen or any(m.data_ptr() != s.data_ptr() for m, s in zip(self.masks, seen[-1])):
+                seen.append(list(self.masks))
+
+    monkeypatch.setattr(GradualPruner, "apply_", recording_apply)
+    train(TrainConfig(**GRADUAL), device="cpu")
+    assert len(seen) >= 10  # the sparsity rose in several pruning steps
+    for before, after in itertools.pairwise(seen):
+        for old, new in zip(before, after):
+            assert not (new & ~old).any()  # nothing pruned comes back
+    assert [int((~m).sum()) for m in seen[-1]] == [n - n_kept(n, 0.75) for n in (m.numel() for m in seen[-1])]
+
+
+def test_the_binary_term_over_survivors_closed_form_equals_autograd():
+    generator = torch.Generator().manual_seed(3)
+    weights = [torch.randn(20, 13, generator=generator), torch.randn(7, 20, generator=generator)]
+    masks = [magnitude_mask(w, s) for w, s in zip(weights, (0.6, 0.3))]
+    leaves = [(w * m).requires_grad_(True) for w, m in zip(weights, masks)]
+    expected = binary_penalty(leaves, masks)
+    expected.backward()
+    closed = [w.detach().clone() for w in leaves]
+    penalty = binary_step_(closed, 0.5, overwrite=True, kept=[int(m.sum()) for m in masks])
+    assert penalty == pytest.approx(float(expected.detach()), rel=1e-5)
+    for leaf, mine in zip(leaves, closed):
+        assert leaf.grad is not None and mine.grad is not None
+        torch.testing.assert_close(mine.grad, 0.5 * leaf.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_default_run_ids_and_keys_are_those_of_main():
+    """The new fields at their defaults (or reset: no pruning) leave every existing run id and key as it was
+    (pinned from main before pruning during training existed)."""
+    assert TrainConfig().run_id() == "72e2f0ea83e22432"
+    assert TrainConfig(**TINY).run_id() == "d2bcaaba5aa11d57"
+    assert TrainConfig(reg="binary", lam=0.02).run_id() == "25414de1c0da29e7"
+    lenet = dict(model="lenet5", reg="binary", lam=0.1, reg_targets="fc+conv")
+    assert TrainConfig(**lenet).run_id() == "40e4e59069fd98f0"
+    assert TrainConfig(prune_sparsity=0, prune_start_epoch=3, prune_epochs=4).run_id() == "72e2f0ea83e22432"
+    assert not any(key.startswith("prune") for key in TrainConfig().to_json())
+    assert CompressConfig().key() == "be4e19cb276bed27"
+    assert CompressConfig(method="kmeans", n_centroids=4, sparsity=0.8).key() == "fb8cfe970e23bc8c"
+    assert CompressConfig(method="kmeans", n_centroids=4, prune_finetune_epochs=3) == CompressConfig(
+        method="kmeans", n_centroids=4
+    )  # nothing pruned, nothing to retrain
+    assert "prune_finetune_epochs" not in CompressConfig(sparsity=0.5).to_json()
+
+
+def test_pruning_keeps_the_conv_targets_without_a_regularizer():
+    cfg = TrainConfig(model="lenet5", epochs=2, reg_targets="fc+conv", prune_sparsity=0.5)
+    assert cfg.reg_targets == "fc+conv" and cfg.label() == "none (λ=0) prune 0.5 +conv"
+    assert TrainConfig(model="lenet5", reg_targets="fc+conv").reg_targets == "fc"  # nothing to act on
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(prune_sparsity=1.0), r"prune_sparsity=1\.0 must be a number from 0 \(no pruning\) up to"),
+        (dict(prune_sparsity=-0.1), "prune_sparsity=-0.1 must be a number from 0"),
+        (dict(prune_sparsity=float("nan")), "prune_sparsity=nan must be a number from 0"),
+        (dict(prune_sparsity="0.5"), "prune_sparsity='0.5' must be a number from 0"),
+        (dict(prune_sparsity=True), "prune_sparsity=True must be a number from 0"),
+        (dict(prune_sparsity=0.5, prune_start_epoch=2, prune_epochs=1), "is more than epochs"),
+        (dict(prune_sparsity=0.5, prune_epochs=3), "is more than epochs"),
+        (dict(prune_sparsity=0.5, prune_epochs=0), "prune_epochs=0 must be a whole number from 1"),
+        (dict(prune_sparsity=0.5, prune_start_epoch=-1), "prune_start_epoch=-1 must be a whole number from 0"),
+    ],
+)
+def test_bad_pruning_settings_are_one_line(fields, message):
+    with pytest.raises(ValueError, match=message) as error:
+        TrainConfig(**dict(TINY, **fields))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True])
+def test_a_bad_retraining_length_is_one_line(bad):
+    with pytest.raises(ValueError, match=r"prune_finetune_epochs=.* must be a whole number from 0"):
+        CompressConfig(method="kmeans", n_centroids=4, sparsity=0.5, prune_finetune_epochs=bad)
+
+
+def test_the_cli_refuses_a_bad_sparsity_before_any_work(capsys, tmp_path):
+    cache = tmp_path / "cache"
+    code, out, err = run_cli(capsys, *CLI_TRAIN, "--prune-sparsity", "1.5", "--cache-dir", str(cache))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "prune_sparsity=1.5 must be" in err
+    code, _, err = run_cli(
+        capsys, *CLI_TRAIN, "--prune-sparsity", "0.5", "--prune-epochs", "3", "--cache-dir", str(cache)
+    )
+    assert code == 2 and "is more than epochs" in err
+    assert not (cache / "runs").exists()
+
+
+# ------------------------------------------------------------------------ compressing a pruned run
+
+
+def test_a_pruned_run_is_coded_at_its_sparsity_or_more(gradual_runs):
+    store, plain, _ = gradual_runs
+    with pytest.raises(
+        DoesNotFit, match=r"pruned to sparsity 0\.75 during training: compress it with sparsity >= 0\.75"
+    ):
+        get_or_compress(store, plain, CompressConfig(method="kmeans", n_centroids=4, sparsity=0.5))
+    assert store.load_compression(plain.run_id, CompressConfig(method="kmeans", n_centroids=4, sparsity=0.5)) is None
+    float_record, _ = get_or_compress(store, plain, CompressConfig(method="float"))  # codes nothing: allowed
+    assert float_record.accuracy == plain.test_accuracy
+    cfg = CompressConfig(method="kmeans", n_centroids=4, sparsity=0.75)
+    record, _ = get_or_compress(store, plain, cfg)
+    tensors, meta = from_bytes(Path(record.file_path).read_bytes())
+    state = plain.state_dict()
+    for layer in layers_from_payload(tensors, meta):
+        decoded = layer.decode()
+        # the stored mask is the run's zeros: the survivors alone are coded, every pruned weight stays 0
+        assert torch.equal(decoded == 0, state[layer.name] == 0)
+
+
+def test_retraining_the_survivors_keeps_the_mask_and_lowers_the_loss(tiny_store):
+    run = tiny_store.load_run(TrainConfig(**TINY).run_id())
+    data = load_dataset("digits")
+    cfg = CompressConfig(method="kmeans", n_centroids=4, sparsity=0.8, prune_finetune_epochs=3)
+    model = run.model()
+    masks = {name: magnitude_mask(weight, 0.8) for name, weight in coded_weights(model, "fc")}
+    pruned = run.model()
+    with torch.no_grad():
+        for name, weight in coded_weights(pruned, "fc"):
+            weight.mul_(masks[name])
+    steps: list[int] = []
+    state = retrain_survivors(model, data, cfg, 64, run.config.lr, torch.device("cpu"), on_step=steps.append)
+    assert steps[-1] == 3 * math.ceil(len(data.x_train) / 64)
+    for name, mask in masks.items():
+        assert not state[name][~mask].any() and state[name][mask].ne(0).all()  # pruned: 0; survivors: moved
+    retrained = run.model(state)
+
+    def train_loss(net):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(net(data.x_train), data.y_train))
+
+    assert train_loss(retrained) <= train_loss(pruned)
+    before, _ = compress_run(run, dataclasses.replace(cfg, prune_finetune_epochs=0), data=data, device="cpu")
+    after, _ = compress_run(run, cfg, data=data, device="cpu")
+    assert after.compress_config.label() == "prune 0.8 +rt3 + kmeans k=4"
+    assert after.size == before.size  # the same mask, codes and codebooks: only their values differ
+    assert after.accuracy >= before.accuracy
+    assert after.key != before.key
+
+
+def test_the_estimate_prices_the_retraining(tiny_store):
+    run = tiny_store.load_run(TrainConfig(**TINY).run_id())
+    base = CompressConfig(method="kmeans", n_centroids=4, sparsity=0.8)
+    more = dataclasses.replace(base, prune_finetune_epochs=2)
+    steps = math.ceil(DATASET_SOURCES["digits"].n_train / run.config.batch_size)
+    assert (
+        compression_cost_features(run, more)["finetune_steps"]
+        == compression_cost_features(run, base)["finetune_steps"] + 2 * steps
+    )
+    assert estimate_seconds(run, more) > estimate_seconds(run, base)
+
+
+def test_the_train_page_prunes_only_when_asked(empty_store):  # noqa: F811
+    at = open_page("train", {"dataset": "digits"})
+    assert_clean(at)
+    plain_id = TrainConfig(**dict(TrainConfig().to_json(), dataset="digits", reg="binary", lam=0.01)).run_id()
+    assert plain_id in texts(at.info)  # pruning off: the run id of the page before pruning existed
+    assert at.select_slider(key="prune_sparsity").disabled and at.number_input(key="prune_start").disabled
+    at.toggle(key="prune").set_value(True).run()
+    assert_clean(at)
+    assert not at.select_slider(key="prune_sparsity").disabled
+    pruned = TrainConfig(
+        **dict(TrainConfig().to_json(), dataset="digits", reg="binary", lam=0.01, prune_sparsity=0.9)
+    ).run_id()
+    assert pruned in texts(at.info)
+    at.number_input(key="prune_start").set_value(5).run()  # 5 epochs: a schedule past the end
+    assert_clean(at)
+    assert "is more than epochs" in texts(at.error)

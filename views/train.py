@@ -5,15 +5,52 @@ A configuration trained before is shown at once from the store, without pressing
 
 from __future__ import annotations
 
+from typing import Any
+
 import streamlit as st
 
 from core.charts import histogram_animation, training_curves
+from core.config import TrainConfig
 from core.pipeline import submit_training
 from core.records import RunRecord
 from ui.classroom import job_requester
 from ui.common import keep, plain, run_record, store, url_choice
 from ui.jobs import job_progress_ui, last_failure_ui, manager
-from ui.widgets import train_config_ui
+from ui.widgets import default, number_input, select_slider, toggle, train_fields_ui
+
+PRUNE_OPTIONS = (0.5, 0.75, 0.8, 0.9, 0.95, 0.98)  # final sparsities the page offers
+
+
+def prune_fields_ui() -> dict[str, Any]:
+    """Gradual pruning's controls (off by default; its settings are off while it is); returns its
+    TrainConfig fields. The config checks them (a schedule that ends after training is one line)."""
+    on = toggle(
+        "Prune during training (gradual magnitude pruning, Zhu & Gupta 2017)",
+        False,
+        "prune",
+        True,
+        help="The smallest weights of each regularized layer are set to zero, more and more on a cubic "
+        "schedule, and kept at zero to the end: the compression then codes only the survivors.",
+    )
+    unused = " Not used: pruning is off." if not on else ""
+    col1, col2, col3 = st.columns(3)
+    with col1:
+        sparsity = select_slider(
+            "Final sparsity", PRUNE_OPTIONS, 0.9, "prune_sparsity", True, disabled=not on,
+            help="The fraction of each layer's weights pruned by the end of the schedule." + unused,
+        )  # fmt: skip
+    with col2:
+        start = number_input(
+            "Pruning starts at epoch", 0, 100, default("prune_start_epoch"), "prune_start", True, disabled=not on,
+            help="Sparsity 0 before this epoch: the network learns first." + unused,
+        )  # fmt: skip
+    with col3:
+        ramp = number_input(
+            "Pruning ramps over epochs", 1, 100, default("prune_epochs"), "prune_epochs", True, disabled=not on,
+            help="The sparsity rises to its final value over this many epochs, fast at first, then held; "
+            "start + ramp must be at most the epochs." + unused,
+        )  # fmt: skip
+    return {"prune_sparsity": float(sparsity) if on else 0.0, "prune_start_epoch": start, "prune_epochs": ramp}
 
 
 def show_run(run: RunRecord) -> None:
@@ -29,6 +66,14 @@ def show_run(run: RunRecord) -> None:
     cols[2].metric("Final R(W)", f"{history[-1].reg:.4f}")
     cols[3].metric("FC layers", len(run.layers))
     st.plotly_chart(training_curves({run.label(): history}), key="chart_curves")
+    if run.config.prune_sparsity:
+        c = run.config
+        st.caption(
+            f"Pruned during training: {c.prune_sparsity:.0%} of each regularized layer's weights are exact zeros, "
+            f"reached on the cubic schedule from epoch {c.prune_start_epoch} over {c.prune_epochs} epoch(s). "
+            f"Compress it with a sparsity of at least {c.prune_sparsity:g}: the coding then keeps those zeros "
+            "as its mask and codes only the survivors (the histograms below include the zeros)."
+        )
 
     st.subheader("FC weight histograms: the weights collapse onto ±α")
     names = [layer.name for layer in run.layers]
@@ -73,7 +118,9 @@ def page() -> None:
         "configuration is never trained twice."
     )
     try:
-        cfg = train_config_ui()
+        fields = train_fields_ui()
+        fields.update(prune_fields_ui())
+        cfg = TrainConfig(**fields)
     except ValueError as error:
         st.error(f"**This configuration is not valid:** {plain(error)}")
         return
