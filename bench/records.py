@@ -107,7 +107,18 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, nargs="+", default=list(FINETUNE))
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--report-from", nargs="+", metavar="DIR", default=[],
+        help="write the report from the records_<dataset>.csv files of earlier (per-seed) runs; measures nothing",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.report_from:
+        frames = [pd.read_csv(Path(d) / f"records_{args.dataset}.csv") for d in args.report_from]
+        ents = [pd.read_csv(Path(d) / f"records_entropy_{args.dataset}.csv") for d in args.report_from]
+        points = pd.concat(frames).drop_duplicates(["seed", "variant", "label"]).to_dict("records")
+        entropies = pd.concat(ents).drop_duplicates(["seed", "variant", "setting"]).to_dict("records")
+        write_report(points, entropies, args)
+        return
     store = RunStore(args.cache_dir)
     base = dict(
         dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size
