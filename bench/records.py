@@ -10,7 +10,9 @@ every seed" takes the worst seed.
 
     python bench/records.py --dataset fashion-mnist --seeds 0 1 2 3 4        # the issue's setting
     python bench/records.py --dataset digits --epochs 20 --seeds 0 1 --bases "kmeans k=4" "pq d=8 k=32" \
-        --sparsities 0 0.8 0.9                                               # what 2 busy cores allowed
+        --sparsities 0 0.8 0.9                                               # the first round, 2 busy cores
+    python bench/records.py --dataset fashion-mnist --batch-size 128 --lam 0.02 --seeds 0 1 \
+        --bases "kmeans k=4" "pq d=8 k=32" --sparsities 0 0.9 --finetune 0 1   # the second: peers.py's runs
 
 Writes records_<dataset>.{csv,md} (the points and the tables) and records_entropy_<dataset>.csv (bits a
 code, per run and setting) under --out (default bench/results). Runs and compressions are cached in
