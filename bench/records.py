@@ -12,7 +12,9 @@ every seed" takes the worst seed.
 
     python bench/records.py --dataset fashion-mnist --seeds 0 1 2 3 4        # the issue's setting
     python bench/records.py --dataset digits --epochs 20 --seeds 0 1 --bases "kmeans k=4" "pq d=8 k=32" \
-        --sparsities 0 0.8 0.9                                               # what 2 busy cores allowed
+        --sparsities 0 0.8 0.9                                               # the first round, 2 busy cores
+    python bench/records.py --dataset fashion-mnist --batch-size 128 --lam 0.02 --seeds 0 1 \
+        --bases "kmeans k=4" "pq d=8 k=32" --sparsities 0 0.9 --finetune 0 1   # the second: peers.py's runs
     python bench/records.py --gradual 0.9 --prune-start 1 --prune-epochs 4 --retrain 0 2   # + both pruning forms
 
 Writes records_<dataset>.{csv,md} (the points and the tables) and records_entropy_<dataset>.csv (bits a
@@ -111,6 +113,10 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--hidden", type=int, nargs="+", default=[300, 100])
     parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument(
+        "--batch-size", type=int, default=64,
+        help="of both runs; 128 with --lam 0.02 are bench/peers.py's Fashion-MNIST runs (shared in the cache)",
+    )  # fmt: skip
     parser.add_argument("--lam", type=float, default=0.05)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--bases", nargs="+", default=list(BASES), choices=list(BASES))
@@ -123,10 +129,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument(
+        "--report-from", nargs="+", metavar="DIR", default=[],
+        help="write the report from the records_<dataset>.csv files of earlier (per-seed) runs; measures nothing",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.report_from:
+        frames = [pd.read_csv(Path(d) / f"records_{args.dataset}.csv") for d in args.report_from]
+        ents = [pd.read_csv(Path(d) / f"records_entropy_{args.dataset}.csv") for d in args.report_from]
+        run_files = [Path(d) / f"records_runs_{args.dataset}.csv" for d in args.report_from]
+        trained = [pd.read_csv(f) for f in run_files if f.is_file()]
+        points = pd.concat(frames).drop_duplicates(["seed", "variant", "label"]).to_dict("records")
+        entropies = pd.concat(ents).drop_duplicates(["seed", "variant", "setting"]).to_dict("records")
+        runs = pd.concat(trained).drop_duplicates(["seed", "variant"]).to_dict("records") if trained else []
+        write_report(points, entropies, runs, args)
+        return
     store = RunStore(args.cache_dir)
-    base = dict(dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs)
+    base = dict(
+        dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size
+    )
     points, entropies, runs = [], [], []
     for seed in args.seeds:
         ref, _ = get_or_train(store, TrainConfig(**base, seed=seed), device="cpu")
@@ -148,7 +170,27 @@ def main() -> None:
                 row.update(variant=variant, stages=stages_of(cfg, pruned), ref_float=ref.test_accuracy,
                            drop_pts=100 * (ref.test_accuracy - record.accuracy), label=cfg.label())  # fmt: skip
                 points.append(row)
+                print(f"  seed {seed} {variant:16s} {cfg.label():32s} {record.size.fc_ratio:6.2f}x raw "
+                      f"{row['entropy_fc_ratio']:6.2f}x coded {100 * record.accuracy:6.2f}%", flush=True)  # fmt: skip
             print(f"seed {seed} {variant}: {len(points)} points", flush=True)
+        write_report(points, entropies, runs, args)  # after every seed: a stopped bench keeps what it measured
+
+
+def per_setting_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every setting: its ratios, its drop on each seed, mean ± sd and the worst seed."""
+    rows = []
+    for (variant, label), group in df.groupby(["variant", "label"], sort=False):
+        group = group.sort_values("seed")
+        drops = group["drop_pts"]
+        rows.append(dict(variant=variant, compression=label, raw_fc_ratio=group["fc_ratio"].iloc[0],
+                         coded_fc_ratio=group["entropy_fc_ratio"].mean(), seeds=len(group),
+                         drop_per_seed=" / ".join(f"{d:.2f}" for d in drops),
+                         drop=f"{drops.mean():.2f} ± {drops.std(ddof=1) if len(group) > 1 else 0.0:.2f}",
+                         worst=drops.max()))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_report(points: list[dict], entropies: list[dict], runs: list[dict], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(points)
@@ -156,28 +198,38 @@ def main() -> None:
     ent = pd.DataFrame(entropies)
     ent.to_csv(out / f"records_entropy_{args.dataset}.csv", index=False)
     trained = pd.DataFrame(runs)
-    trained.to_csv(out / f"records_runs_{args.dataset}.csv", index=False)
-
-    lines = [f"# {args.dataset} mlp {'-'.join(map(str, args.hidden))}, {args.epochs} epochs, seeds {args.seeds}", ""]
+    if runs:
+        trained.to_csv(out / f"records_runs_{args.dataset}.csv", index=False)
+    seeds = sorted(df["seed"].unique().tolist())
+    lines = [
+        f"# {args.dataset} mlp {'-'.join(map(str, args.hidden))}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"seeds {seeds}",
+        "",
+        "`python bench/records.py " + " ".join(sys.argv[1:]) + "`",
+        "",
+    ]
     lines += ["Largest FC ratio within 1 point of the unregularized float run of the same seed, on every seed:", ""]
     for size_col, what in (("fc_ratio", "raw (bit-packed codes, bitmap masks)"), ("entropy_fc_ratio", "entropy-coded")):
         lines += [f"## {what}", "", best_within(df, size_col).to_markdown(index=False, floatfmt=".2f"), ""]
+    lines += ["## Every setting (drop in points against the unregularized float run of the same seed)", ""]
+    lines += [per_setting_table(df).to_markdown(index=False, floatfmt=".2f"), ""]
     summary = ent.groupby(["setting", "variant"]).agg(
         code_width=("code_width", "first"), bits_per_code=("bits_per_code", "mean"),
         sd=("bits_per_code", "std"), n_seeds=("seed", "nunique"),
     ).reset_index()  # fmt: skip
-    lines += ["## The trained runs (float accuracy, drop against the unregularized run of the same seed)", ""]
-    per_run = trained.groupby("variant").agg(
-        accuracy=("test_accuracy", "mean"), mean_drop=("drop_pts", "mean"), worst_drop=("drop_pts", "max"),
-        n_seeds=("seed", "nunique"),
-    ).reset_index()  # fmt: skip
-    lines += [per_run.to_markdown(index=False, floatfmt=".4f"), ""]
+    if runs:
+        lines += ["## The trained runs (float accuracy, drop against the unregularized run of the same seed)", ""]
+        per_run = trained.groupby("variant").agg(
+            accuracy=("test_accuracy", "mean"), mean_drop=("drop_pts", "mean"), worst_drop=("drop_pts", "max"),
+            n_seeds=("seed", "nunique"),
+        ).reset_index()  # fmt: skip
+        lines += [per_run.to_markdown(index=False, floatfmt=".4f"), ""]
     lines += ["## Bits a code (empirical entropy of the codes, no pruning)", ""]
     lines += [summary.to_markdown(index=False, floatfmt=".3f"), ""]
     per_seed = ent.pivot_table(index=["setting", "seed"], columns="variant", values="bits_per_code")
     lines += ["per seed:", "", per_seed.to_markdown(floatfmt=".3f"), ""]
     (out / f"records_{args.dataset}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    print("\n".join(lines), flush=True)
 
 
 if __name__ == "__main__":
