@@ -716,8 +716,10 @@ def follow_compress_link(at: AppTest) -> AppTest:
     [
         CompressConfig(method="binarize", targets="fc+conv"),
         CompressConfig(method="kmeans", n_centroids=4, targets="fc+conv", weighting="activations"),
+        CompressConfig(method="kmeans", n_centroids=4, sparsity=0.9, entropy="ans"),
+        CompressConfig(method="rq", subvector_size=4, n_centroids=16, stages=2),
     ],
-    ids=["binarize-fc+conv", "kmeans-activations"],
+    ids=["binarize-fc+conv", "kmeans-activations", "kmeans-pruned-rans", "rq-2-stages"],
 )
 def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     """The detail's link wrote the conv targets radio's inner value (targets=fc+conv), which the radio
@@ -734,6 +736,11 @@ def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     assert compress.radio(key="targets").value == ccfg.targets
     assert compress.radio(key="weighting").value == ccfg.weighting
     assert compress.select_slider(key="k").value == point.compress_config.n_centroids
+    # the link once left out sparsity and entropy, and the sparsity slider refused its own label (90%)
+    assert compress.select_slider(key="sparsity").value == point.compress_config.sparsity
+    assert compress.radio(key="entropy").value == point.compress_config.entropy
+    for option in point.compress_config.method_spec.options:
+        assert compress.select_slider(key=option.field).value == getattr(point.compress_config, option.field)
     assert f"{point.label()} on run {run.run_id[:6]}" in texts(compress.subheader)
 
 

@@ -10,7 +10,7 @@ import streamlit as st
 from core.charts import nice_ratio
 from core.records import CompressionRecord
 from ui.common import file_bytes, fmt_bytes, fmt_k, fmt_pct, fmt_points, plain, store
-from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS
+from ui.widgets import ENTROPY_LABELS, TARGET_LABELS, WEIGHTING_LABELS, fmt_sparsity
 
 
 def point_id(record: CompressionRecord) -> str:
@@ -31,6 +31,10 @@ def compress_link(record: CompressionRecord) -> dict[str, str]:
         "ft": str(c.finetune_epochs),
         "targets": TARGET_LABELS[c.targets],
         "weighting": WEIGHTING_LABELS[c.weighting],
+        "sparsity": fmt_sparsity(c.sparsity),
+        "entropy": ENTROPY_LABELS[c.entropy],
+        # the method's own controls (rq's stages...): sliders without labels of their own
+        **{option.field: str(getattr(c, option.field)) for option in c.method_spec.options},
     }
 
 

@@ -100,7 +100,12 @@ def _meant(key: str, options: Sequence[Any], format_func: Callable[[Any], str] |
 
 
 def select_slider(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:
-    bind = bind and link_notice(key, in_options(options), default)
+    # Streamlit writes a bound slider's value in the URL as its label (format_func's text: 90%, k=65,536):
+    # a link carries either that label or the number
+    format_func = kwargs.get("format_func")
+    shown = {format_func(option) for option in options} if format_func else set()
+    number = in_options(options)
+    bind = bind and link_notice(key, lambda raw: raw in shown or number(raw), default)
     meant = _meant(key, options, kwargs.get("format_func")) if bind else None
     if meant is None:
         return st.select_slider(label, options, value=default, key=key, bind=_bind(bind), **kwargs)
@@ -247,6 +252,12 @@ def train_fields_ui(prefix: str = "", bind: bool = True, sweep: bool = False) ->
 # label, so a link to a setting (ui.detail.compress_link) writes these.
 TARGET_LABELS = {"fc": "FC only (the paper)", "fc+conv": "FC + conv"}
 WEIGHTING_LABELS = {"none": "weight error", "activations": "output error"}
+ENTROPY_LABELS = {"none": "bit-packed", "ans": "rANS"}
+
+
+def fmt_sparsity(sparsity: float) -> str:
+    """The sparsity slider's label of a value (and so the URL's): off, 50%, 90%..."""
+    return "off" if sparsity == 0 else f"{sparsity:.0%}"
 
 
 def radio(label: str, options: Sequence[Any], default: Any, key: str, bind: bool, **kwargs: Any) -> Any:

@@ -54,7 +54,16 @@ from ui.common import (
 )
 from ui.detail import download_name
 from ui.jobs import ANSWER_POLL_S, job_progress_ui, last_failure_ui, manager
-from ui.widgets import TARGET_LABELS, WEIGHTING_LABELS, number_input, radio, select_slider, selectbox
+from ui.widgets import (
+    ENTROPY_LABELS,
+    TARGET_LABELS,
+    WEIGHTING_LABELS,
+    fmt_sparsity,
+    number_input,
+    radio,
+    select_slider,
+    selectbox,
+)
 
 SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
 
@@ -98,7 +107,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         )
         sparsity = select_slider(
             "Prune first (sparsity)", SPARSITY_OPTIONS, 0.0, "sparsity", True, disabled=not spec.codes_weights,
-            format_func=lambda s: "off" if s == 0 else f"{s:.0%}",
+            format_func=fmt_sparsity,
             help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
             "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
         )  # fmt: skip
@@ -131,7 +140,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         )  # fmt: skip
         entropy = radio(
             "Codes stored", ENTROPY_CODERS, "none", "entropy", True, horizontal=True,
-            format_func=lambda e: {"none": "bit-packed", "ans": "rANS"}[e],
+            format_func=ENTROPY_LABELS.__getitem__,
             disabled=not spec.codes_weights,
             help="entropy-coded: each layer's codes coded by rANS (constriction) under the frequencies of its own "
             "codes; the stream and the frequency table (32 bits a count) are counted in the size. A layer keeps "
