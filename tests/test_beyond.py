@@ -82,6 +82,7 @@ def test_finetune_keeps_size_accounting_and_file_size(tiny_run, digits, method):
     assert result_tuned.row()["finetune_epochs"] == 2
 
 
+@pytest.mark.slow
 def test_pq_regularizer_lowers_pq_reconstruction_error(digits):
     d, k = 4, 8
     base = TrainConfig(**(TINY | {"epochs": 4}))
@@ -129,6 +130,7 @@ def test_paper_smoke(tmp_path):
     assert (points["finetune_epochs"] > 0).any() and (points["reg"] != "none").any()
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 @pytest.mark.timeout(BENCH_SMOKE_SAFETY_NET_S)
 def test_speed_smoke(tmp_path):

@@ -25,7 +25,7 @@ from core.export import (
 from core.methods import quantize_model
 from core.prune import magnitude_mask, n_kept
 from core.size import size_report
-from tests.test_app import lab_root, lab_store  # noqa: F401  (the page tests' fixtures)
+from tests.marks import fast_cases
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.999])
@@ -66,6 +66,7 @@ PRUNED = [
 ]
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("cfg", PRUNED, ids=lambda c: c.label())
 def test_pruned_file_holds_exact_zeros_and_its_bytes_are_the_ledger(tiny_store, cfg):
     run = tiny_store.list_runs()[0]
@@ -143,7 +144,7 @@ def test_a_too_narrow_survivor_row_does_not_fit(tiny_store):
         get_or_compress(tiny_store, run, CompressConfig(method="pq", subvector_size=4, n_centroids=4, sparsity=0.99))
 
 
-def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):  # noqa: F811
+def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):
     from tests.test_app import PLAIN, assert_clean, open_page
 
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "kmeans", "k": "4"})
