@@ -286,6 +286,7 @@ def test_four_concurrent_identical_trainings_train_once(tmp_path):
     assert sorted(r["cached"] for r in results) == [False, True, True, True]  # exactly one trained
 
 
+@pytest.mark.slow
 def test_rm_deletes_what_it_names_and_gc_reports_the_space(capsys, tmp_path):
     cache = str(tmp_path / "cache")
     ids = []
