@@ -551,6 +551,7 @@ def test_frontier_legend_tells_runs_apart(own_store):
     assert all(t.endswith("x") for t in ticks)  # 1x, 2x, 5x, 10x, ... not "2 3 4 5"
 
 
+@pytest.mark.slow
 def test_a_point_link_opens_its_detail_file_and_compress_link(lab_store):
     point = next(
         p for p in RunStore(lab_store).list_compressions() if p.compress_config.method == "pq" and not p.transient
@@ -771,6 +772,7 @@ def test_compress_activation_aware_from_a_link_and_a_bad_value_gets_a_notice(lab
         assert any("weighting" in str(w.value) for w in at.warning)
 
 
+@pytest.mark.slow
 def test_compress_link_k_without_its_comma_is_taken_as_meant(lab_store):
     """issue 17: the k slider shows 65,536 and Streamlit reads a bound slider's URL value as that text,
     so k=65536 typed without the comma silently became the default 256: now it is taken as meant, as

@@ -185,6 +185,7 @@ def test_a_missing_package_is_one_line_naming_it(monkeypatch, method, package):
     assert "requirements-peers.txt" in str(error.value)
 
 
+@pytest.mark.slow
 def test_nncf_codebook_compression_does_not_apply_to_a_pytorch_model():
     """Why no NNCF method is registered: its codebook modes run on OpenVINO models only; on a torch
     model compress_weights refuses them (nncf 3.4)."""

@@ -195,6 +195,7 @@ def test_the_cli_says_one_line_for_an_unusable_jobs_folder(capsys, tmp_path, tin
     pipeline._MANAGERS.clear()
 
 
+@pytest.mark.slow
 def test_rm_takes_the_runs_job_entries_with_it(capsys, tmp_path, monkeypatch):
     pipeline._MANAGERS.clear()
     root = tmp_path / "store"
