@@ -14,6 +14,7 @@ from core.data import DatasetUnavailable
 from core.pipeline import get_or_compress, get_or_train
 from core.store import RunStore
 from core.train import TrainingDiverged
+from tests.marks import fast_cases
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -31,35 +32,6 @@ def patient_page(monkeypatch) -> None:
     (a busy machine may take longer than the page's own INLINE_LIMIT_S). The short wait and the live
     panel that follows it are tested in tests/test_slider.py."""
     monkeypatch.setattr("core.pipeline.INLINE_LIMIT_S", float(TIMEOUT))
-
-
-@pytest.fixture(scope="session")
-def lab_root(tmp_path_factory) -> Path:
-    """A store with a tiny unregularized run, a tiny binary-regularized one, and a few compressions."""
-    root = tmp_path_factory.mktemp("lab-store")
-    store = RunStore(root)
-    for cfg in (PLAIN, BINARY):
-        run, _ = get_or_train(store, cfg)
-        for ccfg in (
-            CompressConfig(method="binarize"),
-            CompressConfig(method="kmeans", n_centroids=4),
-            CompressConfig(method="pq", subvector_size=2, n_centroids=8),
-        ):
-            get_or_compress(store, run, ccfg)
-    return root
-
-
-@pytest.fixture
-def lab_store(lab_root, monkeypatch) -> Path:
-    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(lab_root))
-    return lab_root
-
-
-@pytest.fixture
-def empty_store(tmp_path, monkeypatch) -> Path:
-    root = tmp_path / "empty-store"
-    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
-    return root
 
 
 def open_page(page: str | None, query: dict | None = None) -> AppTest:
@@ -96,6 +68,7 @@ def test_home_on_empty_store_shows_labelled_illustration(empty_store):
     assert "ILLUSTRATION" in texts(at.caption)
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("page", PAGES)
 def test_every_page_runs_on_an_empty_store(empty_store, page):
     at = open_page(page)
@@ -108,6 +81,7 @@ def test_every_page_runs_on_an_empty_store(empty_store, page):
 # --------------------------------------------------------------------------------- store with runs
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("page", (None, *PAGES))
 def test_every_page_runs_on_a_store_with_runs(lab_store, page):
     at = open_page(page)
@@ -115,6 +89,7 @@ def test_every_page_runs_on_a_store_with_runs(lab_store, page):
     assert not at.error
 
 
+@pytest.mark.slow
 def test_home_draws_a_stored_regularized_run(lab_store):
     at = open_page(None)
     assert "before and after training" in texts(at.subheader)
@@ -143,6 +118,7 @@ def finish_job(root: Path, key: str) -> None:
     assert status is not None and status.terminal, status
 
 
+@pytest.mark.slow
 def test_train_button_trains_in_the_background_and_shows_the_run(empty_store):
     cfg = TrainConfig(dataset="digits", hidden=(16,), epochs=1, reg="binary", lam=0.01)
     at = open_page("train", {"dataset": "digits", "hidden": "16", "epochs": "1", "reg": "binary", "lam": "0.01"})
@@ -159,6 +135,7 @@ def test_train_button_trains_in_the_background_and_shows_the_run(empty_store):
     assert metric(other, "Test accuracy") == metric(at, "Test accuracy")
 
 
+@pytest.mark.slow
 def test_training_survives_navigating_away_and_shows_its_progress_to_any_session(empty_store, monkeypatch):
     """A job that is running shows its live progress on the Train page of any session."""
     import threading
@@ -192,6 +169,7 @@ def test_training_survives_navigating_away_and_shows_its_progress_to_any_session
     assert metric(at, "Test accuracy").endswith("%")
 
 
+@pytest.mark.slow
 def test_cancel_stops_the_job_and_stores_nothing(empty_store, monkeypatch):
     import threading
 
@@ -223,6 +201,7 @@ def test_cancel_stops_the_job_and_stores_nothing(empty_store, monkeypatch):
     assert "cancelled" in texts(at.error)
 
 
+@pytest.mark.slow
 def test_train_reports_an_unavailable_dataset(empty_store, monkeypatch):
     def unavailable(name, *args, **kwargs):
         raise DatasetUnavailable(f"dataset {name!r} is not available: no files (test)")
@@ -236,6 +215,7 @@ def test_train_reports_an_unavailable_dataset(empty_store, monkeypatch):
     assert "is not available" in texts(at.error)
 
 
+@pytest.mark.slow
 def test_train_reports_a_diverged_run(empty_store, monkeypatch):
     def diverge(cfg, **kwargs):
         raise TrainingDiverged("training diverged in epoch 1: the loss became nan; lower lam. Nothing was stored.")
@@ -250,6 +230,7 @@ def test_train_reports_a_diverged_run(empty_store, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_a_link_never_starts_expensive_work(empty_store):
     """/compress?run=..&d=2&k=65,536 opens with an estimate and a button; nothing runs until a click."""
     from core.jobs import JobManager
@@ -263,6 +244,7 @@ def test_a_link_never_starts_expensive_work(empty_store):
     assert RunStore(empty_store).load_compression(run.run_id, expensive) is None
 
 
+@fast_cases(1)
 @pytest.mark.parametrize(
     "query, message",
     [
@@ -297,6 +279,7 @@ def test_compress_fc_ratio_follows_k(lab_store):
     assert at.get("download_button")
 
 
+@pytest.mark.slow
 def test_compress_binarize_shows_histogram_and_one_bit_codes(lab_store):
     at = open_page("compress", {"run": BINARY.run_id(), "method": "binarize"})
     assert_clean(at)
@@ -304,6 +287,7 @@ def test_compress_binarize_shows_histogram_and_one_bit_codes(lab_store):
     assert 25 < ratio < 32  # 1 bit a weight plus one float alpha per layer
 
 
+@pytest.mark.slow
 def test_compress_per_chunk_with_too_many_centroids_is_an_error_in_the_page(lab_store):
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "layout": "per-chunk", "k": "64", "d": "2"})
     assert_clean(at)
@@ -321,6 +305,7 @@ def test_frontier_switches_axis_and_hides_dominated_points(lab_store):
     assert_clean(at)
 
 
+@pytest.mark.slow
 def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(empty_store):
     at = open_page("frontier")
     assert "No compressions" in texts(at.info)
@@ -345,6 +330,7 @@ def test_frontier_sweep_trains_missing_runs_and_skips_settings_that_do_not_fit(e
     assert at.get("plotly_chart"), "the frontier is drawn right after the sweep"
 
 
+@fast_cases(1)
 @pytest.mark.parametrize(
     "page,query",
     [("compress", {"run": "0123456789abcdef"}), ("compare", {"runs": f"0123456789abcdef,{PLAIN.run_id()}"})],
@@ -355,6 +341,7 @@ def test_a_link_to_a_run_not_in_the_store_says_so(lab_store, page, query):
     assert "0123456789abcdef" in texts(at.warning) and "not in this run store" in texts(at.warning)
 
 
+@pytest.mark.slow
 def test_compare_two_runs_shows_differences_and_budgets(lab_store):
     at = open_page("compare", {"runs": f"{PLAIN.run_id()},{BINARY.run_id()}"})
     assert_clean(at)
@@ -376,6 +363,7 @@ def test_compare_two_runs_shows_differences_and_budgets(lab_store):
     assert_clean(at)
 
 
+@pytest.mark.slow
 def test_learn_worked_example_and_toys(empty_store):
     at = open_page("learn")
     assert_clean(at)
@@ -505,6 +493,7 @@ QUICK = {"train-epochs=1e400", "train-hidden=30,abc", f"compress-run={EVIL_LINK}
 QUICK_LINKS = [case for case, name in zip(LINKS, LINK_IDS) if name in QUICK]
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("page,query,said", QUICK_LINKS)
 def test_a_few_links_are_answered_without_an_exception(lab_store, page, query, said):
     check_link(page, query, said)
@@ -528,6 +517,7 @@ def check_link(page: str, query: dict, said: str | None) -> None:
         assert "](http" not in value and "<script>" not in value, value
 
 
+@pytest.mark.slow
 def test_train_chart_follows_its_controls_through_a_setting_not_trained(lab_store):
     """Pick layer 3 and epoch 1, move λ to a setting not trained (the histogram is not drawn), then
     back: the radio, the slider and the chart title agree (they did not: the chart kept the old ones)."""
@@ -546,6 +536,7 @@ def test_train_chart_follows_its_controls_through_a_setting_not_trained(lab_stor
     assert figure["layout"]["sliders"][0]["active"] == 1  # the animation starts at the chosen epoch
 
 
+@pytest.mark.slow
 def test_compress_chart_follows_its_controls_through_an_error(lab_store):
     """Pick layer 3, choose a per-chunk k that does not fit (an error, no chart), then shared: the
     layer radio and the chart agree."""
@@ -566,19 +557,6 @@ def test_compress_chart_follows_its_controls_through_an_error(lab_store):
 # ------------------------------------------------------------------------- frontier, detail, store
 
 
-@pytest.fixture
-def own_store(tmp_path, monkeypatch) -> Path:
-    """A store of its own (tests that delete): two tiny runs, three compressions each."""
-    root = tmp_path / "own-store"
-    store = RunStore(root)
-    for cfg in (PLAIN, BINARY):
-        run, _ = get_or_train(store, cfg)
-        for ccfg in (CompressConfig(method="binarize"), CompressConfig(method="pq", subvector_size=2, n_centroids=8)):
-            get_or_compress(store, run, ccfg)
-    monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(root))
-    return root
-
-
 def plotly_values(data) -> list:
     """A Plotly array from a figure's JSON: a list, or Plotly's typed array ({"dtype", "bdata"})."""
     if isinstance(data, dict):
@@ -595,6 +573,7 @@ def frontier_points(at: AppTest) -> int:
     return sum(len(plotly_values(t.get("x", []))) for t in figure["data"] if t.get("mode") == "markers")
 
 
+@pytest.mark.slow
 def test_frontier_filters_hide_points_and_live_in_the_url(lab_store):
     at = open_page("frontier", {"min_acc": "0"})
     assert_clean(at)
@@ -616,6 +595,7 @@ def test_frontier_filters_hide_points_and_live_in_the_url(lab_store):
     assert "No point passes these filters" in texts(at.info)
 
 
+@pytest.mark.slow
 def test_frontier_legend_tells_runs_apart(own_store):
     other = TrainConfig(**{**TINY, "seed": 1})
     store = RunStore(own_store)
@@ -628,6 +608,7 @@ def test_frontier_legend_tells_runs_apart(own_store):
     assert all(t.endswith("x") for t in ticks)  # 1x, 2x, 5x, 10x, ... not "2 3 4 5"
 
 
+@pytest.mark.slow
 def test_a_point_link_opens_its_detail_file_and_compress_link(lab_store):
     point = next(
         p for p in RunStore(lab_store).list_compressions() if p.compress_config.method == "pq" and not p.transient
@@ -659,6 +640,7 @@ def test_delete_a_compression_from_its_detail_and_a_run_from_the_store_page(own_
     assert all(c.run_id == BINARY.run_id() for c in store.list_compressions())
 
 
+@pytest.mark.slow
 def test_view_state_lives_in_the_url(lab_store):
     query = {"dataset": "digits", "hidden": "32,16", "epochs": "2", "reg": "binary", "lam": "0.05"}
     at = open_page("train", {**query, "layer": "fcs.1.weight", "epoch": "1"})
@@ -673,6 +655,7 @@ def test_view_state_lives_in_the_url(lab_store):
     assert at.query_params["toy_k"] == "16"
 
 
+@pytest.mark.slow
 def test_a_setting_only_passed_over_stays_off_the_frontier_until_settled(own_store):
     store = RunStore(own_store)
     run = store.load_run(PLAIN.run_id())
@@ -691,6 +674,7 @@ def test_a_setting_only_passed_over_stays_off_the_frontier_until_settled(own_sto
     assert cached and not again.transient and not store.load_compression(run.run_id, other).transient
 
 
+@pytest.mark.slow
 def test_compare_runs_whose_configs_differ_in_a_later_field(own_store):
     """A run regularized on its convs beside one that is not: the difference table shows reg_targets
     (a field the JSON leaves out at its default) instead of failing on it."""
@@ -711,6 +695,7 @@ def follow_compress_link(at: AppTest) -> AppTest:
     return open_page("compress", dict(parse_qsl(str(links[0].proto.query_string))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "ccfg",
     [
@@ -744,6 +729,7 @@ def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     assert f"{point.label()} on run {run.run_id[:6]}" in texts(compress.subheader)
 
 
+@pytest.mark.slow
 def test_a_link_with_k_written_without_its_comma_is_taken_as_meant(lab_store):
     """k=65536 (the slider shows 65,536) silently became 256: the same number written without its
     comma is taken, on Compress and on Learn."""
@@ -757,6 +743,7 @@ def test_a_link_with_k_written_without_its_comma_is_taken_as_meant(lab_store):
     assert at.select_slider(key="ex_k").value == 16384
 
 
+@pytest.mark.slow
 def test_frontier_shows_points_that_land_while_it_is_open(own_store):
     """After the Frontier's own sweep, the chart kept the filters from before it: a new run's points
     (a new λ, a new seed) were filtered out until a reload."""
@@ -778,6 +765,7 @@ def test_frontier_shows_points_that_land_while_it_is_open(own_store):
     assert frontier_points(at) == 2 and at.multiselect(key="f_seed").value == [1, 2]
 
 
+@pytest.mark.slow
 def test_frontier_says_what_it_leaves_out_and_how_to_include_it(own_store):
     store = RunStore(own_store)
     run = store.load_run(PLAIN.run_id())
@@ -789,6 +777,7 @@ def test_frontier_says_what_it_leaves_out_and_how_to_include_it(own_store):
     assert "stay on it for 2 s" in said
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("reg,off", [("none", True), ("binary", False)])
 def test_lambda_and_warmup_are_off_without_a_regularizer(empty_store, reg, off):
     at = open_page("train", {"dataset": "digits", "reg": reg})
@@ -809,6 +798,7 @@ def test_compress_says_so_when_a_runs_weights_fail_their_check(own_store):
     assert "failed its check" in texts(at.error)
 
 
+@pytest.mark.slow
 def test_compare_leaves_out_settings_only_passed_over(own_store):
     store = RunStore(own_store)
     run = store.load_run(PLAIN.run_id())
@@ -819,6 +809,7 @@ def test_compare_leaves_out_settings_only_passed_over(own_store):
     assert glimpsed.label() not in labels and labels
 
 
+@pytest.mark.slow
 def test_compress_activation_aware_from_a_link_and_a_bad_value_gets_a_notice(lab_store):
     """The k-means objective is a control and a URL parameter like the others; Streamlit keeps a
     radio's label in the URL (`weighting=output error`), which compresses with the output-error
@@ -845,6 +836,7 @@ def test_compress_activation_aware_from_a_link_and_a_bad_value_gets_a_notice(lab
         assert any("weighting" in str(w.value) for w in at.warning)
 
 
+@pytest.mark.slow
 def test_compress_link_k_without_its_comma_is_taken_as_meant(lab_store):
     """issue 17: the k slider shows 65,536 and Streamlit reads a bound slider's URL value as that text,
     so k=65536 typed without the comma silently became the default 256: now it is taken as meant, as

@@ -32,6 +32,7 @@ def test_gpu_dry_run_exercises_every_step(tmp_path):
     assert "dry run" in (tmp_path / "gpu.md").read_text()
 
 
+@pytest.mark.slow
 def test_gpu_run_refuses_without_cuda_and_says_so():
     import torch
 

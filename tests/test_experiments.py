@@ -13,6 +13,7 @@ from core.analysis import NONE_WITHIN_BUDGET, best_within_budget, pareto_mask, p
 from core.config import CompressConfig, TrainConfig
 from core.experiments import compression_grid, fits, run_sweep, train_grid
 from core.store import RunStore
+from tests.marks import fast_cases
 
 # ---------------------------------------------------------------------------------------- pareto
 
@@ -78,6 +79,7 @@ def brute_budget(rows: list[dict], budgets, reference, size_col, group_col) -> l
     return out
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("group_col", [None, "family", "run_id"])
 @pytest.mark.parametrize("per_run", [False, True])
 def test_budget_matches_brute_force(group_col, per_run):

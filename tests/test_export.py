@@ -36,6 +36,7 @@ from core.pipeline import get_or_compress
 from core.records import sha256
 from core.store import RunStore
 from core.train import evaluate
+from tests.marks import fast_cases
 
 CONFIGS = [
     CompressConfig(method="float"),
@@ -55,6 +56,7 @@ def test_pack_unpack_round_trip(bits):
     assert torch.equal(unpack_codes(packed, bits, 3 * 37).reshape(3, 37), codes)
 
 
+@fast_cases(3)
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.label())
 def test_export_round_trip(tiny_store, tmp_path, cfg):
     run = tiny_store.list_runs()[0]

@@ -39,6 +39,7 @@ from core.export import (
 )
 from core.methods import quantize_model
 from core.models import build_model
+from tests.marks import fast_cases
 
 SOURCE = "crafted.safetensors"
 REFUSAL = "not a compressed model written by this tool"
@@ -363,6 +364,7 @@ def test_enough_cases():
     assert len(CASES) >= 20
 
 
+@fast_cases(8)
 @pytest.mark.parametrize("case", list(CASES))
 def test_crafted_file_is_refused(payloads, case):
     build, fragment = CASES[case]

@@ -27,6 +27,7 @@ from core.jobs import JobState, JobStatus
 from core.pipeline import get_or_compress, get_or_train
 from core.records import LayerHistogram, LayerShape
 from core.store import RunStore
+from tests.marks import fast_cases
 
 AppTest = pytest.importorskip("streamlit.testing.v1").AppTest
 
@@ -132,9 +133,9 @@ def build_hostile_store(root: Path, clean_root: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def hostile_root(tmp_path_factory):
+def hostile_root(lab_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile-store")
-    lock = build_hostile_store(root, tmp_path_factory.mktemp("clean-store"))
+    lock = build_hostile_store(root, lab_root)  # the clean runs: PLAIN is already there
     yield root
     os.close(lock)
 
@@ -222,6 +223,7 @@ def hostile_shown(at: AppTest) -> bool:
 CASES = [(page, None) for page in PAGES] + [(page, param) for page, params in PAGES.items() for param in params]
 
 
+@fast_cases("train-store", "compress-run")
 @pytest.mark.parametrize("page,param", CASES, ids=[f"{p}-{q or 'store'}" for p, q in CASES])
 def test_hostile_text_shows_as_text(hostile_store, page, param):
     query = dict(BASE_QUERY.get(page, {}))

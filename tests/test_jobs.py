@@ -37,6 +37,7 @@ from core.jobs import (
     default_max_running,
     usable_cores,
 )
+from tests.marks import fast_cases
 
 POLL_S = 0.02  # fast polls keep the in-process tests short; the process tests use the default
 
@@ -483,6 +484,7 @@ def _no_entry_written(root: Path) -> None:
         assert not [p.name for p in jobs.iterdir() if p.suffix in (".json", ".cancel") or p.name.endswith(".tmp")]
 
 
+@fast_cases(4)
 @pytest.mark.parametrize("how", BROKEN_FOLDERS, ids=list(BROKEN_FOLDERS))
 @pytest.mark.parametrize("call", ["run", "submit"])
 def test_an_unusable_jobs_folder_is_one_line_and_nothing_runs_or_is_written(tmp_path, how, call):
@@ -515,6 +517,7 @@ def test_an_unusable_jobs_folder_is_one_line_and_nothing_runs_or_is_written(tmp_
     assert manager.jobs() == [] and manager.status("k1") is None
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("where", ["mkdir", "lock"])
 @pytest.mark.parametrize("error", [errno.EACCES, errno.EROFS, errno.ENOSPC])
 def test_a_read_only_jobs_folder_is_one_line(tmp_path, monkeypatch, where, error):
@@ -611,6 +614,7 @@ def _write_status(root: Path, name: str) -> Path:
     return path
 
 
+@fast_cases(4)
 @pytest.mark.parametrize("name", [*BAD_STATUSES, *BAD_FILES])
 def test_a_bad_status_file_is_unreadable_reported_once_cleaned_and_stops_no_job(tmp_path, caplog, name):
     path = _write_status(tmp_path, name)

@@ -29,6 +29,7 @@ from core.onnx_export import (
     unpack_in_graph,
 )
 from core.pq import QuantizedLayer
+from tests.marks import fast_cases
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -85,6 +86,7 @@ def _unpack_graph(packed: torch.Tensor, bits: int, count: int) -> bytes:
     return proto.SerializeToString()
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 15, 16])
 @pytest.mark.parametrize("count", [1, 8, 37])
 def test_unpack_in_graph_is_the_readers_unpack(bits, count):
@@ -126,6 +128,7 @@ def test_a_residual_weight_is_a_sum_of_stage_lookups():
 # ------------------------------------------------------------------------ the built-in networks
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("cfg", METHODS, ids=lambda c: c.label())
 @pytest.mark.parametrize("model_name,targets", [("mlp", "fc"), ("lenet5", "fc+conv")])
 def test_every_method_runs_in_onnx_runtime_as_our_decode(model_name, targets, cfg):
@@ -183,6 +186,7 @@ class OwnNet(nn.Module):
         return self.head((y + x).flatten(1))
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("cfg", METHODS[:-1], ids=lambda c: c.label())
 def test_own_module_from_compress_and_from_save(tmp_path, cfg):
     torch.manual_seed(0)
@@ -258,6 +262,7 @@ def _one_line_error(capsys, argv: list[str]) -> str:
     return err
 
 
+@fast_cases(1)
 @pytest.mark.parametrize(
     "case,message",
     [

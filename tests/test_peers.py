@@ -21,6 +21,7 @@ from core.models import coded_weights
 from core.pq import DoesNotFit, check_fits
 from core.size import code_width
 from core.train import evaluate
+from tests.marks import fast_cases
 from tests.tiny import TINY
 
 # The tiny run's FC weights are (32, 64), (16, 32), (10, 16): a group of 2 rows, vectors of 2 fit all.
@@ -114,6 +115,7 @@ def _check_against_peer(run, digits, cfg, reference, stored_bits):
     assert record.accuracy == evaluate(peer, digits.x_test, digits.y_test)
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("setting", COREML_SETTINGS, ids=lambda s: CompressConfig(method="coreml", **s).label())
 def test_coreml_size_and_output_are_the_peers(tiny_run, digits, setting):
     pytest.importorskip("coremltools")
@@ -121,6 +123,7 @@ def test_coreml_size_and_output_are_the_peers(tiny_run, digits, setting):
     _check_against_peer(tiny_run, digits, cfg, _coreml_reference, _stored_bits_coreml)
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("setting", TORCHAO_SETTINGS, ids=lambda s: CompressConfig(method="torchao", **s).label())
 def test_torchao_size_and_output_are_the_peers(tiny_run, digits, setting):
     pytest.importorskip("torchao")
@@ -182,6 +185,7 @@ def test_a_missing_package_is_one_line_naming_it(monkeypatch, method, package):
     assert "requirements-peers.txt" in str(error.value)
 
 
+@pytest.mark.slow
 def test_nncf_codebook_compression_does_not_apply_to_a_pytorch_model():
     """Why no NNCF method is registered: its codebook modes run on OpenVINO models only; on a torch
     model compress_weights refuses them (nncf 3.4)."""

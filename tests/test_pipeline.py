@@ -21,6 +21,7 @@ from core.experiments import submit_sweep
 from core.jobs import Cancelled, JobManager, JobSpec, JobState, JobStatus
 from core.pipeline import JobCancelled, JobFailed, _outcome, compression_key, submit_training
 from core.store import RunStore
+from tests.marks import fast_cases
 from tests.tiny import TINY
 
 
@@ -169,6 +170,7 @@ def _store_with_a_run(tiny_store: RunStore, root: Path) -> RunStore:
     return RunStore(root)
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("how", BROKEN, ids=list(BROKEN))
 @pytest.mark.parametrize("command", ["train", "compress"])
 def test_the_cli_says_one_line_for_an_unusable_jobs_folder(capsys, tmp_path, tiny_store, monkeypatch, how, command):
@@ -193,6 +195,7 @@ def test_the_cli_says_one_line_for_an_unusable_jobs_folder(capsys, tmp_path, tin
     pipeline._MANAGERS.clear()
 
 
+@pytest.mark.slow
 def test_rm_takes_the_runs_job_entries_with_it(capsys, tmp_path, monkeypatch):
     pipeline._MANAGERS.clear()
     root = tmp_path / "store"
@@ -254,6 +257,7 @@ def _open(page: str, query: dict):
     return at
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("how", APP_BROKEN, ids=list(APP_BROKEN))
 def test_the_train_page_says_one_line_for_a_store_it_cannot_write(app_store, monkeypatch, how):
     APP_BROKEN[how](app_store.root, monkeypatch)
@@ -267,6 +271,7 @@ def test_the_train_page_says_one_line_for_a_store_it_cannot_write(app_store, mon
     assert _entries(app_store.root) == before
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("how", APP_BROKEN, ids=list(APP_BROKEN))
 def test_the_compress_page_says_one_line_for_a_store_it_cannot_write(app_store, monkeypatch, how):
     APP_BROKEN[how](app_store.root, monkeypatch)
@@ -279,6 +284,7 @@ def test_the_compress_page_says_one_line_for_a_store_it_cannot_write(app_store, 
     assert _entries(app_store.root) == before
 
 
+@pytest.mark.slow
 def test_the_jobs_page_shows_the_good_entries_beside_bad_ones(app_store):
     manager = watch(app_store.root)
     manager.run(JobSpec("good", "train", "a good job", lambda ctx: None, lambda: True))  # done at once: no entry

@@ -34,7 +34,8 @@ from core.regularizers import binary_penalty, binary_step_
 from core.size import size_report
 from core.store import RunStore
 from core.train import train
-from tests.test_app import assert_clean, empty_store, lab_root, lab_store, open_page, texts  # noqa: F401
+from tests.marks import fast_cases
+from tests.test_app import assert_clean, open_page, texts
 from tests.test_cli import TRAIN as CLI_TRAIN
 from tests.test_cli import run_cli
 from tests.tiny import TINY
@@ -78,6 +79,7 @@ PRUNED = [
 ]
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("cfg", PRUNED, ids=lambda c: c.label())
 def test_pruned_file_holds_exact_zeros_and_its_bytes_are_the_ledger(tiny_store, cfg):
     run = tiny_store.list_runs()[0]
@@ -155,7 +157,7 @@ def test_a_too_narrow_survivor_row_does_not_fit(tiny_store):
         get_or_compress(tiny_store, run, CompressConfig(method="pq", subvector_size=4, n_centroids=4, sparsity=0.99))
 
 
-def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):  # noqa: F811
+def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):
     from tests.test_app import PLAIN, assert_clean, open_page
 
     at = open_page("compress", {"run": PLAIN.run_id(), "method": "kmeans", "k": "4"})
@@ -390,7 +392,7 @@ def test_the_estimate_prices_the_retraining(tiny_store):
     assert estimate_seconds(run, more) > estimate_seconds(run, base)
 
 
-def test_the_train_page_prunes_only_when_asked(empty_store):  # noqa: F811
+def test_the_train_page_prunes_only_when_asked(empty_store):
     at = open_page("train", {"dataset": "digits"})
     assert_clean(at)
     plain_id = TrainConfig(**dict(TrainConfig().to_json(), dataset="digits", reg="binary", lam=0.01)).run_id()

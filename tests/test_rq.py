@@ -28,6 +28,7 @@ from core.methods.rq import residual_quantize
 from core.pq import QuantizedLayer, check_fits, quantize_weight, reconstruction_mse
 from core.size import code_width, layer_bits
 from core.train import evaluate
+from tests.marks import fast_cases
 
 
 def rq(**fields) -> CompressConfig:
@@ -121,6 +122,7 @@ RQ_CONFIGS = [
 ]
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("cfg", RQ_CONFIGS, ids=lambda c: c.label())
 def test_file_size_is_the_accounting_and_loads_back(tiny_store, tmp_path, cfg):
     run = tiny_store.list_runs()[0]
@@ -169,6 +171,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     return code, out
 
 
+@pytest.mark.slow
 def test_cli_compresses_and_sweeps_rq(capsys, tmp_path):
     cache = str(tmp_path / "cache")
     train = ["--dataset", "digits", "--hidden", "32", "16", "--epochs", "1", "--lr", "3e-3"]
@@ -199,6 +202,7 @@ def test_cli_compresses_and_sweeps_rq(capsys, tmp_path):
     assert labels == ["pq d=4 k=16 shared", "rq M=2 d=4 k=16 shared", "rq M=3 d=4 k=16 shared"]
 
 
+@pytest.mark.slow
 def test_compress_page_draws_the_stages_control_for_rq_only(tiny_store, monkeypatch):
     app_test = pytest.importorskip("streamlit.testing.v1").AppTest
     monkeypatch.setenv("COMPRESSION_LAB_CACHE", str(tiny_store.root))

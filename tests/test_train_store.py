@@ -15,6 +15,7 @@ from core.pipeline import get_or_compress, get_or_train
 from core.records import CorruptEntry
 from core.store import RunStore
 from core.train import TrainingDiverged, train
+from tests.marks import fast_cases
 from tests.tiny import TINY
 
 DEAD_PID = PID_MAX_LIMIT + 1  # in a temporary's name: a writer that no longer exists (no process has this id)
@@ -34,6 +35,7 @@ def test_train_records_what_the_app_needs(store):
     assert result.history[-1].reg > 0 and 0.3 < result.test_accuracy <= 1
 
 
+@pytest.mark.slow
 def test_same_config_same_run_and_accuracy():
     cfg = TrainConfig(**TINY)
     a, b = train(cfg, device="cpu"), train(cfg, device="cpu")
@@ -49,6 +51,7 @@ def test_run_id_ignores_fields_that_cannot_matter():
     assert TrainConfig(reg="binary", lam=0.1).run_id() != TrainConfig(reg="binary", lam=0.2).run_id()
 
 
+@pytest.mark.slow
 def test_a_run_records_its_canonical_config(store):
     """(reg=binary, lam=0) is the unregularized run: it is stored and shown as reg=none."""
     run, _ = get_or_train(store, TrainConfig(**TINY, reg="binary", lam=0.0, warmup_epochs=3))
@@ -67,6 +70,8 @@ def test_store_round_trip_and_cache_hit(store):
     assert [r.run_id for r in store.list_runs()] == [cfg.run_id()]
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_corrupt_entry_is_recomputed_not_loaded(store):
     cfg = TrainConfig(**TINY)
     get_or_train(store, cfg)
@@ -128,6 +133,7 @@ def test_two_concurrent_writers_leave_one_valid_entry(tmp_path):
     assert store.load_run(results[0][0]) is not None
 
 
+@pytest.mark.slow
 def test_same_entry_published_twice_keeps_one(store):
     result = train(TrainConfig(**TINY), device="cpu")
     store.save_run(result)
@@ -137,6 +143,7 @@ def test_same_entry_published_twice_keeps_one(store):
     assert meta["record"]["run_id"] == result.run_id
 
 
+@fast_cases(1)
 @pytest.mark.parametrize("extra", [dict(lr=10.0), dict(reg="binary", lam=1e6, lr=10.0)])  # blow-ups
 def test_divergence_stores_nothing(store, extra):
     cfg = TrainConfig(**{**TINY, **extra})
@@ -164,6 +171,8 @@ def _edit_json(path: Path, edit) -> None:
     path.write_text(json.dumps(envelope))
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_an_edited_run_json_is_never_served(store):
     """Edits that keep the JSON valid (an accuracy raised to 0.999) count as missing: recomputed."""
     cfg = TrainConfig(**TINY)
@@ -194,7 +203,9 @@ RUN_EDITS = {
 }
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("edit", RUN_EDITS.values(), ids=RUN_EDITS.keys())
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_a_broken_run_json_never_breaks_a_listing(store, edit):
     """An edit that keeps the JSON valid is detected (the checksum covers the record and the weights'
     hash together), counts as missing, and is recomputed; nothing is served, nothing crashes."""
@@ -215,7 +226,9 @@ COMPRESSION_EDITS = {
 }
 
 
+@fast_cases(2)
 @pytest.mark.parametrize("edit", COMPRESSION_EDITS.values(), ids=COMPRESSION_EDITS.keys())
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_an_edited_compression_is_never_served(store, edit):
     run, _ = get_or_train(store, TrainConfig(**TINY))
     cfg = CompressConfig(method="kmeans", n_centroids=4)
@@ -227,6 +240,7 @@ def test_an_edited_compression_is_never_served(store, edit):
     assert not cached and len(store.list_compressions()) == 1
 
 
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_a_run_copied_under_another_id_is_not_served(store):
     import shutil
 
@@ -237,6 +251,7 @@ def test_a_run_copied_under_another_id_is_not_served(store):
     assert [r.run_id for r in store.list_runs()] == [run.run_id]
 
 
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_a_compression_copied_under_another_key_is_not_served(store):
     run, _ = get_or_train(store, TrainConfig(**TINY))
     a, b = CompressConfig(method="kmeans", n_centroids=4), CompressConfig(method="kmeans", n_centroids=8)
@@ -251,6 +266,8 @@ def test_a_compression_copied_under_another_key_is_not_served(store):
     assert store.load_compression(run.run_id, a) is None
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_gc_removes_temporaries_and_broken_entries_and_reports_the_space(store):
     import os
 
@@ -271,6 +288,7 @@ def test_gc_removes_temporaries_and_broken_entries_and_reports_the_space(store):
     assert [r.run_id for r in store.list_runs()] == [run.run_id] and len(store.list_compressions()) == 1
 
 
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_delete_run_takes_its_compressions(store):
     run, _ = get_or_train(store, TrainConfig(**TINY))
     get_or_compress(store, run, CompressConfig(method="binarize"))
@@ -278,6 +296,7 @@ def test_delete_run_takes_its_compressions(store):
     assert store.list_runs() == [] and store.list_compressions() == []
 
 
+@pytest.mark.slow
 def test_what_a_killed_writer_left_goes_at_the_first_job(store):
     """kill -9 between the writes leaves hidden temporaries; the next process's first job removes them."""
     import os
@@ -298,6 +317,7 @@ def test_what_a_killed_writer_left_goes_at_the_first_job(store):
 
 
 # ------------------------------------------------------------------------- gc beside a live writer
+@pytest.mark.slow
 def test_gc_with_no_age_limit_leaves_a_training_being_published(store, monkeypatch):
     """`gc --older-than 0` while a training publishes lost the training: its temporary folder went
     from under it. The gc here runs at the worst moment, with the run's files half written."""
@@ -361,6 +381,8 @@ def test_a_killed_writers_temporary_goes_with_no_age_limit_and_a_held_one_stays(
         os.close(fd)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
 def test_concurrent_gcs_count_each_removal_once(store, monkeypatch):
     """Two gc at once over-reported: the same paths counted by both. Here a second gc runs in full
     while the first is between deciding to remove an entry and removing it."""
