@@ -32,11 +32,19 @@ LAB_COMPRESSIONS = (
 )
 
 
+# Fixtures that train several runs (seconds each on 2 cores): a test that needs one is in the whole
+# suite, not in the fast loop, whose budget is under a minute.
+TRAINING_FIXTURES = frozenset({"lab_source", "gradual_runs", "plan_store", "slider_store"})
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark slow the cases of a `@fast_cases(...)` family that it does not keep in the fast loop."""
+    """Mark slow the tests that need a training fixture, and the cases of a `@fast_cases(...)` family
+    that it does not keep in the fast loop."""
     families: dict[str, list[pytest.Function]] = defaultdict(list)
     for item in items:
+        if TRAINING_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
         if isinstance(item, pytest.Function) and hasattr(item, "callspec") and hasattr(item.obj, FAST_CASES):
             families[item.nodeid.split("[")[0]].append(item)
     for members in families.values():

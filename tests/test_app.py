@@ -61,6 +61,7 @@ def texts(elements) -> str:
 # ------------------------------------------------------------------------------------ empty store
 
 
+@pytest.mark.slow
 def test_home_on_empty_store_shows_labelled_illustration(empty_store):
     at = open_page(None)
     assert_clean(at)
@@ -377,6 +378,7 @@ def test_learn_worked_example_and_toys(empty_store):
     assert_clean(at)
 
 
+@pytest.mark.slow
 def test_learn_three_stages_toy_and_the_real_ledger(tmp_path, monkeypatch):
     """The toy's controls moved (each answers with the ledger, every stage shown), a k the new
     survivors cannot take reset, a setting whose codebook outweighs its codes warned about; on a

@@ -47,6 +47,7 @@ def train_ce(run, layers, data) -> float:
         return float(F.cross_entropy(logits, data.y_train))
 
 
+@pytest.mark.slow
 @fast_cases(1)
 @pytest.mark.parametrize(
     "cfg",
@@ -73,6 +74,7 @@ def test_finetune_lowers_task_loss_with_codes_fixed(tiny_run, digits, cfg):
             assert float(after.codebooks[0, 1]) > 0
 
 
+@pytest.mark.slow
 @fast_cases(1)
 @pytest.mark.parametrize("method", ["pq", "binarize"])
 def test_finetune_keeps_size_accounting_and_file_size(tiny_run, digits, method):

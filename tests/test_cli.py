@@ -37,6 +37,7 @@ def snapshot(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")) if root.exists() else []
 
 
+@pytest.mark.slow  # trains and compresses through the CLI: the whole suite's
 def test_train_compress_evaluate_runs(capsys, tmp_path):
     cache = str(tmp_path / "cache")
     code, out, _ = run_cli(capsys, *TRAIN, "--reg", "binary", "--lam", "0.05", "--cache-dir", cache, "--json")

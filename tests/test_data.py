@@ -125,7 +125,7 @@ def mnist_5k() -> Dataset:
     "fixture, n_train, n_test, shape",
     [
         ("digits", 1437, 360, (1, 8, 8)),
-        ("mnist_5k", 4000, 1000, (1, 28, 28)),
+        pytest.param("mnist_5k", 4000, 1000, (1, 28, 28), marks=pytest.mark.slow),  # loading it: seconds
     ],
 )
 def test_bundled_shapes_and_split(request, fixture, n_train, n_test, shape):

@@ -228,6 +228,7 @@ def _files(root) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_run_sweep_stops_skips_and_caches(tmp_path):
     store = RunStore(tmp_path / "store")
     runs = train_grid(TINY, ["binary"], [0.0, 0.05], [0])

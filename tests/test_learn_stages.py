@@ -110,6 +110,7 @@ def _page_settings(distribution: str):
                 yield sparsity, d, k
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_the_ratio_grows_from_stage_to_stage_where_it_must(distribution):
     """Pruning at any sparsity the page offers saves more float bits than its bitmap costs; entropy

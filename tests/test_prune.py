@@ -230,6 +230,7 @@ def test_the_binary_term_combines_with_pruning_over_the_survivors(gradual_runs):
         assert survivors.min() > 0 and survivors.std() / survivors.mean() < 1.0
 
 
+@pytest.mark.slow
 def test_the_mask_holds_through_training(monkeypatch):
     """Each pruning step keeps what the one before pruned, and between steps the zeros stay zeros."""
     seen: list[list[torch.Tensor]] = []
@@ -350,6 +351,7 @@ def test_a_pruned_run_is_coded_at_its_sparsity_or_more(gradual_runs):
         assert torch.equal(decoded == 0, state[layer.name] == 0)
 
 
+@pytest.mark.slow
 def test_retraining_the_survivors_keeps_the_mask_and_lowers_the_loss(tiny_store):
     run = tiny_store.load_run(TrainConfig(**TINY).run_id())
     data = load_dataset("digits")

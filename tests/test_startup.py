@@ -177,6 +177,7 @@ def test_a_waiter_loads_no_dataset(tmp_path, store_copy):
     assert result["heavy"] == []
 
 
+@pytest.mark.slow
 def test_import_core_is_lazy_and_keeps_the_public_api():
     proc = subprocess.run(
         [

@@ -21,6 +21,7 @@ from tests.tiny import TINY
 DEAD_PID = PID_MAX_LIMIT + 1  # in a temporary's name: a writer that no longer exists (no process has this id)
 
 
+@pytest.mark.slow
 def test_train_records_what_the_app_needs(store):
     cfg = TrainConfig(**TINY, reg="binary", lam=0.05)
     seen = []
@@ -203,6 +204,7 @@ RUN_EDITS = {
 }
 
 
+@pytest.mark.slow
 @fast_cases(2)
 @pytest.mark.parametrize("edit", RUN_EDITS.values(), ids=RUN_EDITS.keys())
 @pytest.mark.usefixtures("tiny_run_in_store")  # the run is stored, not trained
