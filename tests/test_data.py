@@ -139,7 +139,7 @@ def test_bundled_shapes_and_split(request, fixture, n_train, n_test, shape):
     assert set(data.y_train.tolist()) == set(data.y_test.tolist()) == set(range(10))
 
 
-@pytest.mark.parametrize("fixture", ["digits", "mnist_5k"])
+@pytest.mark.parametrize("fixture", ["digits", pytest.param("mnist_5k", marks=pytest.mark.slow)])  # its load: seconds
 def test_bundled_split_is_stratified(request, fixture):
     data = request.getfixturevalue(fixture)
     train_share = torch.bincount(data.y_train, minlength=10) / len(data.y_train)
