@@ -59,9 +59,11 @@ COMPRESSION_COST_SECONDS = {
 CHEAP_SECONDS = 3.0  # CPU seconds of one busy thread: well under a second on a quiet machine's two
 # The longest a page waits on a compression it computes at once; past it, the compression goes on as
 # a job whose live panel shows the result the moment it lands (the estimate is a model, and a model can
-# be wrong; a busy server is slower than the model). Under a second, so that every slider move is
-# answered within one (issue 19): the numbers, or the panel that will show them.
-INLINE_LIMIT_S = 0.8
+# be wrong; a busy server is slower than the model). Short, so that every slider move is answered within
+# a second, median 0.5 s (issue 19): the numbers, or the panel that will show them. At 0.8 s the presses
+# were answered in a median of 1.09 s; at 0.25 s, 0.57 s (bench/results/slider*.md, load ~4): a new
+# setting's numbers take 2-3 s here anyway, so a longer wait only delays the panel.
+INLINE_LIMIT_S = 0.25
 
 
 class JobFailed(ValueError):
