@@ -411,14 +411,30 @@ class RunStore:
         return _size(self.root) if self.root.is_dir() else 0
 
     def clean_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
+        """Remove what killed writers left (`_Upkeep.clean_temporaries`); run at every process's first job."""
+        return _Upkeep(self).clean_temporaries(older_than_s)
+
+    def gc(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
+        """Remove what no reader will ever serve (`_Upkeep.gc`)."""
+        return _Upkeep(self).gc(older_than_s)
+
+
+class _Upkeep:
+    """The store's housekeeping: what killed writers left and what fails its checks, found and removed
+    (each entry moved aside by `RunStore._discard` before it is deleted, so no reader sees it half-gone)."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+
+    def clean_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
         """Remove what killed writers left (hidden `.tmp` files and folders older than
         `older_than_s` whose writer is gone: `writer_alive`): cheap, reads no entry; run at every
         process's first job. A temporary being written is never removed, whatever `older_than_s`."""
         removed: list[str] = []
         freed = 0
         now = time.time()
-        parents = [self.root, self.root / "runs", self.root / "compress"]
-        compress = self.root / "compress"
+        parents = [self.store.root, self.store.root / "runs", self.store.root / "compress"]
+        compress = self.store.root / "compress"
         if compress.is_dir():
             parents += [p for p in compress.iterdir() if p.is_dir() and _is_id(p.name)]
         for parent in parents:
@@ -426,10 +442,10 @@ class RunStore:
                 continue
             for path in list(parent.iterdir()):
                 if is_temporary(path) and now - _mtime(path) / 1e9 > older_than_s and not writer_alive(path):
-                    gone = self._discard(path)
+                    gone = self.store._discard(path)
                     if gone is not None:  # counted by whoever removed it
                         freed += gone
-                        removed.append(str(path.relative_to(self.root)))
+                        removed.append(str(path.relative_to(self.store.root)))
         return GcReport(tuple(removed), freed)
 
     def gc(self, older_than_s: float = STALE_TEMPORARY_S) -> GcReport:
@@ -442,18 +458,18 @@ class RunStore:
 
         def drop(path: Path) -> None:
             nonlocal freed
-            gone = self._discard(path)
+            gone = self.store._discard(path)
             if gone is not None:  # another gc at the same moment counts what it removed itself
                 freed += gone
-                removed.append(str(path.relative_to(self.root)))
+                removed.append(str(path.relative_to(self.store.root)))
 
         live_runs = set()
-        for folder in self._run_folders():
-            if self.load_run(folder.name, verify_weights=True) is None:
+        for folder in self.store._run_folders():
+            if self.store.load_run(folder.name, verify_weights=True) is None:
                 drop(folder)
             else:
                 live_runs.add(folder.name)
-        base = self.root / "compress"
+        base = self.store.root / "compress"
         for folder in list(base.iterdir()) if base.is_dir() else []:
             if not _is_id(folder.name) or not folder.is_dir():
                 continue
@@ -463,7 +479,7 @@ class RunStore:
             for path in list(folder.iterdir()):
                 if path.name.startswith(".") or not _is_id(path.stem):
                     continue
-                if path.suffix == ".json" and self._load_compression(folder.name, path.stem) is None:
+                if path.suffix == ".json" and self.store._load_compression(folder.name, path.stem) is None:
                     drop(path)
                     drop_file = path.with_suffix(".safetensors")
                     if drop_file.exists():
