@@ -108,7 +108,7 @@ def _size(
     """`layers`: the weights the method accounts for (for float, the chosen ones, at 32 bits each);
     `rest`: every other tensor the file holds, at its own width."""
     rest_bits = sum(t.numel() * t.element_size() * 8 for t in rest.values())  # exactly what the file holds
-    totals = size_report([shape for _, shape in layers], 0, cfg, rest_bits=rest_bits)
+    totals = size_report([shape for _, shape in layers], 0, cfg, rest_bits=rest_bits, names=[n for n, _ in layers])
     return ModelSize(totals, tuple(layer_bits(name, shape, cfg) for name, shape in layers))
 
 
@@ -229,7 +229,7 @@ def compress(
     aliases = _shared_keys(model)
     coded_names = {layer.name for layer in coded}
     rest = {key: value.detach().cpu() for key, value in state.items() if key not in coded_names | aliases.keys()}
-    if cfg.method == "float":  # the chosen weights stay in the rest, accounted as the layers at 32 bits
+    if cfg.method == "float" or cfg.per_layer:  # chosen weights kept float: accounted as layers at 32 bits
         size = _size(cfg, shapes, {key: value for key, value in rest.items() if key not in dict(shapes)})
     else:
         size = _size(cfg, [(layer.name, tuple(layer.shape)) for layer in coded], rest)

@@ -144,7 +144,7 @@ def compress_run(
     model = run.model(state)
     targets = coded_weights(model, cfg.targets)
     n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
-    size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
+    size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg, names=[name for name, _ in targets])
     calibration = calibration_batches(data.x_train, cfg.seed) if cfg.weighting == "activations" else None
     layers = quantize_model(model, cfg, targets, calibration)
     if cfg.finetune_epochs and layers:

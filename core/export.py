@@ -171,16 +171,17 @@ def _add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer
     """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
     them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
     share it."""
-    method = cfg.method_spec
     store_dtype = torch.float16 if cfg.centroid_bits == 16 else torch.float32
     layer_info = []
     for layer in layers:
+        layer_cfg = cfg.for_layer(layer.name)  # its own setting, in a per-layer compression
+        method = layer_cfg.method_spec
         bits = method.code_bits(layer)
         stored: dict[str, str] = {}
         how = _store_symbols(tensors, f"{layer.name}.codes", layer.codes, layer.n_centroids, bits, cfg.entropy)
         if cfg.entropy != "none":
             stored["entropy"] = how
-        if cfg.sparsity > 0:
+        if layer_cfg.sparsity > 0:
             assert layer.mask is not None  # quantize_model prunes every coded weight
             how = _store_symbols(tensors, f"{layer.name}.mask", layer.mask.flatten().long(), 2, 1, cfg.entropy)
             stored["mask"] = "ans" if how == "ans" else "bitmap"
@@ -270,10 +271,11 @@ def _layer_codes(tensors: dict[str, torch.Tensor], info: dict) -> torch.Tensor:
 def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
     """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers
     by the method its compress_config names."""
-    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
+    cfg = CompressConfig.from_dict(meta["compress_config"])
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
+        method = cfg.for_layer(name).method_spec
         codes = _layer_codes(tensors, info).reshape(groups, count)
         layer = method.read_layer(name, info, tensors, codes)
         if "mask" in info:
@@ -284,8 +286,12 @@ def layers_from_payload(tensors: dict[str, torch.Tensor], meta: dict) -> list[Qu
 
 def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str]:
     """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
-    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
-    names = {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    cfg = CompressConfig.from_dict(meta["compress_config"])
+    names = {
+        f"{layer.name}.{part}"
+        for layer in layers
+        for part in ("codes", *cfg.for_layer(layer.name).method_spec.tensor_names)
+    }
     names |= {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
     names |= {f"{info['name']}.mask" for info in meta["layers"] if "mask" in info}
     return names | {f"{info['name']}.mask_counts" for info in meta["layers"] if info.get("mask") == "ans"}
@@ -430,7 +436,9 @@ def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str)
         if f.name not in data:
             continue
         value, default = data[f.name], f.default
-        if isinstance(default, tuple):  # hidden widths
+        if f.name == "per_layer":  # each setting's fields are checked by the config (LayerSetting)
+            ok = isinstance(value, list) and all(isinstance(v, dict) for v in value)
+        elif isinstance(default, tuple):  # hidden widths
             ok = isinstance(value, list) and all(_is_int(v) for v in value)
         elif isinstance(default, float):
             ok = isinstance(value, float) or _is_int(value)
@@ -512,19 +520,24 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
     listed = {info.get("name") for info in layers if isinstance(info, dict)}
     fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names if expected.every_one or name in listed]
     try:
-        check_fits(fc_shapes, cfg)
+        for name, shape in fc_shapes if cfg.per_layer else ():  # each weight by its own setting
+            check_fits([(name, shape)], cfg.for_layer(name))
+        cfg.check_layer_names(list(expected.fc_names))
+        if not cfg.per_layer:
+            check_fits(fc_shapes, cfg)
     except ValueError as exc:
         _invalid(f"compress_config does not fit the model: {exc}")
     centroid_dtype = _CENTROID_DTYPES[cfg.centroid_bits]
-    method = cfg.method_spec
-    stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if cfg.sparsity > 0 else ()))
-    layer_keys = (*_LAYER_KEYS, *method.layer_keys, *stage_keys)
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
+        name = info.get("name") if isinstance(info, dict) else None
+        layer_cfg = cfg.for_layer(name) if isinstance(name, str) else cfg  # its own, in a per-layer compression
+        method = layer_cfg.method_spec
+        stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if layer_cfg.sparsity > 0 else ()))
+        layer_keys = (*_LAYER_KEYS, *method.layer_keys, *stage_keys)
         if not isinstance(info, dict) or set(info) != set(layer_keys):
             _invalid(f"layers[{index}] does not have exactly the keys {', '.join(layer_keys)}")
-        name = info["name"]
         if name not in expected.fc_names:
             what = "an FC weight" if cfg.targets == "fc" and expected.every_one else "an FC or conv weight"
             _invalid(f"layers[{index}] names {_show(name)}, which is not {what} of the {expected.model_label}")
@@ -542,16 +555,16 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
             _invalid(f"layer {name} has layout {_show(layout)}; expected one of {', '.join(LAYOUTS)}")
         dim = _int(info["subvector_size"], f"layer {name}'s subvector_size", 1, in_features)
         k = _int(info["n_centroids"], f"layer {name}'s n_centroids", 2, MAX_CENTROIDS)
-        form = method.layer_format(coded_rows((out_features, in_features), cfg.sparsity), cfg)
+        form = method.layer_format(coded_rows((out_features, in_features), layer_cfg.sparsity), layer_cfg)
         if form is None:
-            _invalid(f"layer {name} is coded but method {cfg.method} codes no layer")
+            _invalid(f"layer {name} is coded but method {layer_cfg.method} codes no layer")
         declared = (layout, dim, k, *(info[key] for key in method.layer_keys))
         writes = (form.layout, form.subvector_size, form.n_centroids, *form.extra.values())
         if not all(_is_int(info[key]) for key in method.layer_keys) or declared != writes:
             extra = "".join(f" {key}={_show(info[key])}" for key in method.layer_keys)
             wants = "".join(f" {key}={value}" for key, value in form.extra.items())
             _invalid(
-                f"layer {name} is {layout} d={dim} k={k}{extra} but compress_config says method {cfg.method} "
+                f"layer {name} is {layout} d={dim} k={k}{extra} but compress_config says method {layer_cfg.method} "
                 f"writes {form.layout} d={form.subvector_size} k={form.n_centroids}{wants}"
             )
         bits = form.code_bits
@@ -580,7 +593,7 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
                 f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
                 f"({_packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
             )
-        if cfg.sparsity > 0:
+        if layer_cfg.sparsity > 0:
             _check_mask_entry(info, entries, wanted, out_features * in_features)
         implied = (form.groups, form.codes_per_group)
         if (groups, count) != implied:
@@ -592,8 +605,10 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
         for suffix, tensor_shape in form.tensors.items():
             wanted[f"{name}.{suffix}"] = (centroid_dtype, tensor_shape)
     uncoded = [name for name in expected.fc_names if name not in coded]
-    if expected.every_one and uncoded and method.layer_format(row_shape(expected.shapes[uncoded[0]]), cfg):
-        _invalid(f"method {cfg.method} codes every weight it targets, but {uncoded[0]} has no layer entry")
+    for name in uncoded if expected.every_one else ():
+        own = cfg.for_layer(name)
+        if own.method_spec.layer_format(row_shape(expected.shapes[name]), own):
+            _invalid(f"method {own.method} codes every weight it targets, but {name} has no layer entry")
     for key, shape in expected.shapes.items():
         if key in coded:
             if key in entries:
@@ -668,7 +683,7 @@ def _check_values(tensors: dict[str, torch.Tensor], meta: dict, entries: dict[st
         name, bits, k = info["name"], info["code_bits"], info["n_centroids"]
         count = info["groups"] * info["codes_per_group"]
         if "mask" in info:
-            sparsity = CompressConfig.from_dict(meta["compress_config"]).sparsity
+            sparsity = CompressConfig.from_dict(meta["compress_config"]).for_layer(name).sparsity
             _check_mask_values(tensors, info, n_kept(math.prod(info["shape"]), sparsity))
         if info.get("entropy") == "ans":
             counts = tensors[f"{name}.code_counts"].numpy().astype(np.int64)

@@ -453,4 +453,6 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
 
     work = compression_cost_features(run, cfg)
     rest = sum(COMPRESSION_COST_SECONDS[kind] * amount for kind, amount in work.items())
-    return rest + cfg.method_spec.estimate_seconds(coded_shapes(run, cfg.targets), cfg)
+    shapes = coded_shapes(run, cfg.targets)
+    layer_cfgs = [cfg.for_layer(name) for name, _ in shapes]  # each weight priced by its own setting
+    return rest + sum(c.method_spec.estimate_seconds([shape], c) for c, shape in zip(layer_cfgs, shapes))
