@@ -531,13 +531,15 @@ def _check_layers(meta: dict, entries: dict[str, _Entry], expected: _Expected) -
     wanted: dict[str, tuple[str, tuple[int, ...]]] = {}  # tensor -> (dtype, shape) it must have
     coded: list[str] = []
     for index, info in enumerate(layers):
-        name = info.get("name") if isinstance(info, dict) else None
-        layer_cfg = cfg.for_layer(name) if isinstance(name, str) else cfg  # its own, in a per-layer compression
+        listed_name = info.get("name") if isinstance(info, dict) else None
+        # its own setting, in a per-layer compression
+        layer_cfg = cfg.for_layer(listed_name) if isinstance(listed_name, str) else cfg
         method = layer_cfg.method_spec
         stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if layer_cfg.sparsity > 0 else ()))
         layer_keys = (*_LAYER_KEYS, *method.layer_keys, *stage_keys)
         if not isinstance(info, dict) or set(info) != set(layer_keys):
             _invalid(f"layers[{index}] does not have exactly the keys {', '.join(layer_keys)}")
+        name = info["name"]
         if name not in expected.fc_names:
             what = "an FC weight" if cfg.targets == "fc" and expected.every_one else "an FC or conv weight"
             _invalid(f"layers[{index}] names {_show(name)}, which is not {what} of the {expected.model_label}")
