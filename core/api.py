@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .budget import Allocation
 from .compress import tune_centroids
 from .config import MAX_EPOCHS, CompressConfig, _float, _int
 from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, stored_code_bits, to_bytes
@@ -241,6 +242,42 @@ def compress(
     return Compressed(cfg, tuple(coded), rest, tuple(state), size, aliases)
 
 
+def allocate(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    budget_kb: float | None = None,
+    floor: float | None = None,
+    cfg: CompressConfig | None = None,
+    layers: Sequence[str] | None = None,
+    sparsities: Sequence[float] = (0.0,),
+) -> Allocation:
+    """Each chosen weight's own setting (float, kmeans k, pq (d, k), optionally pruned first) for a
+    size budget (`budget_kb`, the module's bits / 8,000, the float rest included) or an accuracy
+    `floor` (as a drop from the float module's accuracy on `inputs`), from each setting's measured
+    sensitivity on `inputs`, `targets`: give examples held out from your test data (core/budget.py).
+    `cfg` (kmeans or pq) gives the shared fields. Pass the result's `.config` to `compress` with the
+    same `layers`. ValueError (one line) before any work for a budget below the smallest model the
+    settings make; a floor above the float accuracy after its one evaluation, before any coding."""
+    from .budget import MAX_HOLDOUT, BudgetRequest
+    from .budget import allocate as allocate_weights
+
+    _check_module(model, "model")
+    cfg = CompressConfig() if cfg is None else cfg
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or len(inputs) != len(targets):
+        raise ValueError("inputs and targets must be tensors of the same length (held-out examples and labels)")
+    if not 1 <= len(inputs) <= MAX_HOLDOUT:
+        raise ValueError(f"give 1 to {MAX_HOLDOUT:,} held-out examples (got {len(inputs):,})")
+    request = BudgetRequest(budget_kb=budget_kb, floor=floor, holdout=len(inputs), sparsities=tuple(sparsities))
+    patterns = layer_patterns(layers)
+    chosen = _coded_weights(model, patterns)
+    if not chosen:
+        raise ValueError("the layer patterns match no nn.Linear or nn.Conv2d with weights in this module")
+    names = {name for name, _ in chosen} | _shared_keys(model).keys()
+    rest_bits = sum(t.numel() * t.element_size() * 8 for k, t in model.state_dict().items() if k not in names)
+    return allocate_weights(model, chosen, rest_bits, inputs, targets, cfg, request)
+
+
 def finetune(
     compressed: Compressed,
     model: nn.Module,
@@ -318,4 +355,4 @@ def load(path: str | Path, into: nn.Module) -> nn.Module:
     return fill_module(into, tensors, meta, aliases).eval()
 
 
-__all__ = ["Compressed", "ModelSize", "Regularizer", "compress", "finetune", "load", "save"]
+__all__ = ["Allocation", "Compressed", "ModelSize", "Regularizer", "allocate", "compress", "finetune", "load", "save"]

@@ -274,7 +274,9 @@ def holdout_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
 def heldout_metrics(
     model: nn.Module, weights: Mapping[str, torch.Tensor], inputs: torch.Tensor, targets: torch.Tensor
 ) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` with `weights` in place of its own, on the slice."""
+    """(accuracy, mean cross-entropy) of `model` with `weights` in place of its own, on the slice (in
+    eval mode; the module's own mode is given back)."""
+    was_training = model.training
     model.eval()
     correct, loss = 0, 0.0
     for start in range(0, len(inputs), EVAL_BATCH):
@@ -282,6 +284,7 @@ def heldout_metrics(
         logits = torch.func.functional_call(model, dict(weights), (x,))
         correct += int((logits.argmax(1) == y).sum())
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
+    model.train(was_training)
     return correct / len(inputs), loss / len(inputs)
 
 
@@ -366,6 +369,11 @@ def allocate(
 
     measured: dict[tuple[str, int], tuple[float, float]] = {}
     measured[("", -1)] = float_metrics = evaluate({}, "the float model on the held-out slice")
+    if request.floor is not None and float_accuracy is None and request.floor > float_metrics[0]:
+        raise ValueError(
+            f"a floor of {100 * request.floor:.2f}% is above the float model's own accuracy on these examples "
+            f"({100 * float_metrics[0]:.2f}%): no compression can keep it; give at most {100 * float_metrics[0]:.2f}%"
+        )
     decoded: dict[tuple[str, int], torch.Tensor] = {}
     weight_of = dict(weights)
     for name in names:
