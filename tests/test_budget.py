@@ -23,6 +23,7 @@ from core.pipeline import job_manager
 from core.pq import check_fits
 from core.size import layer_bits
 from core.train import evaluate
+from tests.test_app import lab_root, lab_store  # noqa: F401  (the page tests' fixtures)
 from tests.tiny import TINY
 
 # Keys that existed before per-layer settings, as computed on main before the field was added.
@@ -300,3 +301,29 @@ def test_the_api_allocates_for_your_own_module(small_grid):
         core.allocate(model, inputs, targets, budget_kb=0.01)
     with pytest.raises(ValueError, match="above the float model's own accuracy on these examples"):
         core.allocate(model, inputs, targets[torch.randperm(200)], floor=0.99)
+
+
+# ------------------------------------------------------------------------------------- the page
+
+
+def test_the_compress_page_fits_a_budget_as_a_job(lab_store, small_grid):  # noqa: F811
+    from core.store import RunStore
+    from tests.test_app import PLAIN, assert_clean, open_page, texts
+
+    at = open_page("compress", {"run": PLAIN.run_id(), "method": "pq", "d": "2", "k": "8"})
+    assert_clean(at)
+    at.slider(key="budget_kb").set_value(1.0).run()
+    assert_clean(at)
+    assert "held-out evaluations" in texts(at.info)
+    next(b for b in at.button if b.key == "budget_button").click().run()
+    assert_clean(at)
+    store = RunStore(lab_store)
+    (job,) = [j for j in job_manager(store).jobs() if j.kind == "budget"]
+    final = job_manager(store).wait(job.key, timeout=600)
+    assert final is not None and final.finished_ok
+    at.run()
+    assert_clean(at)
+    (table,) = at.dataframe
+    assert list(table.value["layer"]) == list(NAMES) and table.value["bits"].sum() > 0
+    shown = float(next(m.value for m in at.metric if m.label == "Model size").removesuffix(" KB"))
+    assert shown <= 1.0
