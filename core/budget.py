@@ -10,8 +10,10 @@ starts.
     greedy path    start with each weight at its most accurate candidate, then take, step by step, the
                    move of one weight to a cheaper candidate that loses the least held-out accuracy per
                    bit saved (cross-entropy per bit breaks ties), until every weight is at its cheapest
-    budget         the first state of the path whose model bits fit the budget (a bigger budget never
-                   gives a smaller model: the path does not depend on the budget)
+    budget         of the path's states and each of them with one weight's setting changed (the bits a
+                   big step leaves unused go back to a weight), the one of the highest predicted held-
+                   out accuracy (float + the sum of the weights' drops) within the budget, then measured;
+                   the options do not depend on the budget, so a bigger budget never gives a smaller model
     floor          the smallest state of the path whose measured held-out accuracy keeps the floor's
                    drop: held-out >= float held-out - (float test accuracy - floor)
 
@@ -170,6 +172,17 @@ class Allocation:
     sensitivity: tuple[Measured, ...]
     path: tuple[PathState, ...]
     holdout_indices: tuple[int, ...]  # into the training split
+    chosen: PathState  # the state of `config`, its held-out accuracy measured
+    options: tuple[PathState, ...] = ()  # what a budget chooses from: the path and its one-layer changes
+
+    def config_at(self, state: PathState) -> CompressConfig:
+        """The config of a state of the path (the chosen one is `config`)."""
+        return settings_config(self.plan, dataclasses.replace(self.config, per_layer=()), state.choice)
+
+    def within(self, budget_bits: int) -> PathState:
+        """The state a budget of `budget_bits` chooses (the options do not depend on the budget: one
+        search answers every budget at least its smallest model)."""
+        return best_within(self.options, budget_bits)
 
     def layer_rows(self) -> list[dict]:
         """One row a coded weight: its chosen setting and bits (the page's and the CLI's table)."""
@@ -288,6 +301,42 @@ def heldout_metrics(
     return correct / len(inputs), loss / len(inputs)
 
 
+def budget_options(
+    plan_: BudgetPlan,
+    names: Sequence[str],
+    path: Sequence[PathState],
+    measured: Mapping[tuple[str, int], tuple[float, float]],
+) -> tuple[PathState, ...]:
+    """What a budget chooses from: the path's states and each one with one weight's setting changed
+    (so the bits a big step of the path leaves unused can go back to a weight), each once."""
+    seen: dict[tuple[int, ...], PathState] = {}
+    for state in path:
+        seen.setdefault(state.choice, state)
+        for i, name in enumerate(names):
+            for j in range(len(plan_.candidates[name])):
+                choice = (*state.choice[:i], j, *state.choice[i + 1 :])
+                if choice not in seen:
+                    seen[choice] = _state(plan_, names, choice, measured)
+    return tuple(seen.values())
+
+
+def best_within(options: Sequence[PathState], budget_bits: int) -> PathState:
+    """The option of the highest predicted held-out accuracy within the budget (then the most bits,
+    then the first): the options do not depend on the budget, so a bigger budget never gives a
+    smaller model (a smaller one would have been chosen under the smaller budget already)."""
+    fits = [state for state in options if state.model_bits <= budget_bits]
+    if not fits:
+        smallest = min(state.model_bits for state in options)
+        raise ValueError(f"no allocation fits {budget_bits:,} bits; the smallest is {smallest:,}")
+    return max(fits, key=lambda state: (state.predicted_accuracy, state.model_bits))
+
+
+def settings_config(plan_: BudgetPlan, base: CompressConfig, choice: Sequence[int]) -> CompressConfig:
+    """`base` with each weight's chosen candidate as its own setting."""
+    settings = [plan_.candidates[name][j].setting for name, j in zip(plan_.candidates, choice)]
+    return dataclasses.replace(base, per_layer=tuple(settings))
+
+
 def _state(
     plan_: BudgetPlan,
     names: Sequence[str],
@@ -389,11 +438,12 @@ def allocate(
         return {n: decoded[(n, j)] for n, j in zip(names, choice) if (n, j) in decoded}
 
     path = _greedy_path(plan_, names, measured)
+    options = budget_options(plan_, names, path, measured)
     budget = request.budget_bits
     if budget is not None:
-        index = next(i for i, s in enumerate(path) if s.model_bits <= budget)  # the last state always fits
-        accuracy = evaluate(combined(path[index].choice), "the chosen settings together")[0]
-        path[index] = dataclasses.replace(path[index], measured_accuracy=accuracy)
+        best = best_within(options, budget)  # the path's last state (every weight at its cheapest) fits
+        accuracy = evaluate(combined(best.choice), "the chosen settings together")[0]
+        chosen = dataclasses.replace(best, measured_accuracy=accuracy)
     else:
         assert request.floor is not None
         reference = float_metrics[0] if float_accuracy is None else float_accuracy
@@ -405,10 +455,9 @@ def allocate(
             path[i] = dataclasses.replace(s, measured_accuracy=evaluate(combined(s.choice), f"path state {i + 1}")[0])
         keeping = [i for i, s in enumerate(path) if s.measured_accuracy is not None and s.measured_accuracy >= target]
         index = min(keeping, key=lambda i: (path[i].model_bits, i)) if keeping else 0
-        accuracy = path[index].measured_accuracy  # type: ignore[assignment]
-    chosen = path[index]
-    settings = [plan_.candidates[n][j].setting for n, j in zip(names, chosen.choice)]
-    config = dataclasses.replace(base, per_layer=tuple(settings))
+        chosen = path[index]
+        accuracy = chosen.measured_accuracy  # type: ignore[assignment]
+    config = settings_config(plan_, base, chosen.choice)
     return Allocation(
         config=config,
         request=request,
@@ -423,6 +472,8 @@ def allocate(
             for j, c in enumerate(plan_.candidates[n])
         ),
         path=tuple(path),
+        chosen=chosen,
+        options=options,
         holdout_indices=tuple(int(i) for i in (holdout if holdout is not None else torch.arange(len(inputs)))),
     )
 
