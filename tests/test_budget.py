@@ -278,6 +278,21 @@ def test_the_cli_fits_a_budget_and_refuses_an_impossible_one(capsys, tiny_store,
     assert out["budget"]["model_bits"] == out["model_bits"] and len(out["budget"]["layers"]) == 3
 
 
+def test_the_sweep_adds_one_search_a_budget_a_run(capsys, tiny_store, tiny_run, small_grid, tmp_path):
+    table = tmp_path / "sweep.csv"
+    argv = ["sweep", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3",
+            "--reg", "none", "--lam", "0", "--seed", "0", "--method", "float", "--budget-kb", "0.8", "1.5",
+            "--csv", str(table), "--cache-dir", str(tiny_store.root), "--json"]  # fmt: skip
+    assert main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["method"] for r in rows] == ["float", "budget", "budget"]
+    assert (
+        rows[1]["model_bits"] <= 0.8 * budget.KB_BITS
+        and rows[1]["model_bits"] <= rows[2]["model_bits"] <= 1.5 * budget.KB_BITS
+    )
+    assert all(r["run_id"] == tiny_run.run_id for r in rows) and table.read_text().count("\n") == 4
+
+
 def test_the_job_publishes_a_record_the_page_finds(tiny_store, tiny_run, small_grid):
     request = budget.BudgetRequest(budget_kb=0.8)
     status = budget.submit_budget(tiny_store, tiny_run, CompressConfig(), request)
