@@ -6,7 +6,7 @@
 Per seed: an unregularized MLP (300-100) trained on the 8x8 digits; each uniform setting of the grid
 (kmeans k, pq (d, k), every coded layer the same) compressed; then, for the same run, one budget search
 (sensitivity on a seeded slice of 500 training examples, the greedy path) and, for each uniform
-setting's model bits as the budget, the path's state within it, compressed. Both accuracies are on the
+setting's model bits as the budget, the search's choice within it, compressed. Both accuracies are on the
 test split, both sizes are the ledger's model bits (the allocation's never above the uniform's).
 Writes per_layer_budget.{csv,md} under --out (default bench/results).
 """
@@ -100,7 +100,7 @@ def main() -> None:
         f"{' --smoke' if args.smoke else f' --epochs {epochs}'}`: digits (8x8), MLP 64-300-100-10, "
         f"{epochs} epochs of Adam, no regularizer. Accuracies on the test split; the search measured on 500 "
         "examples of the training split. The budget of each row is the uniform setting's model bits; "
-        "the allocation is the search path's first state within it.",
+        "the allocation is the search's choice within it (the highest predicted held-out accuracy among the greedy path's states and their one-layer changes), one search a seed.",
         "",
         "| uniform setting | seeds | uniform bits | uniform acc (mean) | budget bits (mean) | budget acc (mean) "
         "| gain, points: median [min, max] |",
