@@ -100,7 +100,8 @@ def main() -> None:
         f"{' --smoke' if args.smoke else f' --epochs {epochs}'}`: digits (8x8), MLP 64-300-100-10, "
         f"{epochs} epochs of Adam, no regularizer. Accuracies on the test split; the search measured on 500 "
         "examples of the training split. The budget of each row is the uniform setting's model bits; "
-        "the allocation is the search's choice within it (the highest predicted held-out accuracy among the greedy path's states and their one-layer changes), one search a seed.",
+        "the allocation is the search's choice within it (the highest predicted held-out accuracy among "
+        "the greedy path's states and their one-layer changes), one search a seed.",
         "",
         "| uniform setting | seeds | uniform bits | uniform acc (mean) | budget bits (mean) | budget acc (mean) "
         "| gain, points: median [min, max] |",
