@@ -98,7 +98,7 @@ def _add_config_args(
 
 def _add_budget_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
     """The per-layer budget's flags (core/budget.py): the other compression flags give its shared fields."""
-    from .budget import HOLDOUT_EXAMPLES
+    from .config import HOLDOUT_EXAMPLES  # (not from core.budget: --help imports no torch)
 
     budget = "model size in KB (1,000 bytes): choose each coded weight's setting (float, kmeans, pq) to fit it"
     parser.add_argument(
@@ -200,11 +200,13 @@ def _per_layer(text: str | None) -> list[Any]:
 
 def _budget_requests(args: argparse.Namespace) -> list[Any]:
     """The budget searches asked for (--budget-kb / --floor), checked now; [] for none."""
-    from .budget import BudgetRequest
-
     budgets = args.budget_kb if isinstance(args.budget_kb, list) else [args.budget_kb]
     if args.floor is not None and any(b is not None for b in budgets):
         raise CliError("give --budget-kb or --floor, not both")
+    if args.floor is None and all(b is None for b in budgets):
+        return []  # no search: core.budget (and torch) stay unimported, for a cache hit
+    from .budget import BudgetRequest
+
     common = {"holdout": args.holdout, "sparsities": tuple(args.budget_sparsities)}
     if args.floor is not None:
         return [BudgetRequest(floor=args.floor, **common)]
@@ -363,8 +365,6 @@ def _allocate(args: argparse.Namespace, store: Any, run: Any, base: CompressConf
 
 
 def cmd_compress(args: argparse.Namespace) -> dict:
-    from .budget import describe
-    from .budget import to_json as budget_json
     from .fileio import check_output_path
     from .pipeline import get_or_compress, stored_compression
 
@@ -387,6 +387,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
             record, cached = get_or_compress(store, run, cfg, device=device, on_step=update)
     out = record.row() | {"cached": cached}
     if allocation is not None:
+        from .budget import to_json as budget_json
+
         out["budget"] = json.loads(budget_json(allocation))
     if args.out:
         assert record.file_path is not None  # a stored record always has its file
@@ -395,6 +397,8 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     if not args.json:
         s = record.size
         if allocation is not None:
+            from .budget import describe
+
             print(describe(allocation))
             for row in allocation.layer_rows():
                 print(f"  {row['layer']:24} {row['setting']:28} {row['bits']:>12,} bits")

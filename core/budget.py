@@ -42,7 +42,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .compress import compress_run
-from .config import CompressConfig, LayerSetting, _float, _int, config_hash
+
+# HOLDOUT_EXAMPLES: the slice of the training split the sensitivities are measured on
+from .config import HOLDOUT_EXAMPLES, MAX_HOLDOUT, CompressConfig, LayerSetting, _float, _int, config_hash
 from .jobs import JobContext, JobSpec, JobStatus
 from .methods import quantize_model
 from .pq import DoesNotFit, check_fits
@@ -54,8 +56,6 @@ if TYPE_CHECKING:
     from .store import RunStore
 
 KB_BITS = 8_000  # 1 KB = 1,000 bytes
-HOLDOUT_EXAMPLES = 500  # the slice of the training split the sensitivities are measured on
-MAX_HOLDOUT = 20_000
 MAX_EVALUATIONS = 5_000  # one request's search: refused above it, before any work
 EVAL_BATCH = 1_024
 

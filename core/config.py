@@ -85,6 +85,10 @@ MAX_STAGES = 16
 # dtype, its layer keys and its calibration are the config's, shared by every layer).
 PER_LAYER_METHODS = ("float", "kmeans", "pq")
 MAX_PER_LAYER = 256
+# The budget search's held-out slice of the training split (core/budget.py): here, so that the command
+# line builds its flags without importing torch.
+HOLDOUT_EXAMPLES = 500
+MAX_HOLDOUT = 20_000
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
