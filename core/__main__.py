@@ -80,6 +80,9 @@ def _add_config_args(
         if f.name == "hidden":
             # '300 100', '300,100' and '300, 100' all work: the same format as the app's text box
             kwargs.update(nargs="+", default=list(default), type=str, metavar="WIDTH")
+        elif f.name == "per_layer":  # a JSON list, as the stored config holds it
+            kwargs.update(type=str, default=None, metavar="JSON")
+            kwargs["help"] += ', as JSON, e.g. \'[{"name": "fcs.0.weight", "method": "kmeans", "n_centroids": 4}]\''
         else:
             kwargs["type"] = {bool: int, tuple: str}.get(kind, kind)
             if "choices" in f.metadata:
@@ -91,6 +94,32 @@ def _add_config_args(
         if kwargs.get("help") and "default" in kwargs:
             kwargs["help"] += " (default: %(default)s)"
         parser.add_argument(*flags, **kwargs)
+
+
+def _add_budget_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    """The per-layer budget's flags (core/budget.py): the other compression flags give its shared fields."""
+    from .config import HOLDOUT_EXAMPLES  # (not from core.budget: --help imports no torch)
+
+    budget = "model size in KB (1,000 bytes): choose each coded weight's setting (float, kmeans, pq) to fit it"
+    parser.add_argument(
+        "--budget-kb",
+        type=float,
+        nargs="+" if many else None,
+        help=budget + (" (several: one search each)" if many else ""),
+    )
+    parser.add_argument(
+        "--floor",
+        type=float,
+        help="accuracy to keep, e.g. 0.95: the smallest per-layer allocation that holds it on a held-out slice "
+        "of the training split (as a drop from the run's float test accuracy)",
+    )
+    parser.add_argument(
+        "--holdout", type=int, default=HOLDOUT_EXAMPLES, help="examples of the training split the search measures on"
+    )
+    parser.add_argument(
+        "--budget-sparsities", type=float, nargs="+", default=[0.0], metavar="S",
+        help="pruning levels crossed with each coding candidate of the search, e.g. 0 0.5 0.9 (default: 0)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", help="a run id (or a unique prefix) from `python -m core runs`")
     _add_config_args(p, CompressConfig, "compress", COMPRESS_FLAGS, None)
     p.add_argument("--out", help="also write the compressed model file here")
+    _add_budget_args(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="evaluate an exported compressed model file")
     p.add_argument("file")
@@ -118,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, TrainConfig, "train", TRAIN_FLAGS, TRAIN_SWEEP)
     _add_config_args(p, CompressConfig, "compress", COMPRESS_FLAGS, COMPRESS_SWEEP)
     p.add_argument("--csv", help="write one row per (run, compression) point here")
+    _add_budget_args(p, many=True)
     p.add_argument(
         "--executor",
         choices=("local", "ray"),
@@ -149,7 +180,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _values(args: argparse.Namespace, cls: type, prefix: str) -> dict[str, Any]:
-    return {f.name: getattr(args, _dest(prefix, f.name)) for f in fields(cls)}
+    values = {f.name: getattr(args, _dest(prefix, f.name)) for f in fields(cls)}
+    if "per_layer" in values:
+        values["per_layer"] = _per_layer(values["per_layer"])
+    return values
+
+
+def _per_layer(text: str | None) -> list[Any]:
+    if text is None:
+        return []
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError:
+        settings = None
+    if not isinstance(settings, list):
+        raise CliError('--per-layer must be a JSON list, e.g. \'[{"name": "fcs.0.weight", "method": "float"}]\'')
+    return settings
+
+
+def _budget_requests(args: argparse.Namespace) -> list[Any]:
+    """The budget searches asked for (--budget-kb / --floor), checked now; [] for none."""
+    budgets = args.budget_kb if isinstance(args.budget_kb, list) else [args.budget_kb]
+    if args.floor is not None and any(b is not None for b in budgets):
+        raise CliError("give --budget-kb or --floor, not both")
+    if args.floor is None and all(b is None for b in budgets):
+        return []  # no search: core.budget (and torch) stay unimported, for a cache hit
+    from .budget import BudgetRequest
+
+    common = {"holdout": args.holdout, "sparsities": tuple(args.budget_sparsities)}
+    if args.floor is not None:
+        return [BudgetRequest(floor=args.floor, **common)]
+    return [BudgetRequest(budget_kb=b, **common) for b in budgets if b is not None]
 
 
 def _hidden(values: list[str]) -> tuple[int, ...]:
@@ -283,29 +344,64 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return summary | {"test_accuracy": run.test_accuracy, "cached": cached}
 
 
+def _allocate(args: argparse.Namespace, store: Any, run: Any, base: CompressConfig, request: Any) -> tuple:
+    """(allocation, record, cached): the budget search on `run` (its plan and bad input first), as a job."""
+    from .budget import get_or_allocate, plan_run
+
+    plan = plan_run(run, base, request)  # one line for a bad budget or floor, before any loading
+    if not args.json:
+        estimate = f", about {plan.seconds:.0f} s" if plan.seconds is not None else ""
+        print(
+            f"{request.describe()}: {plan.quantizations} candidate codings, at most {plan.evaluations} "
+            f"held-out evaluations{estimate}",
+            file=sys.stderr,
+        )
+    from .data import check_available
+
+    check_available(run.config.dataset)
+    with _progress(not args.json, plan.evaluations, "budget search") as update:
+        allocation, record = get_or_allocate(store, run, base, request, on_status=lambda s: update(s.done, s.total))
+    return allocation, record, allocation is None
+
+
 def cmd_compress(args: argparse.Namespace) -> dict:
     from .fileio import check_output_path
     from .pipeline import get_or_compress, stored_compression
 
     (cfg,) = _compress_configs(args, many=False)
+    requests = _budget_requests(args)
     device = _asked_device(args)
     if args.out:
         check_output_path(args.out)
     store = _store(args)
     run = store.resolve_run(args.run_id)
-    found = stored_compression(store, run, cfg)  # look before loading
-    if found is not None:
+    found = None if requests else stored_compression(store, run, cfg)  # look before loading
+    allocation = None
+    if requests:
+        allocation, record, cached = _allocate(args, store, run, cfg, requests[0])
+        cfg = record.compress_config
+    elif found is not None:
         record, cached = found, True
     else:
         with _progress(not args.json and cfg.finetune_epochs > 0, 1, "fine-tune steps") as update:
             record, cached = get_or_compress(store, run, cfg, device=device, on_step=update)
     out = record.row() | {"cached": cached}
+    if allocation is not None:
+        from .budget import to_json as budget_json
+
+        out["budget"] = json.loads(budget_json(allocation))
     if args.out:
         assert record.file_path is not None  # a stored record always has its file
         _write_out(args.out, Path(record.file_path).read_bytes())
         out["file"] = str(args.out)
     if not args.json:
         s = record.size
+        if allocation is not None:
+            from .budget import describe
+
+            print(describe(allocation))
+            for row in allocation.layer_rows():
+                print(f"  {row['layer']:24} {row['setting']:28} {row['bits']:>12,} bits")
         print(f"run {run.run_id}  {cfg.label()}")
         print(
             f"accuracy {_pct(record.accuracy)} (float {_pct(record.float_accuracy)}, "
@@ -407,6 +503,10 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
 
     train_cfgs = _train_configs(args, many=True)
     compress_cfgs = _compress_configs(args, many=True)
+    requests = _budget_requests(args)
+    # a budget's shared fields: the flags the sweep does not span (method pq, d and k its defaults)
+    values = _values(args, CompressConfig, "compress")
+    budget_base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP})
     # on a cluster the device is the workers' (a CPU driver may send work to GPUs): checked there
     from .executors import ENV_EXECUTOR
 
@@ -429,7 +529,11 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
             executor=executor,
             parallel=parallel,
         )
-    rows = [point.row() for point in result.points]
+    points = list(result.points)
+    for run in result.runs if not result.stopped else ():  # each budget on each run: one search each
+        for request in requests:
+            points.append(_allocate(args, store, run, budget_base, request)[1])
+    rows = [point.row() for point in points]
     skipped = [{"run_id": s.run_id, "compression": s.label, "reason": s.reason} for s in result.skipped]
     if args.csv and rows:
         buffer = io.StringIO()

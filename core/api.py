@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .budget import Allocation
 from .compress import tune_centroids
 from .config import MAX_EPOCHS, CompressConfig, _float, _int
 from .export import build_module_payload, fill_module, module_from_bytes, read_file_bytes, stored_code_bits, to_bytes
@@ -108,7 +109,7 @@ def _size(
     """`layers`: the weights the method accounts for (for float, the chosen ones, at 32 bits each);
     `rest`: every other tensor the file holds, at its own width."""
     rest_bits = sum(t.numel() * t.element_size() * 8 for t in rest.values())  # exactly what the file holds
-    totals = size_report([shape for _, shape in layers], 0, cfg, rest_bits=rest_bits)
+    totals = size_report([shape for _, shape in layers], 0, cfg, rest_bits=rest_bits, names=[n for n, _ in layers])
     return ModelSize(totals, tuple(layer_bits(name, shape, cfg) for name, shape in layers))
 
 
@@ -230,7 +231,7 @@ def compress(
     aliases = _shared_keys(model)
     coded_names = {layer.name for layer in coded}
     rest = {key: value.detach().cpu() for key, value in state.items() if key not in coded_names | aliases.keys()}
-    if not method.codes_weights:  # the chosen weights stay in the rest, accounted as the layers at 32 bits
+    if not method.codes_weights or cfg.per_layer:  # chosen weights (some) kept float: accounted as layers
         size = _size(cfg, shapes, {key: value for key, value in rest.items() if key not in dict(shapes)})
     else:
         size = _size(cfg, [(layer.name, tuple(layer.shape)) for layer in coded], rest)
@@ -240,6 +241,42 @@ def compress(
             dataclasses.replace(size.totals, entropy_code_bits=stored_code_bits(tensors, meta)), size.layers
         )
     return Compressed(cfg, tuple(coded), rest, tuple(state), size, aliases)
+
+
+def allocate(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    budget_kb: float | None = None,
+    floor: float | None = None,
+    cfg: CompressConfig | None = None,
+    layers: Sequence[str] | None = None,
+    sparsities: Sequence[float] = (0.0,),
+) -> Allocation:
+    """Each chosen weight's own setting (float, kmeans k, pq (d, k), optionally pruned first) for a
+    size budget (`budget_kb`, the module's bits / 8,000, the float rest included) or an accuracy
+    `floor` (as a drop from the float module's accuracy on `inputs`), from each setting's measured
+    sensitivity on `inputs`, `targets`: give examples held out from your test data (core/budget.py).
+    `cfg` (kmeans or pq) gives the shared fields. Pass the result's `.config` to `compress` with the
+    same `layers`. ValueError (one line) before any work for a budget below the smallest model the
+    settings make; a floor above the float accuracy after its one evaluation, before any coding."""
+    from .budget import MAX_HOLDOUT, BudgetRequest
+    from .budget import allocate as allocate_weights
+
+    _check_module(model, "model")
+    cfg = CompressConfig() if cfg is None else cfg
+    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or len(inputs) != len(targets):
+        raise ValueError("inputs and targets must be tensors of the same length (held-out examples and labels)")
+    if not 1 <= len(inputs) <= MAX_HOLDOUT:
+        raise ValueError(f"give 1 to {MAX_HOLDOUT:,} held-out examples (got {len(inputs):,})")
+    request = BudgetRequest(budget_kb=budget_kb, floor=floor, holdout=len(inputs), sparsities=tuple(sparsities))
+    patterns = layer_patterns(layers)
+    chosen = _coded_weights(model, patterns)
+    if not chosen:
+        raise ValueError("the layer patterns match no nn.Linear or nn.Conv2d with weights in this module")
+    names = {name for name, _ in chosen} | _shared_keys(model).keys()
+    rest_bits = sum(t.numel() * t.element_size() * 8 for k, t in model.state_dict().items() if k not in names)
+    return allocate_weights(model, chosen, rest_bits, inputs, targets, cfg, request)
 
 
 def finetune(
@@ -319,4 +356,4 @@ def load(path: str | Path, into: nn.Module) -> nn.Module:
     return fill_module(into, tensors, meta, aliases).eval()
 
 
-__all__ = ["Compressed", "ModelSize", "Regularizer", "compress", "finetune", "load", "save"]
+__all__ = ["Allocation", "Compressed", "ModelSize", "Regularizer", "allocate", "compress", "finetune", "load", "save"]

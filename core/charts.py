@@ -22,6 +22,7 @@ from .size import SizeReport
 
 # One colour per compression method, on every page (Okabe-Ito, colour-blind safe): each method's own.
 METHOD_COLORS: dict[str, str] = {name: method.color for name, method in METHOD_SPECS.items()}
+METHOD_COLORS["budget"] = "#56B4E9"  # per-layer settings (core/budget.py): a family of their own
 # One colour per regularizer where runs (not compressions) are drawn.
 REG_COLORS: dict[str, str] = {"none": "#555555", "binary": "#CC79A7", "levels": "#009E73", "pq": "#56B4E9"}
 RUN_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
@@ -507,7 +508,7 @@ def run_group_labels(points: Sequence[CompressionRecord]) -> list[str]:
     }
     labels = []
     for point, cfg in zip(points, configs):
-        method = point.compress_config.method + (" +conv" if point.compress_config.targets == "fc+conv" else "")
+        method = point.compress_config.family + (" +conv" if point.compress_config.targets == "fc+conv" else "")
         parts = [method, cfg.label()]
         if differs["dataset"]:
             parts.append(cfg.dataset)

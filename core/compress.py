@@ -134,11 +134,15 @@ def check_pruned_run(run: RunRecord, cfg: CompressConfig) -> None:
     stores is the run's zeros (the same magnitude order: they are the smallest) and it codes only the
     survivors. A float compression codes nothing and is always allowed."""
     pruned = run.config.prune_sparsity
-    if pruned > 0 and cfg.method_spec.codes_weights and cfg.sparsity < pruned:
+    if pruned <= 0:
+        return
+    # a per-layer compression: each coded weight by its own setting
+    own = [cfg.for_layer(name) for name, _ in coded_shapes(run, cfg.targets)] if cfg.per_layer else [cfg]
+    if any(c.method_spec.codes_weights and c.sparsity < pruned for c in own):
         raise DoesNotFit(
             f"run {run.run_id} was pruned to sparsity {pruned:g} during training: compress it with sparsity "
-            f">= {pruned:g} (--sparsity {pruned:g}), so that its zeros are the stored mask and only the "
-            "survivors are coded"
+            f">= {pruned:g} (--sparsity {pruned:g}, for every coded layer), so that its zeros are the stored "
+            "mask and only the survivors are coded"
         )
 
 
@@ -157,9 +161,10 @@ def retrain_survivors(
     zeroed before each step, masked weights after it. Returns the new state dict (CPU, float32);
     `model` is not modified. The coding that follows prunes the same weights: the zeros are the smallest."""
     model = copy.deepcopy(model).to(device).train()
-    weights = [weight for _, weight in coded_weights(model, cfg.targets)]
-    with torch.no_grad():
-        masks = [magnitude_mask(weight, cfg.sparsity) for weight in weights]
+    chosen = coded_weights(model, cfg.targets)
+    weights = [weight for _, weight in chosen]
+    with torch.no_grad():  # a per-layer compression: each weight at its own sparsity
+        masks = [magnitude_mask(weight, cfg.for_layer(name).sparsity) for name, weight in chosen]
         for weight, mask in zip(weights, masks):
             weight.mul_(mask)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -212,7 +217,7 @@ def compress_run(
         model = run.model(state)
     targets = coded_weights(model, cfg.targets)
     n_rest = sum(p.numel() for p in model.state_dict().values()) - sum(w.numel() for _, w in targets)
-    size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg)
+    size = size_report([tuple(w.shape) for _, w in targets], n_rest, cfg, names=[name for name, _ in targets])
     calibration = calibration_batches(data.x_train, cfg.seed) if cfg.weighting == "activations" else None
     layers = quantize_model(model, cfg, targets, calibration)
     if cfg.finetune_epochs and layers:

@@ -17,10 +17,12 @@ command line builds its flags from them (`core/__main__.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -65,6 +67,7 @@ LATER_FIELDS = {
     "prune_start_epoch": 0,
     "prune_epochs": 1,
     "prune_finetune_epochs": 0,
+    "per_layer": (),
 }
 
 # Limits: each bounds what one request can cost. 20 M parameters is 80 MB of float32 weights
@@ -77,6 +80,15 @@ MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1
 MAX_ITERS = 1_000
 MAX_STAGES = 16
+# A per-layer setting (`CompressConfig.per_layer`, core/budget.py) picks one of these for a weight:
+# the methods whose layer entries in the file differ only in d, k and the mask (the file's centroid
+# dtype, its layer keys and its calibration are the config's, shared by every layer).
+PER_LAYER_METHODS = ("float", "kmeans", "pq")
+MAX_PER_LAYER = 256
+# The budget search's held-out slice of the training split (core/budget.py): here, so that the command
+# line builds its flags without importing torch.
+HOLDOUT_EXAMPLES = 500
+MAX_HOLDOUT = 20_000
 
 # Bumped when a change to the training or compression code changes results, so old cache
 # entries are not mistaken for new ones.
@@ -342,6 +354,45 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class LayerSetting:
+    """One coded weight's own setting in a per-layer compression (`CompressConfig.per_layer`): the
+    fields a layer may choose for itself; every other field is the config's, shared by all layers."""
+
+    name: str  # the weight's state-dict key, e.g. "fcs.0.weight"
+    method: str  # one of PER_LAYER_METHODS
+    subvector_size: int = 8  # PQ subvector size d (1 for kmeans)
+    n_centroids: int = 256  # centroids k
+    sparsity: float = 0.0  # magnitude pruning before coding, in [0, 1)
+
+    @classmethod
+    def from_value(cls, value: object) -> LayerSetting:
+        """From a LayerSetting or its JSON object; ValueError (one line) for anything else."""
+        if isinstance(value, LayerSetting):
+            return value
+        keys = {f.name for f in fields(cls)}
+        if not isinstance(value, dict) or not {"name", "method"} <= set(value) <= keys:
+            raise ValueError(
+                "each per-layer setting must be an object with name and method (and optionally "
+                "subvector_size, n_centroids, sparsity)"
+            )
+        if not isinstance(value["name"], str) or not 0 < len(value["name"]) <= 200:
+            raise ValueError("a per-layer setting's name must be a weight's state-dict key, e.g. fcs.0.weight")
+        sparsity = value.get("sparsity", 0.0)
+        if isinstance(sparsity, int) and not isinstance(sparsity, bool):
+            sparsity = float(sparsity)
+        return cls(**(value | {"sparsity": sparsity}))
+
+    def fields_of(self) -> dict[str, Any]:
+        """The CompressConfig fields this setting sets."""
+        return {
+            "method": self.method,
+            "subvector_size": self.subvector_size,
+            "n_centroids": self.n_centroids,
+            "sparsity": self.sparsity,
+        }
+
+
+@dataclass(frozen=True)
 class CompressConfig:
     # (the names only: each method's summary is in its file, imported with torch when it is used)
     method: str = _f(
@@ -383,19 +434,32 @@ class CompressConfig:
         "with sparsity > 0: epochs of retraining the surviving weights (the mask fixed, the run's learning "
         "rate) after pruning and before coding (Deep Compression's retraining)",
     )
+    per_layer: tuple[LayerSetting, ...] = _f(
+        (),
+        "each listed weight's own method (float, kmeans, pq), d, k and sparsity (core/budget.py finds them "
+        "for a size budget); every other field, and every weight not listed, as the rest of the config says",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.finetune_lr, int) and not isinstance(self.finetune_lr, bool):
             _set(self, "finetune_lr", float(self.finetune_lr))
         if isinstance(self.sparsity, int) and not isinstance(self.sparsity, bool):
             _set(self, "sparsity", float(self.sparsity))
+        if not isinstance(self.per_layer, list | tuple):
+            raise ValueError("per_layer must be a list of per-layer settings (name, method, d, k, sparsity)")
+        _set(self, "per_layer", tuple(LayerSetting.from_value(value) for value in self.per_layer))
         self._validate()
         self._canonicalize()
-        if self.sparsity > 0 and (self.layout == "per-chunk" or self.weighting == "activations"):
+        pruned = self.sparsity > 0 or any(s.sparsity > 0 for s in self.per_layer)
+        if pruned and (self.layout == "per-chunk" or self.weighting == "activations"):
             raise ValueError(
                 "pruning codes each layer's surviving weights as one sequence: use layout shared and "
                 "weighting none with sparsity > 0"
             )
+        if self.per_layer:
+            self._canonicalize_per_layer()
+            if self.sparsity == 0 and not any(s.sparsity > 0 for s in self.per_layer):
+                _set(self, "prune_finetune_epochs", 0)  # its pruned settings were dropped: nothing to retrain
 
     def _validate(self) -> None:
         _choice("method", self.method, METHODS)
@@ -426,7 +490,8 @@ class CompressConfig:
         """Reset the fields a method ignores, so equal compressions share one cache key: the method
         says (`Method.canonical`), and when it is another method for this setting, that one says."""
         defaults = {f.name: f.default for f in fields(self)}
-        method_defaults = {name: value for name, value in defaults.items() if name not in STAGE_FIELDS}
+        kept = (*STAGE_FIELDS, "per_layer")  # wrap any method: never reset by the method's canonical form
+        method_defaults = {name: value for name, value in defaults.items() if name not in kept}
         values = asdict(self)
         for _ in METHODS:  # a method hands over to another at most once per method
             canonical = METHOD_SPECS[values["method"]].canonical(values, method_defaults)
@@ -437,10 +502,67 @@ class CompressConfig:
             values["finetune_lr"] = defaults["finetune_lr"]
         if not METHOD_SPECS[values["method"]].codes_weights:  # nothing coded: no stage has codes to act on
             values.update({name: defaults[name] for name in STAGE_FIELDS})
-        if values["sparsity"] == 0:  # nothing pruned: no survivors to retrain
-            values["prune_finetune_epochs"] = 0
+        if values["sparsity"] == 0 and not any(s.sparsity > 0 for s in self.per_layer):
+            values["prune_finetune_epochs"] = 0  # nothing pruned: no survivors to retrain
+        values["per_layer"] = self.per_layer  # (asdict made its settings dicts)
         for name, value in values.items():
             _set(self, name, value)
+
+    def _canonicalize_per_layer(self) -> None:
+        """Each setting canonical (as the layer's own config makes it), listed once, by name; a setting
+        equal to what the config gives every unlisted weight is dropped: one compression, one key."""
+        if self.method not in ("kmeans", "pq"):
+            raise ValueError(
+                f"per-layer settings need method kmeans or pq for the rest of the config (it gives the "
+                f"shared codebook fields), not {self.method}"
+            )
+        if self.weighting != "none":
+            raise ValueError("per-layer settings take weighting none (the input statistics depend on each d)")
+        if len(self.per_layer) > MAX_PER_LAYER:
+            raise ValueError(f"give at most {MAX_PER_LAYER} per-layer settings (got {len(self.per_layer):,})")
+        own = LayerSetting("", self.method, self.subvector_size, self.n_centroids, self.sparsity).fields_of()
+        settings: dict[str, LayerSetting] = {}
+        for setting in self.per_layer:
+            _choice(f"method of layer {setting.name!r}", setting.method, PER_LAYER_METHODS)
+            if setting.name in settings:
+                raise ValueError(f"layer {setting.name!r} has two per-layer settings; give one")
+            try:
+                layer = self.for_layer_fields(setting)
+            except ValueError as error:
+                raise ValueError(f"layer {setting.name!r}: {error}") from None
+            canonical = LayerSetting(
+                setting.name, layer.method, layer.subvector_size, layer.n_centroids, layer.sparsity
+            )
+            if canonical.fields_of() != own:
+                settings[setting.name] = canonical
+        _set(self, "per_layer", tuple(settings[name] for name in sorted(settings)))
+
+    def for_layer_fields(self, setting: LayerSetting) -> CompressConfig:
+        """The plain config (no per-layer settings) that codes one weight as `setting` says."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)} | {"per_layer": ()}
+        return CompressConfig(**(values | setting.fields_of()))
+
+    def for_layer(self, name: str) -> CompressConfig:
+        """The plain config that codes the weight `name`: its own setting, else this config."""
+        for setting in self.per_layer:
+            if setting.name == name:
+                return self.for_layer_fields(setting)
+        return self if not self.per_layer else dataclasses.replace(self, per_layer=())
+
+    @property
+    def family(self) -> str:
+        """What the Frontier and the sweep's CSV call it: its method, or "budget" when its layers
+        have settings of their own (core/budget.py)."""
+        return "budget" if self.per_layer else self.method
+
+    def check_layer_names(self, names: Sequence[str]) -> None:
+        """ValueError unless every per-layer setting names one of the weights this config codes."""
+        unknown = [s.name for s in self.per_layer if s.name not in names]
+        if unknown:
+            raise ValueError(
+                f"a per-layer setting names {unknown[0]!r}, which is not a coded weight of this run; "
+                f"its coded weights are {', '.join(names)}"
+            )
 
     def key(self) -> str:
         payload = _without_later_defaults(asdict(self))
@@ -448,7 +570,13 @@ class CompressConfig:
         return config_hash(payload)
 
     def label(self) -> str:
-        """Short human label, e.g. 'pq d=8 k=256 shared'."""
+        """Short human label, e.g. 'pq d=8 k=256 shared'; with per-layer settings, each listed weight's
+        own, e.g. 'budget fcs.0: kmeans k=4, fcs.2: float | pq d=8 k=256 shared'."""
+        if self.per_layer:
+            own = "; ".join(
+                f"{s.name.removesuffix('.weight')}: {self.for_layer_fields(s).label()}" for s in self.per_layer
+            )
+            return f"budget {own} | rest {dataclasses.replace(self, per_layer=()).label()}"
         text = self.method_spec.label(self)
         if self.targets == "fc+conv":
             text += " +conv"
@@ -466,7 +594,10 @@ class CompressConfig:
         return text
 
     def to_json(self) -> dict:
-        return _without_later_defaults(asdict(self))
+        data = _without_later_defaults(asdict(self))
+        if self.per_layer:
+            data["per_layer"] = [asdict(setting) for setting in self.per_layer]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> CompressConfig:
@@ -488,8 +619,10 @@ __all__ = [
     "LAYOUTS",
     "METHODS",
     "MODELS",
+    "PER_LAYER_METHODS",
     "REGULARIZERS",
     "CompressConfig",
+    "LayerSetting",
     "TrainConfig",
     "config_hash",
     "field_default",

@@ -81,10 +81,11 @@ def load_file(path: str | Path) -> tuple[nn.Module, dict]:
 def layers_from_payload(tensors: Mapping[str, torch.Tensor], meta: dict) -> list[QuantizedLayer]:
     """The coded FC layers of a payload from `from_bytes` (or `build_payload`), decoded to QuantizedLayers
     by the method its compress_config names."""
-    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
+    cfg = CompressConfig.from_dict(meta["compress_config"])
     layers = []
     for info in meta["layers"]:
         name, groups, count = info["name"], info["groups"], info["codes_per_group"]
+        method = cfg.for_layer(name).method_spec  # its own setting, in a per-layer compression
         codes = torch.from_numpy(layer_codes(tensors, info)).reshape(groups, count)
         layer = method.read_layer(name, info, tensors, codes)
         if "mask" in info:
@@ -95,8 +96,12 @@ def layers_from_payload(tensors: Mapping[str, torch.Tensor], meta: dict) -> list
 
 def _coded_tensor_names(layers: Sequence[QuantizedLayer], meta: dict) -> set[str]:
     """The file's tensors that hold the coded layers (codes, and what their method writes beside them)."""
-    method = CompressConfig.from_dict(meta["compress_config"]).method_spec
-    names = {f"{layer.name}.{part}" for layer in layers for part in ("codes", *method.tensor_names)}
+    cfg = CompressConfig.from_dict(meta["compress_config"])
+    names = {
+        f"{layer.name}.{part}"
+        for layer in layers
+        for part in ("codes", *cfg.for_layer(layer.name).method_spec.tensor_names)
+    }
     names |= {f"{info['name']}.code_counts" for info in meta["layers"] if info.get("entropy") == "ans"}
     names |= {f"{info['name']}.mask" for info in meta["layers"] if "mask" in info}
     return names | {f"{info['name']}.mask_counts" for info in meta["layers"] if info.get("mask") == "ans"}

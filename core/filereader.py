@@ -167,7 +167,9 @@ def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str)
         if f.name not in data:
             continue
         value, default = data[f.name], f.default
-        if isinstance(default, tuple):  # hidden widths
+        if f.name == "per_layer":  # a list of settings, each typed here, then checked by the config
+            ok = isinstance(value, list) and all(_is_layer_setting(v) for v in value)
+        elif isinstance(default, tuple):  # hidden widths
             ok = isinstance(value, list) and all(_is_int(v) for v in value)
         elif isinstance(default, float):
             ok = isinstance(value, float) or _is_int(value)
@@ -179,6 +181,20 @@ def _config(cls: type[TrainConfig] | type[CompressConfig], data: Any, what: str)
         return cls(**data)
     except (ValueError, TypeError) as exc:
         invalid(f"{what}: {exc}")
+
+
+def _is_layer_setting(value: Any) -> bool:
+    """A per-layer setting's JSON object with its fields of the types this tool writes (its keys and
+    ranges are the config's to check, `LayerSetting.from_value`)."""
+    if not isinstance(value, dict):
+        return False
+    types = {"name": str, "method": str, "subvector_size": int, "n_centroids": int}
+    if not all(isinstance(value.get(key, 0 if kind is int else ""), kind) for key, kind in types.items()):
+        return False
+    if any(isinstance(value.get(key), bool) for key in ("subvector_size", "n_centroids", "sparsity")):
+        return False
+    sparsity = value.get("sparsity", 0.0)
+    return isinstance(sparsity, float) or _is_int(sparsity)
 
 
 @dataclass(frozen=True)
@@ -257,15 +273,25 @@ def _check_layers(meta: dict, entries: dict[str, Entry], expected: Expected) -> 
     listed = {info.get("name") for info in layers if isinstance(info, dict)}
     fc_shapes = [(name, expected.shapes[name]) for name in expected.fc_names if expected.every_one or name in listed]
     try:
-        check_fits(fc_shapes, cfg)
+        if cfg.per_layer:  # each weight by its own setting; a setting may name a weight kept float
+            cfg.check_layer_names(list(expected.fc_names))
+            for name, shape in fc_shapes:
+                check_fits([(name, shape)], cfg.for_layer(name))
+        else:
+            check_fits(fc_shapes, cfg)
     except ValueError as exc:
         invalid(f"compress_config does not fit the model: {exc}")
-    method = cfg.method_spec
-    stage_keys = (*(("entropy",) if cfg.entropy != "none" else ()), *(("mask",) if cfg.sparsity > 0 else ()))
-    layer_keys = (*ff.LAYER_KEYS, *method.layer_keys, *stage_keys)
     wanted: Wanted = {}
     coded: list[str] = []
     for index, info in enumerate(layers):
+        listed_name = info.get("name") if isinstance(info, dict) else None
+        # its own setting, in a per-layer compression
+        layer_cfg = cfg.for_layer(listed_name) if isinstance(listed_name, str) else cfg
+        stage_keys = (
+            *(("entropy",) if cfg.entropy != "none" else ()),
+            *(("mask",) if layer_cfg.sparsity > 0 else ()),
+        )
+        layer_keys = (*ff.LAYER_KEYS, *layer_cfg.method_spec.layer_keys, *stage_keys)
         if not isinstance(info, dict) or set(info) != set(layer_keys):
             invalid(f"layers[{index}] does not have exactly the keys {', '.join(layer_keys)}")
         name = info["name"]
@@ -277,8 +303,10 @@ def _check_layers(meta: dict, entries: dict[str, Entry], expected: Expected) -> 
         coded.append(name)
         _check_layer(info, entries, expected, wanted)
     uncoded = [name for name in expected.fc_names if name not in coded]
-    if expected.every_one and uncoded and method.layer_format(row_shape(expected.shapes[uncoded[0]]), cfg):
-        invalid(f"method {cfg.method} codes every weight it targets, but {uncoded[0]} has no layer entry")
+    for name in uncoded if expected.every_one else ():
+        own = cfg.for_layer(name)  # its own setting, in a per-layer compression
+        if own.method_spec.layer_format(row_shape(expected.shapes[name]), own):
+            invalid(f"method {own.method} codes every weight it targets, but {name} has no layer entry")
     for key, shape in expected.shapes.items():
         if key in coded:
             if key in entries:
@@ -298,7 +326,8 @@ def _check_layers(meta: dict, entries: dict[str, Entry], expected: Expected) -> 
 def _layer_format(info: dict, expected: Expected) -> tuple[LayerFormat, int]:
     """The format the config's method writes for the layer entry's weight (its values checked against
     what the entry declares), and the weight's number of values."""
-    cfg, name = expected.compress_cfg, info["name"]
+    name = info["name"]
+    cfg = expected.compress_cfg.for_layer(name)  # its own setting, in a per-layer compression
     method = cfg.method_spec
     model_shape = list(expected.shapes[name])
     out_features, in_features = row_shape(model_shape)  # a conv: its rows of in * kh * kw values
@@ -356,7 +385,7 @@ def _check_layer(info: dict, entries: dict[str, Entry], expected: Expected, want
             f"layer {name} declares {groups * count:,} codes but its .codes tensor holds {held:,} bytes "
             f"({packed_bytes(groups * count, bits):,} needed at {bits} bits a code)"
         )
-    if cfg.sparsity > 0:
+    if cfg.for_layer(name).sparsity > 0:
         _check_mask_entry(info, entries, wanted, n_weights)
     implied = (form.groups, form.codes_per_group)
     if (groups, count) != implied:
@@ -454,7 +483,7 @@ def _check_values(arrays: Arrays, meta: dict, entries: dict[str, Entry]) -> None
             invalid(f"tensor {key} holds NaN or infinite values")
     for info in meta["layers"]:
         if "mask" in info:
-            sparsity = CompressConfig.from_dict(meta["compress_config"]).sparsity
+            sparsity = CompressConfig.from_dict(meta["compress_config"]).for_layer(info["name"]).sparsity
             _check_mask_values(arrays, info, n_kept(math.prod(info["shape"]), sparsity))
         _check_codes(arrays, info)
 

@@ -47,16 +47,17 @@ def add_coded(tensors: dict[str, torch.Tensor], layers: Sequence[QuantizedLayer]
     """Put each coded layer's tensors into `tensors` (packed codes, and what its method writes beside
     them, in float32 or float16) and return its entries of the metadata's layer list: both file kinds
     share it."""
-    method = cfg.method_spec
     store_dtype = torch.float16 if cfg.centroid_bits == 16 else torch.float32
     layer_info = []
     for layer in layers:
+        layer_cfg = cfg.for_layer(layer.name)  # its own setting, in a per-layer compression
+        method = layer_cfg.method_spec
         bits = method.code_bits(layer)
         stored: dict[str, str] = {}
         how = _store_symbols(tensors, f"{layer.name}.codes", layer.codes, layer.n_centroids, bits, cfg.entropy)
         if cfg.entropy != "none":
             stored["entropy"] = how
-        if cfg.sparsity > 0:
+        if layer_cfg.sparsity > 0:
             assert layer.mask is not None  # quantize_model prunes every coded weight
             how = _store_symbols(tensors, f"{layer.name}.mask", layer.mask.flatten().long(), 2, 1, cfg.entropy)
             stored["mask"] = "ans" if how == "ans" else "bitmap"

@@ -29,7 +29,14 @@ class DoesNotFit(ValueError):
 
 def check_fits(fc_shapes: Sequence[tuple[str, tuple[int, ...]]], cfg: CompressConfig) -> None:
     """Raise DoesNotFit when `cfg` does not fit every layer (a conv counts as its rows of in * kh * kw
-    values): the method says, and its message names the layer whose limit it states and what would fit."""
+    values): the method says, and its message names the layer whose limit it states and what would fit.
+    A per-layer compression (`cfg.per_layer`) asks each weight's own setting, and refuses a setting
+    that names no weight here."""
+    if cfg.per_layer:
+        cfg.check_layer_names([name for name, _ in fc_shapes])
+        for name, shape in fc_shapes:
+            check_fits([(name, shape)], cfg.for_layer(name))
+        return
     if fc_shapes and cfg.sparsity > 0:  # the method codes each layer's survivors, as one row
         fc_shapes = [(name, coded_rows(row_shape(shape), cfg.sparsity)) for name, shape in fc_shapes]
     if fc_shapes:

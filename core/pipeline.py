@@ -742,4 +742,7 @@ def estimate_seconds(run: RunRecord, cfg: CompressConfig) -> float:
 def _estimate(run: RunRecord, cfg: CompressConfig, shapes: list[tuple[str, tuple[int, ...]]]) -> float:
     work = compression_cost_features(run, cfg, shapes)
     rest = sum(COMPRESSION_COST_SECONDS[kind] * amount for kind, amount in work.items())
-    return rest + cfg.method_spec.estimate_seconds(shapes, cfg)
+    if not cfg.per_layer:
+        return rest + cfg.method_spec.estimate_seconds(shapes, cfg)
+    layer_cfgs = [cfg.for_layer(name) for name, _ in shapes]  # each weight priced by its own setting
+    return rest + sum(c.method_spec.estimate_seconds([shape], c) for c, shape in zip(layer_cfgs, shapes, strict=True))

@@ -323,7 +323,7 @@ class CompressionRecord:
             "reg_label": t.label(),
             "epochs": t.epochs,
             "seed": t.seed,
-            "method": c.method,
+            "method": c.family,  # "budget" for per-layer settings (core/budget.py): its own family
             "subvector_size": c.subvector_size,
             "n_centroids": c.n_centroids,
             "layout": c.layout,

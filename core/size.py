@@ -148,6 +148,7 @@ def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerB
     from .prune import coded_rows
 
     out, inp = row_shape(shape)
+    cfg = cfg.for_layer(name)  # its own setting, in a per-layer compression (core/budget.py)
     cost = cfg.method_spec.layer_bits(coded_rows((out, inp), cfg.sparsity), cfg)  # pruned: its survivors
     mask_bits = out * inp if cfg.sparsity > 0 else 0
     return LayerBits(
@@ -156,14 +157,23 @@ def layer_bits(name: str, shape: tuple[int, ...], cfg: CompressConfig) -> LayerB
 
 
 def size_report(
-    fc_shapes: Sequence[tuple[int, ...]], n_rest: int, cfg: CompressConfig, rest_bits: int | None = None
+    fc_shapes: Sequence[tuple[int, ...]],
+    n_rest: int,
+    cfg: CompressConfig,
+    rest_bits: int | None = None,
+    names: Sequence[str] | None = None,
 ) -> SizeReport:
     """Bits of a model whose coded weights have `fc_shapes` ((out, in), or a conv's (out, in, kh, kw)),
     compressed by `cfg`, with `n_rest` other parameters kept in float32: the sum of `layer_bits`.
     Pure accounting: whether the setting fits the layers is `core.pq.check_fits`'s question, asked
     once by the caller. (The fields named fc_* count the coded layers: the FC layers, plus the conv
-    layers when those are coded too.)"""
-    layers = [layer_bits(f"layer{i}", tuple(shape), cfg) for i, shape in enumerate(fc_shapes)]
+    layers when those are coded too.) `names`: the weights' state-dict keys, which a per-layer
+    compression (`cfg.per_layer`) needs to tell each weight's own setting."""
+    if names is None:
+        if cfg.per_layer:
+            raise ValueError("a per-layer compression's size needs the weights' names")
+        names = [f"layer{i}" for i in range(len(fc_shapes))]
+    layers = [layer_bits(name, tuple(shape), cfg) for name, shape in zip(names, fc_shapes, strict=True)]
     code_bits = sum(layer.code_bits for layer in layers)
     codebook_bits = sum(layer.codebook_bits for layer in layers)
     scale_bits = sum(layer.scale_bits for layer in layers)

@@ -135,6 +135,12 @@ def test_verifying_stored_compressions_imports_no_torch(store_copy):
         CompressConfig(method="pq", subvector_size=2, n_centroids=4, layout="per-chunk", centroid_bits=16),
         CompressConfig(method="rq", subvector_size=2, n_centroids=4, stages=2),
         CompressConfig(method="pq", subvector_size=2, n_centroids=8, entropy="ans", sparsity=0.5),
+        CompressConfig(  # per-layer settings (core/budget.py): each layer checked by its own
+            method="pq",
+            subvector_size=2,
+            n_centroids=8,
+            per_layer=[{"name": "fcs.0.weight", "method": "kmeans", "n_centroids": 4, "sparsity": 0.5}],
+        ),
     ]
     keys = {get_or_compress(store_copy, run, cfg)[0].key: cfg.method for cfg in settings}
     proc = subprocess.run(

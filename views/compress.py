@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from functools import partial
 
@@ -356,6 +357,91 @@ def show_compression(run: RunRecord, record: CompressionRecord) -> None:
     )
 
 
+def fit_budget_ui(run: RunRecord, cfg: CompressConfig) -> None:
+    """ "Fit a budget": a KB slider -> the per-layer search (core/budget.py) as a job -> the allocation it
+    found, a layer a row, and its compression (on the Frontier as the family "budget"). The page's
+    setting gives the shared fields when it can (kmeans or pq, weighting none), else the defaults."""
+    from core.budget import (
+        HOLDOUT_EXAMPLES,
+        KB_BITS,
+        BudgetRequest,
+        budget_key,
+        budget_record,
+        check_base,
+        plan_run,
+        submit_budget,
+    )
+    from core.compress import coded_shapes
+    from core.size import layer_bits
+
+    with st.expander("Fit a budget: each layer its own setting"):
+        try:
+            base = check_base(cfg)
+        except ValueError:
+            base = CompressConfig(targets=cfg.targets)
+        try:
+            bounds = plan_run(run, base, BudgetRequest(budget_kb=1e9))
+        except ValueError as error:
+            st.error(f"**No budget can be fitted here.** {plain(error)}")
+            return
+        low = math.ceil(bounds.smallest_bits / KB_BITS * 10) / 10
+        high = max(low + 0.1, math.floor(bounds.largest_bits / KB_BITS * 10) / 10)
+        st.caption(
+            f"Each coded layer gets its own setting (float, kmeans k, pq d and k; shared fields from "
+            f"{plain(base.label())}), chosen from its measured sensitivity on {HOLDOUT_EXAMPLES} examples of the "
+            "training split (never the test split): the least accuracy lost per bit saved, until the model fits."
+        )
+        kb = st.slider(
+            "Model size budget (KB)",
+            low,
+            high,
+            value=min(high, max(low, round((low * high) ** 0.5, 1))),
+            step=0.1,
+            key="budget_kb",
+        )
+        request = BudgetRequest(budget_kb=kb)
+        try:
+            plan = plan_run(run, base, request)
+        except ValueError as error:
+            st.error(f"**This budget cannot be fitted.** {plain(error)}")
+            return
+        key = budget_key(run.run_id, base, request)
+        status = manager().status(key)
+        if status is not None and status.live:
+            job_progress_ui(key, f"Fitting {kb:g} KB")
+            return
+        record = budget_record(store(), run, status)
+        if record is None:
+            last_failure_ui(key)
+            seconds = plan.seconds or 0.0
+            st.info(
+                f"The search codes {plan.quantizations} candidate settings and makes at most {plan.evaluations} "
+                f"held-out evaluations: about {fmt_seconds(seconds)} on this machine, as a job."
+            )
+            if st.button(f"Fit {kb:g} KB (about {fmt_seconds(seconds)})", key="budget_button"):
+                try:
+                    submit_budget(store(), run, base, request, requester=job_requester())
+                except ValueError as error:
+                    st.error(f"**The search could not start.** {plain(error)}")
+                    return
+                st.rerun()
+            return
+        found = record.compress_config
+        rows = []
+        for name, shape in coded_shapes(run, found.targets):
+            bits = layer_bits(name, shape, found)
+            rows.append({"layer": name, "setting": found.for_layer(name).label(), "bits": bits.bits,
+                         "ratio": f"{bits.ratio:.1f}x"})  # fmt: skip
+        cols = st.columns(3)
+        cols[0].metric(
+            "Model size", f"{record.size.model_bits / KB_BITS:,.2f} KB", help=f"{record.size.model_bits:,} bits"
+        )
+        cols[1].metric("Accuracy after", fmt_pct(record.accuracy), delta=fmt_points(-record.accuracy_drop))
+        cols[2].metric("Model ratio", nice_ratio(record.size.model_ratio))
+        st.dataframe(rows, hide_index=True)
+        st.caption(plain(status.text if status is not None else ""))
+
+
 def page() -> None:
     st.title("Compress")
     st.caption(
@@ -374,6 +460,7 @@ def page() -> None:
     except ValueError as error:
         st.error(f"**This setting is not valid.** {plain(error)}")
         return
+    fit_budget_ui(run, cfg)
     try:
         plan = plan_compression(store(), run, cfg)  # stored, cheap, expensive or does not fit: one call
         compute_ahead(run, cfg, st.session_state.get("method", cfg.method))

@@ -159,7 +159,7 @@ def filters(points: list[CompressionRecord]) -> tuple[list[CompressionRecord], s
         with f3:
             seeds = multiselect_filter("Seeds", sorted({p.train_config.seed for p in block}), "f_seed")
         with f4:
-            methods = multiselect_filter("Methods", sorted({p.compress_config.method for p in block}), "f_method")
+            methods = multiselect_filter("Methods", sorted({p.compress_config.family for p in block}), "f_method")
         floor = number_input(
             "Hide points below this accuracy (%)", 0, 100, 100 // n_classes + 5, "min_acc", True,
             help=f"Chance is {100 // n_classes}% here; points near it are failed compressions that only stretch "
@@ -171,7 +171,7 @@ def filters(points: list[CompressionRecord]) -> tuple[list[CompressionRecord], s
         if p.train_config.label() in regs
         and p.train_config.epochs in epochs
         and p.train_config.seed in seeds
-        and p.compress_config.method in methods
+        and p.compress_config.family in methods
         and 100 * p.accuracy >= floor
     ]
     hidden = len(block) - len(shown)

@@ -83,6 +83,10 @@ def quantize_model(
 
     method = METHOD_SPECS[cfg.method]
     chosen = weights if weights is not None else coded_weights(model, cfg.targets)
+    if cfg.per_layer:  # each weight as its own setting says (weighting none: the config checks)
+        cfg.check_layer_names([name for name, _ in chosen])
+        layers = [quantize_model(model, cfg.for_layer(name), [(name, weight)]) for name, weight in chosen]
+        return [layer for part in layers for layer in part]
     moments: dict[str, torch.Tensor] = {}
     if method.uses_calibration and cfg.weighting == "activations":
         if calibration is None:
