@@ -26,7 +26,6 @@ from core.pq import DoesNotFit, check_fits
 from core.prune import n_kept
 from core.size import layer_bits
 from core.train import evaluate
-from tests.test_app import lab_root, lab_store  # noqa: F401  (the page tests' fixtures)
 from tests.tiny import TINY
 
 # Keys that existed before per-layer settings, as computed on main before the field was added.
@@ -431,7 +430,7 @@ def test_the_api_allocates_for_your_own_module(small_grid):
 # ------------------------------------------------------------------------------------- the page
 
 
-def test_the_compress_page_fits_a_budget_as_a_job(lab_store, small_grid):  # noqa: F811
+def test_the_compress_page_fits_a_budget_as_a_job(lab_store, small_grid):
     from core.store import RunStore
     from tests.test_app import PLAIN, assert_clean, open_page, texts
 
