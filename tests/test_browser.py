@@ -84,7 +84,7 @@ def test_train_compress_frontier_in_a_browser(server, shot):
             for lam in ("0", "0.01"):
                 page.goto(f"{server}/train?dataset=digits&hidden=32,16&epochs=2&reg=binary&lam={lam}")
                 expect(page.get_by_text("has not been trained yet")).to_be_visible()
-                page.get_by_role("button", name="Train").click()
+                page.get_by_role("button", name="Train", exact=True).click()
                 expect(page.get_by_text("shown from the store")).to_be_visible()
                 page.locator(".js-plotly-plot").first.wait_for()
                 settle(page)
