@@ -213,6 +213,7 @@ def test_own_module_from_compress_and_from_save(tmp_path, cfg):
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())  # not modified
 
 
+@pytest.mark.slow  # seconds: the whole suite's
 def test_decompress_gives_a_state_dict_any_module_loads(tmp_path):
     cfg = CompressConfig(method="pq", subvector_size=4, n_centroids=8, targets="fc+conv")
     path = tmp_path / "lenet.safetensors"

@@ -368,6 +368,7 @@ def check_cheap_settings_keep_their_estimate(tiny_store, settings: list[Compress
     assert not slow, slow
 
 
+@pytest.mark.slow  # seconds: the whole suite's
 def test_cheap_settings_keep_their_estimate_at_the_costly_corners(tiny_store):
     check_cheap_settings_keep_their_estimate(tiny_store, app_settings(subset=True))
 

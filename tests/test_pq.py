@@ -70,7 +70,7 @@ def test_fewer_distinct_subvectors_than_k_is_lossless():
     assert layer.codebooks.shape == (1, 256, 2)
 
 
-@pytest.mark.parametrize("method,d", [("kmeans", 1), ("pq", 4)])
+@pytest.mark.parametrize("method,d", [("kmeans", 1), pytest.param("pq", 4, marks=pytest.mark.slow)])
 def test_error_never_grows_with_k(method, d):
     weight = torch.randn(64, 48, generator=torch.Generator().manual_seed(0))
     errors = [
@@ -174,6 +174,7 @@ def test_float16_codebooks_hold_float16_values():
     assert torch.equal(layer.codebooks, layer.codebooks.half().float())
 
 
+@pytest.mark.slow  # seconds: the whole suite's
 def test_kmeans_stops_early_only_at_a_fixed_point():
     """Stopping when the codes no longer change gives exactly what running every iteration gives."""
     x = torch.randn(3, 500, 4, generator=torch.Generator().manual_seed(6))
@@ -198,6 +199,7 @@ def _anisotropic_inputs(n: int, width: int, seed: int = 0) -> torch.Tensor:
     return (torch.randn(n, width, generator=generator) + 0.5) * scales
 
 
+@pytest.mark.slow  # seconds: the whole suite's
 @pytest.mark.parametrize("layout", ["shared", "per-chunk"])
 def test_activation_aware_pq_lowers_the_output_error_it_optimizes(layout):
     from core.calibration import input_moments
