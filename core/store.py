@@ -146,7 +146,9 @@ class GcReport:
     bytes_freed: int
 
 
-class RunStore:
+class _RunEntries:
+    """The store's runs: each a folder of its record and weights, verified before it is served."""
+
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_root()
 
@@ -290,6 +292,11 @@ class RunStore:
             run = matches[0]
         return run
 
+
+class _CompressionEntries(_RunEntries):
+    """The store's compressions of its runs: a record and its file each, the file checked by the reader
+    once for each content in a process."""
+
     # ---------------------------------------------------------------------------- compressions
     def compression_paths(self, run_id: str, key: str) -> tuple[Path, Path]:
         if not _is_id(key):
@@ -389,6 +396,12 @@ class RunStore:
         live_runs = set(self.run_ids())
         records = (self._load_compression(r, k) for r, k in self._compression_keys(run_id) if r in live_runs)
         return [record for record in records if record is not None]
+
+
+class RunStore(_CompressionEntries):
+    """The run store: content-addressed, every entry verified before it is served, published atomically,
+    no pickle; its runs (`_RunEntries`), their compressions (`_CompressionEntries`) and, here, deleting and
+    cleaning up (`_Upkeep`)."""
 
     # ---------------------------------------------------------------------------- housekeeping
     def delete_run(self, run_id: str) -> int:
