@@ -25,6 +25,8 @@ code, per run and setting) under --out (default bench/results). Runs and compres
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import sys
 from pathlib import Path
 
@@ -35,10 +37,12 @@ if str(ROOT) not in sys.path:
 import pandas as pd
 import torch
 
+from core import budget
 from core.config import CompressConfig, TrainConfig
 from core.entropy import entropy_bits_per_code
 from core.methods import quantize_model
 from core.pipeline import get_or_compress, get_or_train
+from core.size import FLOAT_BITS
 from core.store import RunStore
 
 BASES = {  # the coding step: method settings, one codebook a layer (pruning needs it)
@@ -46,19 +50,27 @@ BASES = {  # the coding step: method settings, one codebook a layer (pruning nee
     "kmeans k=16": dict(method="kmeans", n_centroids=16),
     "pq d=4 k=16": dict(method="pq", subvector_size=4, n_centroids=16),
     "pq d=8 k=32": dict(method="pq", subvector_size=8, n_centroids=32),
+    "pq d=16 k=32": dict(method="pq", subvector_size=16, n_centroids=32),
 }
 SPARSITIES = (0.0, 0.5, 0.8, 0.9)
 FINETUNE = (0, 3)
 
 
 def grid(
-    bases: list[str], sparsities: list[float], finetune: list[int], retrain: list[int], pruned: float = 0.0
+    bases: list[str],
+    sparsities: list[float],
+    finetune: list[int],
+    retrain: list[int],
+    pruned: float = 0.0,
+    shared: dict | None = None,
 ) -> list[CompressConfig]:
     """The settings of the grid, each once (a setting that cannot retrain is one, whatever --retrain says);
     for a run pruned to `pruned` during training, the sparsities below it are coded at it instead."""
     chosen = sorted({max(s, pruned) for s in sparsities})
     settings = [
-        CompressConfig(**BASES[base], sparsity=s, prune_finetune_epochs=rt, finetune_epochs=ft, entropy="ans")
+        CompressConfig(
+            **BASES[base], **(shared or {}), sparsity=s, prune_finetune_epochs=rt, finetune_epochs=ft, entropy="ans"
+        )
         for base in bases
         for s in chosen
         for rt in retrain
@@ -94,8 +106,40 @@ def best_within(df: pd.DataFrame, size_col: str, budget_pts: float = 1.0) -> pd.
     return best.sort_values(["stages", "variant"]).reset_index(drop=True)
 
 
+def allocations(run, args: argparse.Namespace, shared: dict) -> list[tuple[str, CompressConfig]]:
+    """The per-layer budget's configs: one search on the run (its held-out slice of the training split,
+    never the test split), and, for each ratio, the allocation it chooses within that size, with every
+    fine-tuning of the grid (the search measures without fine-tuning). A ratio below what the grid can
+    make is left out, with its one line."""
+    if not args.ratios:
+        return []
+    base = CompressConfig(method="pq", **shared, entropy="ans")
+    request = budget.BudgetRequest(budget_kb=1e9, seed=run.config.seed)
+    plan = budget.plan_run(run, base, request)
+    coded_float = sum(FLOAT_BITS * math.prod(shape) for _, shape in budget.run_rest_bits(run, base.targets)[0])
+    search = budget.allocate_run(run, base, request)
+    configs = []
+    for ratio in args.ratios:  # targets fc: the coded layers' ratio; fc+conv: the whole model's
+        bits = plan.rest_bits + coded_float / ratio if args.targets == "fc" else (plan.rest_bits + coded_float) / ratio
+        try:
+            state = search.within(math.floor(bits))
+        except ValueError as error:
+            print(f"  seed {run.config.seed}: no allocation at {ratio:g}x: {error}", flush=True)
+            continue
+        chosen = search.config_at(state)
+        what = "FC" if args.targets == "fc" else "model"
+        configs += [
+            (f"budget {ratio:g}x {what}" + (f" +ft{ft}" if ft else ""), dataclasses.replace(chosen, finetune_epochs=ft))
+            for ft in args.finetune
+        ]
+        print(f"  seed {run.config.seed}: {ratio:g}x -> {chosen.label()}", flush=True)
+    return configs
+
+
 def stages_of(cfg: CompressConfig, run_sparsity: float = 0.0) -> str:
     parts = []
+    if cfg.per_layer:
+        parts.append("allocate")
     if run_sparsity:
         parts.append("gradual prune")
     if cfg.sparsity > run_sparsity:
@@ -126,6 +170,14 @@ def main() -> None:
     parser.add_argument("--gradual", type=float, nargs="*", default=[], help="final sparsities pruned in training")
     parser.add_argument("--prune-start", type=int, default=1, help="epoch gradual pruning starts at")
     parser.add_argument("--prune-epochs", type=int, default=4, help="epochs its sparsity ramps over")
+    parser.add_argument("--model", default="mlp", choices=("mlp", "lenet5"))
+    parser.add_argument("--targets", default="fc", choices=("fc", "fc+conv"), help="the layers coded")
+    parser.add_argument("--centroid-bits", type=int, default=32, choices=(32, 16), help="of every codebook")
+    parser.add_argument(
+        "--ratios", type=float, nargs="*", default=[],
+        help="per-layer budgets (core/budget.py), one search a run: the FC ratios (targets fc) or model ratios "
+        "(fc+conv) to fit, each compressed with every --finetune",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--cache-dir", default=str(ROOT / "bench" / "cache"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -147,8 +199,10 @@ def main() -> None:
         return
     store = RunStore(args.cache_dir)
     base = dict(
-        dataset=args.dataset, model="mlp", hidden=tuple(args.hidden), epochs=args.epochs, batch_size=args.batch_size
-    )
+        dataset=args.dataset, model=args.model, hidden=tuple(args.hidden), epochs=args.epochs,
+        batch_size=args.batch_size,
+    )  # fmt: skip
+    shared = dict(targets=args.targets, centroid_bits=args.centroid_bits)
     points, entropies, runs = [], [], []
     for seed in args.seeds:
         ref, _ = get_or_train(store, TrainConfig(**base, seed=seed), device="cpu")
@@ -164,11 +218,13 @@ def main() -> None:
                 entropies += code_entropy_rows(run, variant)
             runs.append(dict(seed=seed, variant=variant, run_id=run.run_id, test_accuracy=run.test_accuracy,
                              drop_pts=100 * (ref.test_accuracy - run.test_accuracy), seconds=run.seconds))  # fmt: skip
-            for cfg in grid(args.bases, args.sparsities, args.finetune, args.retrain, pruned):
+            settings = grid(args.bases, args.sparsities, args.finetune, args.retrain, pruned, shared)
+            for name, cfg in [(c.label(), c) for c in settings] + allocations(run, args, shared):
                 record, _ = get_or_compress(store, run, cfg, device="cpu")
                 row = record.row()
                 row.update(variant=variant, stages=stages_of(cfg, pruned), ref_float=ref.test_accuracy,
-                           drop_pts=100 * (ref.test_accuracy - record.accuracy), label=cfg.label())  # fmt: skip
+                           drop_pts=100 * (ref.test_accuracy - record.accuracy), label=name,
+                           allocation=cfg.label() if cfg.per_layer else "")  # fmt: skip
                 points.append(row)
                 print(f"  seed {seed} {variant:16s} {cfg.label():32s} {record.size.fc_ratio:6.2f}x raw "
                       f"{row['entropy_fc_ratio']:6.2f}x coded {100 * record.accuracy:6.2f}%", flush=True)  # fmt: skip
@@ -182,7 +238,8 @@ def per_setting_table(df: pd.DataFrame) -> pd.DataFrame:
     for (variant, label), group in df.groupby(["variant", "label"], sort=False):
         group = group.sort_values("seed")
         drops = group["drop_pts"]
-        rows.append(dict(variant=variant, compression=label, raw_fc_ratio=group["fc_ratio"].iloc[0],
+        rows.append(dict(variant=variant, compression=label, raw_fc_ratio=group["fc_ratio"].mean(),
+                         model_ratio=group["model_ratio"].mean(),
                          coded_fc_ratio=group["entropy_fc_ratio"].mean(), seeds=len(group),
                          drop_per_seed=" / ".join(f"{d:.2f}" for d in drops),
                          drop=f"{drops.mean():.2f} ± {drops.std(ddof=1) if len(group) > 1 else 0.0:.2f}",
@@ -202,14 +259,18 @@ def write_report(points: list[dict], entropies: list[dict], runs: list[dict], ar
         trained.to_csv(out / f"records_runs_{args.dataset}.csv", index=False)
     seeds = sorted(df["seed"].unique().tolist())
     lines = [
-        f"# {args.dataset} mlp {'-'.join(map(str, args.hidden))}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"# {args.dataset} {args.model if args.model != 'mlp' else 'mlp ' + '-'.join(map(str, args.hidden))}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, "
         f"seeds {seeds}",
         "",
         "`python bench/records.py " + " ".join(sys.argv[1:]) + "`",
         "",
     ]
     lines += ["Largest FC ratio within 1 point of the unregularized float run of the same seed, on every seed:", ""]
-    for size_col, what in (("fc_ratio", "raw (bit-packed codes, bitmap masks)"), ("entropy_fc_ratio", "entropy-coded")):
+    sizes = [("fc_ratio", "raw (bit-packed codes, bitmap masks)"), ("entropy_fc_ratio", "entropy-coded")]
+    if getattr(args, "targets", "fc") != "fc":  # conv coded too: the whole model's ratio is the one asked
+        sizes += [("model_ratio", "model, raw"), ("entropy_model_ratio", "model, entropy-coded")]
+    for size_col, what in sizes:
         lines += [f"## {what}", "", best_within(df, size_col).to_markdown(index=False, floatfmt=".2f"), ""]
     lines += ["## Every setting (drop in points against the unregularized float run of the same seed)", ""]
     lines += [per_setting_table(df).to_markdown(index=False, floatfmt=".2f"), ""]
