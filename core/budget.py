@@ -61,9 +61,11 @@ EVAL_BATCH = 1_024
 
 # The candidates of each weight, before pruning: (method, d, k). float is every weight's reference.
 KMEANS_CENTROIDS = (2, 4, 8, 16, 32, 256)
-# (8, 32), (16, 32), (16, 64): the records' settings (44.5x, 64.3x): past ~50x a k of 256 costs more in its
+# (8, 32), (16, 16 to 64): the records' settings (44.5x, 64.3x): past ~50x a k of 256 costs more in its
 # codebook than in its codes on LeNet-300-100 (256 x 16 float32 centroids are 1/65 of the float layer)
-PQ_SETTINGS = ((2, 16), (2, 256), (4, 16), (4, 256), (8, 16), (8, 32), (8, 256), (16, 32), (16, 64), (16, 256))
+PQ_SETTINGS = (
+    (2, 16), (2, 256), (4, 16), (4, 256), (8, 16), (8, 32), (8, 256), (16, 16), (16, 32), (16, 64), (16, 256),
+)  # fmt: skip
 SPARSITIES = (0.0,)  # pass e.g. (0.0, 0.5, 0.75, 0.9) to let each coding candidate prune first
 
 OnProgress = Callable[[int, int, str], None]  # (evaluations done, planned, what is happening)
