@@ -61,10 +61,12 @@ EVAL_BATCH = 1_024
 
 # The candidates of each weight, before pruning: (method, d, k). float is every weight's reference.
 KMEANS_CENTROIDS = (2, 4, 8, 16, 32, 256)
-# (8, 32), (16, 16 to 64): the records' settings (44.5x, 64.3x): past ~50x a k of 256 costs more in its
-# codebook than in its codes on LeNet-300-100 (256 x 16 float32 centroids are 1/65 of the float layer)
+# (8, 32), (16, 16 to 64), (32, 32 or 64): the records' settings (44.5x to 100x): past ~50x a k of 256 costs
+# more in its codebook than in its codes (256 x 16 float32 centroids are 1/65 of LeNet-300-100's first layer);
+# d = 32 fits LeNet-5's 800-input fc1, whose 400,000 weights are 93% of the network
 PQ_SETTINGS = (
     (2, 16), (2, 256), (4, 16), (4, 256), (8, 16), (8, 32), (8, 256), (16, 16), (16, 32), (16, 64), (16, 256),
+    (32, 32), (32, 64),
 )  # fmt: skip
 SPARSITIES = (0.0,)  # pass e.g. (0.0, 0.5, 0.75, 0.9) to let each coding candidate prune first
 
