@@ -247,6 +247,34 @@ def per_setting_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def term_share_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's term's own share, setting by setting: the same compression of the unregularized and
+    the binary-regularized run of each seed, the drop of each and their difference paired by seed (no reg
+    minus binary: positive where the term helps)."""
+    binary = [v for v in df["variant"].unique() if v.startswith("binary") and "gradual" not in v]
+    if "no reg" not in set(df["variant"]) or not binary:
+        return pd.DataFrame()
+    plain = df[df["variant"] == "no reg"].set_index(["label", "seed"])["drop_pts"]
+    term = df[df["variant"] == binary[0]].set_index(["label", "seed"])["drop_pts"]
+    rows = []
+    for label in dict.fromkeys(df.loc[df["variant"] == "no reg", "label"]):
+        if label not in term.index.get_level_values(0):
+            continue
+        a, b = plain.loc[label], term.loc[label]
+        share = (a - b).dropna()
+        if share.empty:
+            continue
+        sd = share.std(ddof=1) if len(share) > 1 else 0.0
+        ratio = df[df["label"] == label]
+        rows.append(dict(compression=label, raw_fc_ratio=ratio["fc_ratio"].mean(),
+                         coded_fc_ratio=ratio["entropy_fc_ratio"].mean(), seeds=len(share),
+                         no_reg=f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}",
+                         binary=f"{b.mean():.2f} ± {b.std(ddof=1) if len(b) > 1 else 0.0:.2f}",
+                         term_share=f"{share.mean():+.2f} ± {sd:.2f}", share_min=share.min(),
+                         share_max=share.max()))  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def write_report(points: list[dict], entropies: list[dict], runs: list[dict], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +302,10 @@ def write_report(points: list[dict], entropies: list[dict], runs: list[dict], ar
         lines += [f"## {what}", "", best_within(df, size_col).to_markdown(index=False, floatfmt=".2f"), ""]
     lines += ["## Every setting (drop in points against the unregularized float run of the same seed)", ""]
     lines += [per_setting_table(df).to_markdown(index=False, floatfmt=".2f"), ""]
+    share = term_share_table(df)
+    if not share.empty:
+        lines += ["## The term's own share (drop without it minus drop with it, paired by seed; points)", ""]
+        lines += [share.to_markdown(index=False, floatfmt=".2f"), ""]
     summary = ent.groupby(["setting", "variant"]).agg(
         code_width=("code_width", "first"), bits_per_code=("bits_per_code", "mean"),
         sd=("bits_per_code", "std"), n_seeds=("seed", "nunique"),
