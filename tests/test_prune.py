@@ -286,6 +286,37 @@ def test_default_run_ids_and_keys_are_those_of_main():
     assert "prune_finetune_epochs" not in CompressConfig(sparsity=0.5).to_json()
 
 
+def test_only_a_pruned_levels_or_pq_run_moved_its_id_when_their_terms_learned_the_survivors():
+    """levels and pq over the survivors change what a pruned levels / pq run trains: its id moved (pinned
+    from the commit before), so an entry trained the old way is never served; every other id is as it was."""
+    pruned = dict(GRADUAL, lam=0.05)
+    assert TrainConfig(**pruned, reg="binary").run_id() == "e4fdac4dcb3d350e"  # binary: always the survivors
+    assert TrainConfig(reg="levels", lam=0.1).run_id() == "5b446ecf0764513a"  # unpruned: as before
+    assert TrainConfig(reg="pq", lam=0.1).run_id() == "92b00a0f3d5c5ddb"
+    old = {"levels": "055d9691eda29e65", "pq": "0f2613b9f074181a"}  # their ids before
+    for reg, before in old.items():
+        cfg = TrainConfig(**pruned, reg=reg)
+        assert cfg.run_id() != before and "terms_over_survivors" not in cfg.to_json()
+
+
+@pytest.mark.slow
+def test_the_levels_term_combines_with_pruning_over_the_survivors(tmp_path):
+    """A levels run pruned gradually: the exact sparsity, and its term (over the survivors) falls; the
+    survivors gather at the levels the term fits on them, far from the zeros."""
+    from core.regularizers import fit_levels
+
+    cfg = TrainConfig(**GRADUAL, reg="levels", lam=0.5, reg_levels=2)
+    run, _ = get_or_train(RunStore(tmp_path / "store"), cfg)
+    for name, (zeros, n) in _coded_zeros(run).items():
+        assert zeros == n - n_kept(n, 0.75), name
+    assert 0 < run.history[-1].reg < run.history[0].reg
+    state = run.state_dict()
+    for layer in run.layers:
+        weight = state[layer.name]
+        levels = fit_levels(weight, 2, mask=weight != 0)
+        assert levels.abs().min() > 0.5 * weight[weight != 0].abs().mean()  # no level at the zeros
+
+
 def test_pruning_keeps_the_conv_targets_without_a_regularizer():
     cfg = TrainConfig(model="lenet5", epochs=2, reg_targets="fc+conv", prune_sparsity=0.5)
     assert cfg.reg_targets == "fc+conv" and cfg.label() == "none (λ=0) prune 0.5 +conv"
