@@ -21,9 +21,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import CompressConfig, TrainConfig, parse_hidden
+
+if TYPE_CHECKING:
+    from .experiments import CompressionGrid  # (imported where it is used: --help imports no torch)
 
 PROG = "python -m core"
 
@@ -234,7 +237,7 @@ def _compress_configs(args: argparse.Namespace) -> list[CompressConfig]:
     return [CompressConfig(**_values(args, CompressConfig, "compress"))]
 
 
-def _compress_grid(args: argparse.Namespace) -> Any:
+def _compress_grid(args: argparse.Namespace) -> CompressionGrid:
     """The sweep's compression settings and the combinations of its values that are no compression
     (core.experiments.CompressionGrid); ValueError for a value out of range, before any work."""
     from .experiments import compression_settings
@@ -513,9 +516,11 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     grid = _compress_grid(args)
     compress_cfgs = grid.settings
     requests = _budget_requests(args)
-    # a budget's shared fields: the flags the sweep does not span (method pq, d and k its defaults)
+    # a budget's shared fields: the flags the sweep does not span (method pq, d and k its defaults), and
+    # the pruning stage's when given one value (as before the sweep spanned them)
     values = _values(args, CompressConfig, "compress")
-    budget_base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP})
+    once = {k: v[0] for k, v in values.items() if k in ("sparsity", "prune_finetune_epochs") and len(v) == 1}
+    budget_base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP} | once)
     # on a cluster the device is the workers' (a CPU driver may send work to GPUs): checked there
     from .executors import ENV_EXECUTOR
 
