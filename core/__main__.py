@@ -21,9 +21,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import CompressConfig, TrainConfig, parse_hidden
+
+if TYPE_CHECKING:
+    from .experiments import CompressionGrid  # (imported where it is used: --help imports no torch)
 
 PROG = "python -m core"
 
@@ -49,7 +52,7 @@ COMPRESS_FLAGS: dict[str, tuple[str, ...]] = {
     "prune_finetune_epochs": ("--prune-finetune", "--prune-finetune-epochs"),
 }
 # The fields a sweep takes several values of, and their sweep defaults.
-TRAIN_SWEEP: dict[str, list[Any]] = {"reg": ["binary"], "lam": [0.0, 0.02], "seed": [0]}
+TRAIN_SWEEP: dict[str, list[Any]] = {"reg": ["binary"], "lam": [0.0, 0.02], "seed": [0], "prune_sparsity": [0.0]}
 COMPRESS_SWEEP: dict[str, list[Any]] = {
     "method": ["float", "binarize", "kmeans", "pq"],
     "subvector_size": [1, 4, 8],
@@ -57,6 +60,8 @@ COMPRESS_SWEEP: dict[str, list[Any]] = {
     "layout": ["shared"],
     "finetune_epochs": [0],
     "stages": [1],
+    "sparsity": [0.0],
+    "prune_finetune_epochs": [0],
 }
 
 
@@ -225,17 +230,21 @@ def _train_configs(args: argparse.Namespace, many: bool) -> list[TrainConfig]:
     from .experiments import train_grid
 
     fixed = {k: v for k, v in values.items() if k not in TRAIN_SWEEP}
-    return train_grid(fixed, values["reg"], values["lam"], values["seed"])
+    return train_grid(fixed, values["reg"], values["lam"], values["seed"], values["prune_sparsity"])
 
 
-def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConfig]:
+def _compress_configs(args: argparse.Namespace) -> list[CompressConfig]:
+    return [CompressConfig(**_values(args, CompressConfig, "compress"))]
+
+
+def _compress_grid(args: argparse.Namespace) -> CompressionGrid:
+    """The sweep's compression settings and the combinations of its values that are no compression
+    (core.experiments.CompressionGrid); ValueError for a value out of range, before any work."""
+    from .experiments import compression_settings
+
     values = _values(args, CompressConfig, "compress")
-    if not many:
-        return [CompressConfig(**values)]
-    from .experiments import compression_grid
-
     fixed = {k: v for k, v in values.items() if k not in COMPRESS_SWEEP}
-    return compression_grid(
+    return compression_settings(
         values["method"],
         values["subvector_size"],
         values["n_centroids"],
@@ -243,6 +252,8 @@ def _compress_configs(args: argparse.Namespace, many: bool) -> list[CompressConf
         values["finetune_epochs"],
         fixed=fixed,
         stages=values["stages"],
+        sparsities=values["sparsity"],
+        prune_finetune_epochs=values["prune_finetune_epochs"],
     )
 
 
@@ -368,7 +379,7 @@ def cmd_compress(args: argparse.Namespace) -> dict:
     from .fileio import check_output_path
     from .pipeline import get_or_compress, stored_compression
 
-    (cfg,) = _compress_configs(args, many=False)
+    (cfg,) = _compress_configs(args)
     requests = _budget_requests(args)
     device = _asked_device(args)
     if args.out:
@@ -502,11 +513,14 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
     from .experiments import run_sweep
 
     train_cfgs = _train_configs(args, many=True)
-    compress_cfgs = _compress_configs(args, many=True)
+    grid = _compress_grid(args)
+    compress_cfgs = grid.settings
     requests = _budget_requests(args)
-    # a budget's shared fields: the flags the sweep does not span (method pq, d and k its defaults)
+    # a budget's shared fields: the flags the sweep does not span (method pq, d and k its defaults), and
+    # the pruning stage's when given one value (as before the sweep spanned them)
     values = _values(args, CompressConfig, "compress")
-    budget_base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP})
+    once = {k: v[0] for k, v in values.items() if k in ("sparsity", "prune_finetune_epochs") and len(v) == 1}
+    budget_base = CompressConfig(**{k: v for k, v in values.items() if k not in COMPRESS_SWEEP} | once)
     # on a cluster the device is the workers' (a CPU driver may send work to GPUs): checked there
     from .executors import ENV_EXECUTOR
 
@@ -528,6 +542,7 @@ def cmd_sweep(args: argparse.Namespace) -> dict:
             on_progress=lambda d, t, _: update(d, t),
             executor=executor,
             parallel=parallel,
+            impossible=grid.impossible,
         )
     points = list(result.points)
     for run in result.runs if not result.stopped else ():  # each budget on each run: one search each

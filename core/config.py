@@ -94,6 +94,11 @@ MAX_HOLDOUT = 20_000
 # entries are not mistaken for new ones.
 # 2: closed-form regularizer gradients, faster k-means++ seeding; 3: leaner passes of the terms, k-means speed-ups
 CODE_VERSION = 3
+# The regularizers whose terms run over the survivors of a run pruned during training since they first
+# combined with pruning (they counted the pruned zeros as weights before): such a run's id says so, so that
+# an entry trained the old way is never taken for a new one. Every other run id (unpruned runs, binary's,
+# which always ran over the survivors) stays as it was: a CODE_VERSION bump would move them all.
+SURVIVOR_TERMS = ("levels", "pq")
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -310,6 +315,8 @@ class TrainConfig:
     def run_id(self) -> str:
         payload = _without_later_defaults(asdict(self))
         payload["code_version"] = CODE_VERSION
+        if self.prune_sparsity > 0 and self.reg in SURVIVOR_TERMS:
+            payload["terms_over_survivors"] = True
         return config_hash(payload)
 
     def label(self) -> str:

@@ -1,6 +1,7 @@
 """Sweeps: the one home of each rule, for the CLI, the pages and the bench scripts alike:
 
     compression_grid / train_grid   the settings of a sweep, canonical and each once
+    compression_settings            the same grid, with the combinations that cannot be and why
     fits                            whether a compression setting fits a network (else why not)
     run_sweep                       train what is missing, compress each run with every fitting setting
     submit_sweep                    the same as one job the app polls
@@ -41,6 +42,25 @@ ShouldStop = Callable[[], bool]
 # ------------------------------------------------------------------------------------- the grids
 
 
+# The stages any coding method takes (config.STAGE_FIELDS): every such method spans them, after its own axes.
+STAGE_AXES = ("sparsity", "prune_finetune_epochs")
+
+
+@dataclass(frozen=True)
+class ImpossibleSetting:
+    """A combination of a grid's values that is no compression (pruning with a per-chunk layout, a
+    retraining of survivors with nothing pruned), and why: a sweep skips it on every run."""
+
+    label: str  # as CompressConfig.label() would have said it
+    reason: str  # one line: the config's own sentence
+
+
+@dataclass(frozen=True)
+class CompressionGrid:
+    settings: list[CompressConfig]  # canonical, each once, in grid order
+    impossible: list[ImpossibleSetting]  # each once, in grid order
+
+
 def compression_grid(
     methods: Iterable[str],
     subvector_sizes: Iterable[int],
@@ -49,44 +69,122 @@ def compression_grid(
     finetune_epochs: Iterable[int] = (0,),
     fixed: Mapping[str, Any] | None = None,
     stages: Iterable[int] = (1,),
+    sparsities: Iterable[float] | None = None,
+    prune_finetune_epochs: Iterable[int] | None = None,
 ) -> list[CompressConfig]:
     """Every compression setting of the grid, canonical and each once (by `cfg.key()`), in the order
-    methods x d x k x layout x fine-tuning epochs x stages. A method only spans the axes it reads
-    (`Method.axes`): float is one setting, binarize one per fine-tuning value, kmeans one per k; so
-    float needs no k and pq needs d and k.
+    methods x d x k x layout x fine-tuning epochs x stages x sparsity x retraining epochs. A method only
+    spans the axes it reads (`Method.axes`, and the pruning stage for a method that codes weights):
+    float is one setting, binarize one per fine-tuning value (and sparsity), kmeans one per k; so float
+    needs no k and pq needs d and k.
     The other fields (centroid_bits, kmeans_iters, init, seed, finetune_lr) come from `fixed`, plain
     field values: not a CompressConfig, which would already have reset what its own method ignores
     (a base with finetune_epochs=0 forgets its finetune_lr).
-    Raises ValueError (from the config's validation) for an unknown method or an out-of-range d or k."""
+    Raises ValueError (from the config's validation) for an unknown method or an out-of-range value,
+    and for a combination that is no compression (`compression_settings` lists those instead)."""
+    grid = compression_settings(
+        methods, subvector_sizes, centroids, layouts, finetune_epochs, fixed, stages, sparsities, prune_finetune_epochs
+    )
+    if grid.impossible:
+        raise ValueError(grid.impossible[0].reason)
+    return grid.settings
+
+
+def compression_settings(
+    methods: Iterable[str],
+    subvector_sizes: Iterable[int],
+    centroids: Iterable[int],
+    layouts: Iterable[str] = ("shared",),
+    finetune_epochs: Iterable[int] = (0,),
+    fixed: Mapping[str, Any] | None = None,
+    stages: Iterable[int] = (1,),
+    sparsities: Iterable[float] | None = None,
+    prune_finetune_epochs: Iterable[int] | None = None,
+) -> CompressionGrid:
+    """`compression_grid`'s settings, and the combinations of its values that are no compression, each
+    with the config's one-line reason (pruning with layout per-chunk or weighting activations; a
+    retraining of the survivors, prune_finetune_epochs > 0, at sparsity 0, where there is none), for a
+    sweep to skip. A value out of range on its own (sparsity 1, k = 1, an unknown method) is the caller's
+    bad input: ValueError, before any combination, as is a bad `fixed` field. `sparsities` and
+    `prune_finetune_epochs` default to `fixed`'s value (else the field's default): one each."""
     fixed = dict(fixed or {})
+    if sparsities is None:
+        sparsities = [fixed.pop("sparsity", 0.0)]
+    if prune_finetune_epochs is None:
+        prune_finetune_epochs = [fixed.pop("prune_finetune_epochs", 0)]
     axes: dict[str, list[Any]] = {
         "subvector_size": list(subvector_sizes),
         "n_centroids": list(centroids),
         "layout": list(layouts),
         "finetune_epochs": list(finetune_epochs),
         "stages": list(stages),
+        "sparsity": [float(s) if isinstance(s, int) and not isinstance(s, bool) else s for s in sparsities],
+        "prune_finetune_epochs": list(prune_finetune_epochs),
     }
-    grid: dict[str, CompressConfig] = {}
+    methods = list(methods)
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-        spanned = [name for name in axes if name in METHOD_SPECS[method].axes]  # the config resets the rest
+    CompressConfig(**fixed)  # a bad fixed field
+    for name, options in axes.items():  # a bad value alone, whatever it is combined with
+        for value in options:
+            CompressConfig(**{name: value})
+    grid: dict[str, CompressConfig] = {}
+    impossible: dict[str, ImpossibleSetting] = {}
+    for method in methods:
+        spec = METHOD_SPECS[method]
+        own = [name for name in axes if name in spec.axes]  # the config resets the rest
+        spanned = own + [name for name in STAGE_AXES if spec.codes_weights]
         for combo in itertools.product(*(axes[name] for name in spanned)):
-            cfg = CompressConfig(**{**fixed, "method": method, **dict(zip(spanned, combo))})
+            values = {**fixed, "method": method, **dict(zip(spanned, combo))}
+            try:
+                cfg = CompressConfig(**values)
+            except ValueError as error:
+                label = _label(values)
+                impossible.setdefault(label, ImpossibleSetting(label, str(error)))
+                continue
+            asked = values.get("prune_finetune_epochs", 0)
+            if asked and not cfg.prune_finetune_epochs:  # the config reset it: nothing pruned to retrain
+                label = _label(values)
+                reason = (
+                    f"retraining the survivors (prune_finetune_epochs={asked}) needs a sparsity > 0: at sparsity 0 "
+                    "nothing is pruned, so there is nothing to retrain"
+                )
+                impossible.setdefault(label, ImpossibleSetting(label, reason))
+                continue
             grid.setdefault(cfg.key(), cfg)
-    return list(grid.values())
+    return CompressionGrid(list(grid.values()), list(impossible.values()))
+
+
+def _label(values: Mapping[str, Any]) -> str:
+    """The label a combination the config refuses would have had (CompressConfig.label's words)."""
+    stages = {"sparsity": 0.0, "prune_finetune_epochs": 0}
+    try:
+        text = CompressConfig(**{**values, **stages}).label()
+    except ValueError:  # refused for another reason than its pruning: its fields as given
+        return " ".join(f"{name}={value}" for name, value in values.items() if name != "per_layer")
+    sparsity, retrain = values.get("sparsity", 0.0), values.get("prune_finetune_epochs", 0)
+    return f"prune {sparsity:g}{f' +rt{retrain}' if retrain else ''} + {text}" if sparsity or retrain else text
 
 
 def train_grid(
-    fixed: Mapping[str, Any], regs: Iterable[str], lams: Iterable[float], seeds: Iterable[int]
+    fixed: Mapping[str, Any],
+    regs: Iterable[str],
+    lams: Iterable[float],
+    seeds: Iterable[int],
+    prune_sparsities: Iterable[float] = (0.0,),
 ) -> list[TrainConfig]:
-    """Every (regularizer, lam, seed) run with the other fields from `fixed` (plain field values,
-    not a TrainConfig, which would have reset the regularizer's settings if its own lam were 0),
-    canonical and each once (by run id), in the order regs x lams x seeds; (reg, lam=0) and
-    (none, lam) both collapse to the one unregularized run."""
+    """Every (regularizer, lam, gradual pruning's sparsity, seed) run with the other fields from `fixed`
+    (plain field values, not a TrainConfig, which would have reset the regularizer's settings if its own
+    lam were 0), canonical and each once (by run id), in the order regs x lams x prune sparsities x seeds;
+    (reg, lam=0) and (none, lam) both collapse to the one unregularized run. A value the config refuses
+    (a sparsity of 1, a pruning schedule longer than the training) raises its ValueError: the schedule is
+    `fixed`'s, shared by every pruned run of the grid."""
     runs: dict[str, TrainConfig] = {}
-    for reg, lam, seed in itertools.product(list(regs), list(lams), list(seeds)):
-        cfg = TrainConfig(**{**fixed, "reg": reg, "lam": float(lam), "seed": int(seed)})
+    for reg, lam, sparsity, seed in itertools.product(list(regs), list(lams), list(prune_sparsities), list(seeds)):
+        if isinstance(sparsity, int) and not isinstance(sparsity, bool):
+            sparsity = float(sparsity)
+        cfg = TrainConfig(**{**fixed, "reg": reg, "lam": float(lam), "prune_sparsity": sparsity, "seed": int(seed)})
         runs.setdefault(cfg.run_id(), cfg)
     return list(runs.values())
 
@@ -149,6 +247,7 @@ def run_sweep(
     should_stop: ShouldStop | None = None,
     executor: Executor | None = None,
     parallel: int = 1,
+    impossible: Sequence[ImpossibleSetting] = (),
 ) -> SweepResult:
     """Train every missing run of `train_cfgs`, then compress each run with every setting of
     `compress_cfgs` that fits its network (the others are skipped with the reason); all through `store`,
@@ -164,7 +263,8 @@ def run_sweep(
     `executor` says where the work runs (core/executors.py; default: $COMPRESSION_LAB_EXECUTOR, else
     this process). `parallel` runs that many runs' pipelines (train, then compress) at once: for a
     cluster, where the driver only waits; on one machine keep 1 (concurrent torch work thrashes).
-    The result lists points in sweep order whatever the parallelism.
+    The result lists points in sweep order whatever the parallelism. `impossible`: the grid's combinations
+    that are no compression (`compression_settings`), skipped on every run with their reason.
     """
     runs_by_id = {cfg.run_id(): cfg for cfg in train_cfgs}
     settings = list({cfg.key(): cfg for cfg in compress_cfgs}.values())
@@ -205,6 +305,7 @@ def run_sweep(
             return outcome
         outcome.run, outcome.new_runs = run, int(not cached)
         advance(1, f"{'loaded' if cached else 'trained'} {text}")
+        outcome.skipped.extend(SkippedPoint(run_id, setting.label, setting.reason) for setting in impossible)
         for setting in settings:
             if stopped.is_set() or stop():
                 stopped.set()

@@ -16,6 +16,12 @@ second: it is the same gradient (tested against autograd) at a third of the cost
 - pq (ours): toward the PQ centroid of each subvector (codebook and assignment refreshed each
   epoch), R = sum_l mean over subvectors ||v - c(v)||^2 / (d * var(W_l)). Padding is not a weight,
   so the mean runs over the real weights of the decoded target.
+
+With gradual pruning (`Regularizer.set_masks`) every term runs over each layer's survivors only: the
+pruned zeros are not weights the term pulls (their gradient is 0), nor weights of its scale (alpha, the
+variance) or of its mean; levels and pq fit their levels / codebook on the survivors at each epoch's
+refresh (pq's subvectors of the survivors read row-major as one sequence, as a pruned compression codes
+them), and a weight pruned later in the epoch leaves the targets (its target is 0) at once.
 """
 
 from __future__ import annotations
@@ -55,20 +61,35 @@ def binary_penalty(weights: list[torch.Tensor], masks: Sequence[torch.Tensor | N
     return total
 
 
-def levels_penalty(weights: list[torch.Tensor], levels: list[torch.Tensor]) -> torch.Tensor:
-    """Squared distance of each weight to the nearest of its layer's levels, over the layer variance."""
+def _survivors(tensor: torch.Tensor, masks: Sequence[torch.Tensor | None] | None, index: int) -> torch.Tensor:
+    """The whole tensor, or with a mask (gradual pruning) its survivors, as a flat vector."""
+    mask = masks[index] if masks is not None else None
+    return tensor if mask is None else tensor[mask]
+
+
+def levels_penalty(
+    weights: list[torch.Tensor], levels: list[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None
+) -> torch.Tensor:
+    """Squared distance of each weight to the nearest of its layer's levels, over the layer variance;
+    with `masks`, the mean and the variance over each layer's survivors only (as `binary_penalty`)."""
     total = weights[0].new_zeros(())
-    for weight, layer_levels in zip(weights, levels):
-        dist = (weight.unsqueeze(-1) - layer_levels) ** 2  # (out, in, k)
-        total = total + dist.min(-1).values.mean() / weight.detach().var().clamp_min(_EPS)
+    for index, (weight, layer_levels) in enumerate(zip(weights, levels)):
+        chosen = _survivors(weight, masks, index)
+        dist = (chosen.unsqueeze(-1) - layer_levels) ** 2  # (out, in, k)
+        total = total + dist.min(-1).values.mean() / chosen.detach().var().clamp_min(_EPS)
     return total
 
 
-def target_penalty(weights: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
-    """Squared distance to fixed per-weight targets over the layer variance (the `pq` term)."""
+def target_penalty(
+    weights: list[torch.Tensor], targets: list[torch.Tensor], masks: Sequence[torch.Tensor | None] | None = None
+) -> torch.Tensor:
+    """Squared distance to fixed per-weight targets over the layer variance (the `pq` term); with
+    `masks`, the mean and the variance over each layer's survivors only."""
     total = weights[0].new_zeros(())
-    for weight, target in zip(weights, targets):
-        total = total + ((weight - target) ** 2).mean() / weight.detach().var().clamp_min(_EPS)
+    for index, (weight, target) in enumerate(zip(weights, targets)):
+        chosen = _survivors(weight, masks, index)
+        diff = chosen - _survivors(target, masks, index)
+        total = total + (diff**2).mean() / chosen.detach().var().clamp_min(_EPS)
     return total
 
 
@@ -184,6 +205,7 @@ def target_step_(
     lam: float,
     workspace: Workspace | None = None,
     overwrite: bool = False,
+    kept: Sequence[int] | None = None,
 ) -> Penalty:
     """Adds lam * d(target_penalty)/dW to each weight's .grad (or sets .grad to it, with `overwrite`);
     returns the penalty (detached).
@@ -192,13 +214,17 @@ def target_step_(
     weight's nearest level as its target (the min picks one level; its derivative is that one's).
     The variance comes from sum w and sum w^2 (two cheap reductions; torch.var's one pass is 5x
     slower here). Scalars as in `binary_gradient_`: Python floats on the CPU, tensors elsewhere.
+
+    `kept` (gradual pruning): the survivors of each weight, whose pruned entries are exact zeros with a
+    target of 0 (the caller's to make so): the mean and the variance run over the survivors (n = kept,
+    as `target_penalty` with masks); a zero's w - t is 0, so its gradient and its share of R are 0.
     """
     workspace = workspace or Workspace()
     on_cpu = _host_scalars(weights[0])
     total: float | torch.Tensor = 0.0 if on_cpu else weights[0].new_zeros(())
     for index, (weight, target) in enumerate(zip(weights, targets)):
         flat = weight.detach().reshape(-1)
-        n = flat.numel()
+        n = flat.numel() if kept is None else kept[index]  # the zeros add nothing to sum w, sum w^2
         diff = torch.sub(flat, target.reshape(-1), out=workspace.get(index, flat))
         if on_cpu:
             mean = float(flat.sum()) / n
@@ -210,7 +236,12 @@ def target_step_(
             else:
                 grad.add_(diff, alpha=2 * lam / scale)
         else:
-            scale_t = flat.var().clamp_min(_EPS) * n
+            if kept is None:
+                var_t = flat.var()
+            else:  # the survivors' variance, from the sums (the zeros add nothing to them)
+                mean_t = flat.sum() / n
+                var_t = (torch.dot(flat, flat) - n * mean_t * mean_t) / max(n - 1, 1)
+            scale_t = var_t.clamp_min(_EPS) * n
             total += torch.dot(diff, diff) / scale_t
             grad = _grad(weight, overwrite)
             if overwrite:
@@ -227,36 +258,58 @@ def nearest_levels(weight: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return levels[codes[0]].view_as(weight)
 
 
-def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0) -> torch.Tensor:
-    """k scalar levels of a layer: (out, in) -> (k,), by k-means of its weights."""
-    values = weight.detach().float().reshape(1, -1, 1)  # (1, out * in, 1)
+def fit_levels(weight: torch.Tensor, n_levels: int, seed: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """k scalar levels of a layer: (out, in) -> (k,), by k-means of its weights (with `mask`, of its
+    survivors only)."""
+    values = weight.detach().float()
+    values = (values if mask is None else values[mask]).reshape(1, -1, 1)  # (1, out * in or n_kept, 1)
     centroids, _ = kmeans(values, n_levels, n_iter=10, seed=seed)
     return centroids.reshape(-1).to(weight.dtype)
 
 
-def pq_targets(weight: torch.Tensor, subvector_size: int, n_centroids: int, seed: int = 0) -> torch.Tensor:
+def pq_targets(
+    weight: torch.Tensor, subvector_size: int, n_centroids: int, seed: int = 0, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """The PQ reconstruction of a weight with one shared codebook, in the weight's own shape (a conv's
-    filters as their rows of in * kh * kw values)."""
-    matrix = as_rows(weight.detach().float())  # (out, in * kh * kw)
+    filters as their rows of in * kh * kw values). With `mask` (gradual pruning), of its survivors
+    only, read row-major as one sequence (a (1, n_kept) matrix, as a pruned compression codes them),
+    and 0 at each pruned place."""
+    if mask is None:
+        matrix = as_rows(weight.detach().float())  # (out, in * kh * kw)
+    else:
+        matrix = weight.detach().float()[mask].reshape(1, -1)  # (1, n_kept), row-major
     dim = min(subvector_size, matrix.shape[1])
     grouped = to_groups(to_subvectors(matrix, dim), "shared")  # (1, out * chunks, d)
     centroids, codes = kmeans(grouped, n_centroids, n_iter=10, seed=seed)
-    layer = QuantizedLayer("target", tuple(weight.shape), dim, "shared", centroids, codes)
-    return layer.decode().to(weight.dtype)
+    shape = tuple(weight.shape) if mask is None else tuple(matrix.shape)
+    decoded = QuantizedLayer("target", shape, dim, "shared", centroids, codes).decode()
+    if mask is None:
+        return decoded.to(weight.dtype)
+    target = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device)
+    target[mask] = decoded.reshape(-1).to(weight.dtype)
+    return target
 
 
 class Term:
     """One regularizer: `refresh` once an epoch (fits targets), then at every step either
     `add_gradient_` (closed form, in place) or `penalty` (autograd); both the same term.
 
-    `kept`: with gradual pruning, the survivors of each weight (set by `Regularizer.set_masks`); the
-    binary term reads it (its alpha and mean over the survivors); levels and pq count the zeros as weights."""
+    `masks`, `kept`: with gradual pruning, each weight's survivors and their count (`set_masks`): every
+    term runs over the survivors only (its scale, its mean, and for levels and pq the fit of its
+    targets), and a pruned zero's gradient is 0. None (no pruning): every weight, as before pruning."""
 
     kept: list[int] | None = None
     masks: list[torch.Tensor] | None = None
 
+    def set_masks(self, masks: list[torch.Tensor]) -> None:
+        self.masks = masks
+        self.kept = [int(m.sum()) for m in masks]
+
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
         pass
+
+    def _mask(self, index: int) -> torch.Tensor | None:
+        return self.masks[index] if self.masks is not None else None
 
     def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
         """Adds (or, with `overwrite`, writes) lam * dR/dW into the weights' gradients; returns R."""
@@ -287,14 +340,17 @@ class LevelsTerm(Term):
         self.workspace = Workspace()
 
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
-        self.levels = [fit_levels(w, self.n_levels, seed) for w in weights]
+        self.levels = [fit_levels(w, self.n_levels, seed, self._mask(i)) for i, w in enumerate(weights)]
 
     def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
         targets = [nearest_levels(w, levels) for w, levels in zip(weights, self.levels)]
-        return target_step_(weights, targets, lam, self.workspace, overwrite)
+        if self.masks is not None:  # a pruned zero's target is itself: no pull, no share of R
+            for target, mask in zip(targets, self.masks):
+                target.mul_(mask)
+        return target_step_(weights, targets, lam, self.workspace, overwrite, self.kept)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        return levels_penalty(weights, self.levels)
+        return levels_penalty(weights, self.levels, self.masks)
 
 
 class PQTerm(Term):
@@ -304,13 +360,20 @@ class PQTerm(Term):
         self.workspace = Workspace()
 
     def refresh(self, weights: list[torch.Tensor], seed: int) -> None:
-        self.targets = [pq_targets(w, self.subvector_size, self.n_centroids, seed) for w in weights]
+        d, k = self.subvector_size, self.n_centroids
+        self.targets = [pq_targets(w, d, k, seed, self._mask(i)) for i, w in enumerate(weights)]
+
+    def set_masks(self, masks: list[torch.Tensor]) -> None:
+        """The codebook stays the epoch's (fitted at refresh); a weight pruned since leaves its targets."""
+        super().set_masks(masks)
+        for target, mask in zip(self.targets, masks):
+            target.mul_(mask)
 
     def step_(self, weights: list[torch.Tensor], lam: float, overwrite: bool = False) -> Penalty:
-        return target_step_(weights, self.targets, lam, self.workspace, overwrite)
+        return target_step_(weights, self.targets, lam, self.workspace, overwrite, self.kept)
 
     def penalty(self, weights: list[torch.Tensor]) -> torch.Tensor:
-        return target_penalty(weights, self.targets)
+        return target_penalty(weights, self.targets, self.masks)
 
 
 # The one registry of terms: config.REGULARIZERS names exactly these, plus "none" (no term).
@@ -431,8 +494,7 @@ class Regularizer:
         weights = self.weights(model)
         chosen = [masks.get(id(weight)) for weight in weights]
         full = [torch.ones_like(w, dtype=torch.bool) if m is None else m for w, m in zip(weights, chosen)]
-        self.term.masks = full
-        self.term.kept = [int(m.sum()) for m in full]
+        self.term.set_masks(full)
 
     @torch.no_grad()
     def refresh(self, model: nn.Module, epoch: int) -> None:

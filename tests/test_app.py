@@ -705,8 +705,9 @@ def follow_compress_link(at: AppTest) -> AppTest:
         CompressConfig(method="kmeans", n_centroids=4, targets="fc+conv", weighting="activations"),
         CompressConfig(method="kmeans", n_centroids=4, sparsity=0.9, entropy="ans"),
         CompressConfig(method="rq", subvector_size=4, n_centroids=16, stages=2),
+        CompressConfig(method="kmeans", n_centroids=4, sparsity=0.8, prune_finetune_epochs=1),
     ],
-    ids=["binarize-fc+conv", "kmeans-activations", "kmeans-pruned-rans", "rq-2-stages"],
+    ids=["binarize-fc+conv", "kmeans-activations", "kmeans-pruned-rans", "rq-2-stages", "kmeans-pruned-retrained"],
 )
 def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     """The detail's link wrote the conv targets radio's inner value (targets=fc+conv), which the radio
@@ -726,6 +727,7 @@ def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     # the link once left out sparsity and entropy, and the sparsity slider refused its own label (90%)
     assert compress.select_slider(key="sparsity").value == point.compress_config.sparsity
     assert compress.radio(key="entropy").value == point.compress_config.entropy
+    assert compress.select_slider(key="retrain").value == point.compress_config.prune_finetune_epochs
     for option in point.compress_config.method_spec.options:
         assert compress.select_slider(key=option.field).value == getattr(point.compress_config, option.field)
     assert f"{point.label()} on run {run.run_id[:6]}" in texts(compress.subheader)

@@ -130,6 +130,49 @@ def test_sweep_writes_one_row_per_point(capsys, tmp_path):
     assert len(skipped) == 2 * 2 and "per-chunk" in skipped[0]["reason"]
 
 
+@pytest.mark.slow
+def test_the_sweep_spans_pruning_and_skips_what_cannot_be(capsys, tmp_path):
+    """--prune-sparsity (training), --sparsity and --prune-finetune (compression) each take several values:
+    each fitting combination is a row; a combination that is no compression (retraining at sparsity 0,
+    pruning a per-chunk layout) and a compression below a run's own pruning are skipped on a line each,
+    with the config's or the planner's reason; nothing is substituted."""
+    table = tmp_path / "sweep.csv"
+    argv = [
+        "sweep", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--lr", "3e-3", "--reg", "none",
+        "--prune-sparsity", "0", "0.5", "--prune-epochs", "2", "--method", "float", "pq", "-d", "4", "-k", "4",
+        "--layout", "shared", "per-chunk", "--sparsity", "0", "0.5", "--prune-finetune", "0", "1",
+        "--cache-dir", str(tmp_path / "cache"), "--csv", str(table),
+    ]  # fmt: skip
+    code, out, err = run_cli(capsys, *argv, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    rows = list(csv.DictReader(table.open()))
+    runs = list(dict.fromkeys(r["run_id"] for r in rows))
+    assert len(runs) == 2
+    labels = {run: [r["label"] for r in rows if r["run_id"] == run] for run in runs}
+    everything = ["float", "pq d=4 k=4 shared", "prune 0.5 + pq d=4 k=4 shared",
+                  "prune 0.5 +rt1 + pq d=4 k=4 shared", "pq d=4 k=4 per-chunk"]  # fmt: skip
+    assert labels[runs[0]] == everything
+    # the run pruned to 0.5 in training: float, and the codings that prune at least as much
+    assert labels[runs[1]] == ["float", "prune 0.5 + pq d=4 k=4 shared", "prune 0.5 +rt1 + pq d=4 k=4 shared"]
+    skipped = {(s["run_id"], s["compression"]): s["reason"] for s in result["skipped"]}
+    impossible = ["prune 0 +rt1 + pq d=4 k=4 shared", "prune 0 +rt1 + pq d=4 k=4 per-chunk",
+                  "prune 0.5 + pq d=4 k=4 per-chunk", "prune 0.5 +rt1 + pq d=4 k=4 per-chunk"]  # fmt: skip
+    for run in runs:
+        for label in impossible:
+            reason = skipped.pop((run, label))
+            assert ("needs a sparsity > 0" in reason) == ("rt1" in label and "prune 0 " in label)
+            assert ("use layout shared" in reason) == ("prune 0.5" in label)
+    assert set(skipped) == {(runs[1], "pq d=4 k=4 shared"), (runs[1], "pq d=4 k=4 per-chunk")}
+    assert all("pruned to sparsity 0.5 during training" in reason for reason in skipped.values())
+    # the table: one line each skip, on stderr; a second sweep computes nothing and says the same
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(lines) == len(result["skipped"]) == 2 * 4 + 2
+    assert "skipped prune 0 +rt1 + pq d=4 k=4 shared on " in err and f"wrote {len(rows)} rows" in out
+
+
 NO_CUDA = not torch.cuda.is_available()
 
 # (argv, the one line's message); RUN is a stored run id, DIR a folder, FIFO a named pipe, LINK a
@@ -171,6 +214,12 @@ BAD = [
     (["sweep", "--dataset", "digits", "--lam", "0", "-1"], "lam=-1.0 must be a finite number"),
     (["sweep", "--dataset", "digits", "-k", "1"], "k=1 must be a whole number"),
     (["sweep", "--dataset", "digits", "--epochs", "0"], "epochs=0 must be a whole number"),
+    (["sweep", "--dataset", "digits", "--sparsity", "0", "1.0"], "sparsity=1.0 must be a number from 0"),
+    (["sweep", "--dataset", "digits", "--sparsity", "-0.1", "--layout", "per-chunk"], "sparsity=-0.1 must be"),
+    (["sweep", "--dataset", "digits", "--method", "float", "--sparsity", "nan"], "sparsity=nan must be a number"),
+    (["sweep", "--dataset", "digits", "--prune-sparsity", "0", "1.0"], "prune_sparsity=1.0 must be a number"),
+    (["sweep", "--dataset", "digits", "--prune-sparsity", "nan"], "prune_sparsity=nan must be a number"),
+    (["sweep", "--dataset", "digits", "--prune-finetune", "0", "-1"], "prune_finetune_epochs=-1 must be"),
     (["evaluate", "MISSING"], "not a compressed model"),
     (["evaluate", "DIR"], "not a compressed model"),
     (["evaluate", "FILE"], "not a compressed model"),

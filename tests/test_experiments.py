@@ -3,6 +3,7 @@ canonical dedupe, and a sweep on a tiny store (a stop, a full run, a second run 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
@@ -11,7 +12,7 @@ import pytest
 
 from core.analysis import NONE_WITHIN_BUDGET, best_within_budget, pareto_mask, point_rows
 from core.config import CompressConfig, TrainConfig
-from core.experiments import compression_grid, fits, run_sweep, train_grid
+from core.experiments import compression_grid, compression_settings, fits, run_sweep, train_grid
 from core.store import RunStore
 from tests.marks import fast_cases
 
@@ -202,6 +203,112 @@ def test_train_grid_collapses_unregularized_runs():
     ]
     assert grid[0].warmup_epochs == 0 and grid[2].warmup_epochs == 2
     assert grid[4].reg_levels == 3  # the regularizer's own settings survive (they would not in a base config)
+
+
+def test_the_default_sweep_is_the_one_before_its_grid_spanned_pruning():
+    """The sweep's grid spans gradual pruning (training) and pruning with retraining (compression): at their
+    defaults ([0]) the same runs and the same compressions as before, in the same order (pinned from the
+    commit before the axes existed), and nothing skipped."""
+    from core.__main__ import _compress_grid, _train_configs, build_parser
+
+    args = build_parser().parse_args(["sweep"])
+    assert [cfg.run_id() for cfg in _train_configs(args, many=True)] == ["72e2f0ea83e22432", "25414de1c0da29e7"]
+    grid = _compress_grid(args)
+    assert grid.impossible == []
+    assert [cfg.key() for cfg in grid.settings] == [
+        "69756a0bb1858202", "babefcab100df4d6", "d794585abba414b8", "f2e682df1725d22b", "b0a85face365df6b",
+        "d73367a1cdc07bea", "f8130876f0086026", "5450a229a72ea0cf", "22603fec0cbcd234", "13b4bf034d59c43f",
+        "be4e19cb276bed27",
+    ]  # fmt: skip
+    wide = [
+        "sweep", "--dataset", "digits", "--hidden", "32", "16", "--epochs", "2", "--reg", "binary", "levels",
+        "--lam", "0", "0.05", "--method", "float", "binarize", "kmeans", "pq", "rq", "-d", "2", "4", "-k", "4",
+        "32", "--layout", "shared", "per-chunk", "--finetune-epochs", "0", "1", "--stages", "1", "2",
+    ]  # fmt: skip
+    args = build_parser().parse_args(wide)
+    assert [cfg.run_id() for cfg in _train_configs(args, many=True)] == [
+        "b9205321d8ddd30c", "2ccd085a9056679b", "c039708955451bb5"
+    ]  # fmt: skip
+    keys = ",".join(cfg.key() for cfg in _compress_grid(args).settings)
+    assert len(_compress_grid(args).settings) == 39
+    assert hashlib.sha256(keys.encode()).hexdigest()[:16] == "650d36f7fdb8005b"
+
+
+def test_the_compression_grid_spans_pruning_and_lists_what_cannot_be():
+    grid = compression_settings(
+        ["float", "binarize", "pq"],
+        [4],
+        [16],
+        ["shared", "per-chunk"],
+        sparsities=[0, 0.5],
+        prune_finetune_epochs=[0, 2],
+    )
+    assert [cfg.label() for cfg in grid.settings] == [
+        "float",  # codes nothing: no stage to span
+        "binarize",
+        "prune 0.5 + binarize",
+        "prune 0.5 +rt2 + binarize",
+        "pq d=4 k=16 shared",
+        "prune 0.5 + pq d=4 k=16 shared",
+        "prune 0.5 +rt2 + pq d=4 k=16 shared",
+        "pq d=4 k=16 per-chunk",
+    ]
+    with pytest.raises(ValueError) as refused:  # the config's own sentence for pruning a per-chunk layout
+        CompressConfig(method="pq", layout="per-chunk", sparsity=0.5)
+    assert [s.label for s in grid.impossible] == [
+        "prune 0 +rt2 + binarize",
+        "prune 0 +rt2 + pq d=4 k=16 shared",
+        "prune 0 +rt2 + pq d=4 k=16 per-chunk",
+        "prune 0.5 + pq d=4 k=16 per-chunk",
+        "prune 0.5 +rt2 + pq d=4 k=16 per-chunk",
+    ]
+    retrain = "retraining the survivors (prune_finetune_epochs=2) needs a sparsity > 0"
+    assert all(s.reason.startswith(retrain) for s in grid.impossible[:3])
+    assert [s.reason for s in grid.impossible[3:]] == [str(refused.value)] * 2
+    assert all("\n" not in s.reason for s in grid.impossible)
+    # the strict grid (the Frontier's, the bench scripts') refuses such a combination with that reason
+    with pytest.raises(ValueError, match="use layout shared"):
+        compression_grid(["pq"], [4], [16], ["per-chunk"], sparsities=[0.5])
+    # pruning with activation-aware k-means, from the fixed fields: skipped, with the config's sentence
+    act = compression_settings(["kmeans"], [1], [4], sparsities=[0.0, 0.9], fixed={"weighting": "activations"})
+    assert [cfg.label() for cfg in act.settings] == ["kmeans k=4 act"]
+    assert [s.label for s in act.impossible] == ["prune 0.9 + kmeans k=4 act"]
+
+
+@pytest.mark.parametrize(
+    "axis, value, message",
+    [
+        ("sparsities", 1.0, r"sparsity=1\.0 must be a number from 0"),
+        ("sparsities", -0.1, "sparsity=-0.1 must be a number from 0"),
+        ("sparsities", float("nan"), "sparsity=nan must be a number from 0"),
+        ("prune_finetune_epochs", -1, "prune_finetune_epochs=-1 must be a whole number from 0"),
+    ],
+)
+def test_a_pruning_value_out_of_range_is_bad_input_not_a_skip(axis, value, message):
+    """A value no combination can take is the caller's error (one line), whatever the method: even with
+    float alone (which spans no pruning), and with layout per-chunk (which would skip it otherwise)."""
+    for methods, layouts in ((["pq"], ["per-chunk"]), (["float"], ["shared"])):
+        with pytest.raises(ValueError, match=message) as error:
+            compression_settings(methods, [4], [16], layouts, **{axis: [0, value]})
+        assert "\n" not in str(error.value)
+
+
+def test_the_training_grid_spans_gradual_pruning():
+    fixed = dict(dataset="digits", hidden=(32, 16), epochs=2, prune_epochs=2)
+    grid = train_grid(fixed, ["binary"], [0.0, 0.05], [0], [0, 0.5])
+    assert [(cfg.reg, cfg.lam, cfg.prune_sparsity) for cfg in grid] == [
+        ("none", 0.0, 0.0),
+        ("none", 0.0, 0.5),
+        ("binary", 0.05, 0.0),
+        ("binary", 0.05, 0.5),
+    ]
+    assert grid[0].prune_epochs == 1 and grid[1].prune_epochs == 2  # unpruned: the schedule reset
+    assert grid[0].run_id() == train_grid(fixed, ["binary"], [0.0], [0])[0].run_id()
+    for bad, message in ((1.0, "prune_sparsity=1.0 must be"), (float("nan"), "prune_sparsity=nan must be")):
+        with pytest.raises(ValueError, match=message):
+            train_grid(fixed, ["binary"], [0.0], [0], [0, bad])
+    with pytest.raises(ValueError, match="is more than epochs"):  # the schedule is the grid's, for every pruned run
+        train_grid(dict(fixed, epochs=1), ["binary"], [0.0], [0], [0, 0.5])
 
 
 def test_fits_says_why_not():

@@ -169,6 +169,76 @@ def test_compress_page_prunes_and_draws_the_pruned_weights_apart(lab_store):
     assert any(name.startswith("pruned weights") for name in names)
 
 
+RETRAINED = CompressConfig(method="kmeans", n_centroids=4, sparsity=0.8, prune_finetune_epochs=2)
+RETRAIN_QUERY = {"method": "kmeans", "k": "4", "sparsity": "80%", "retrain": "2"}
+
+
+@pytest.mark.usefixtures("tiny_run_in_store")
+def test_the_compress_page_offers_retraining_the_survivors_as_a_job(store):
+    """The "Retrain the survivors" control: read from the link, enabled only for a coding method that
+    prunes, and priced by the planner: a retraining is expensive (passes over the training set), so it is
+    offered as a job with its estimate, never run by the link itself."""
+    from core.jobs import JobManager
+    from core.pipeline import PlanKind, compression_key, plan_compression
+    from views.compress import fmt_seconds
+
+    run = store.load_run(TrainConfig(**TINY).run_id())
+    plan = plan_compression(store, run, RETRAINED)
+    assert plan.kind is PlanKind.EXPENSIVE  # one epoch over the training set alone is over the cheap bound
+    unretrained = plan_compression(store, run, dataclasses.replace(RETRAINED, prune_finetune_epochs=0))
+    assert unretrained.kind is PlanKind.CHEAP and unretrained.seconds < plan.seconds
+    at = open_page("compress", {"run": run.run_id, **RETRAIN_QUERY})
+    assert_clean(at)
+    assert not at.warning
+    retrain = at.select_slider(key="retrain")
+    assert retrain.value == 2 and not retrain.disabled
+    assert at.query_params["retrain"] == "2" and at.query_params["sparsity"] == "80%"
+    assert "prune 0.8 +rt2 + kmeans k=4" in texts(at.info) and "2 epochs of retraining the survivors" in texts(at.info)
+    assert [b.label for b in at.button if b.label.startswith("Compute")] == [
+        f"Compute (about {fmt_seconds(plan.seconds)})"
+    ]
+    assert JobManager(store.root).status(compression_key(run.run_id, RETRAINED)) is None  # nothing started
+    # nothing pruned, or a method that codes nothing: the control is off (and the config drops it)
+    for query in ({"sparsity": "off"}, {"method": "float"}):
+        at = open_page("compress", {"run": run.run_id, **RETRAIN_QUERY, **query})
+        assert_clean(at)
+        assert at.select_slider(key="retrain").disabled
+        assert not [b for b in at.button if b.label.startswith("Compute")]  # cheap: no retraining to offer
+
+
+@fast_cases(1)
+@pytest.mark.parametrize("forged", ["7", "-1", "1e400", "2<script>", "two"])
+@pytest.mark.usefixtures("tiny_run_in_store")
+def test_a_forged_retraining_in_the_link_is_one_line_and_the_page_still_works(store, forged):
+    run_id = TrainConfig(**TINY).run_id()
+    at = open_page("compress", {"run": run_id, **RETRAIN_QUERY, "retrain": forged})
+    assert_clean(at)
+    warnings = [str(w.value) for w in at.warning]
+    assert len(warnings) == 1 and "retrain" in warnings[0] and "showing 0 instead" in warnings[0]
+    assert "<script>" not in warnings[0]  # shown as text
+    assert at.select_slider(key="retrain").value == 0 and "retrain" not in at.query_params
+    assert "Accuracy after" in [m.label for m in at.metric]  # the setting without retraining, computed
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("tiny_run_in_store")
+def test_the_compress_page_retrains_the_survivors_when_asked(store):
+    from core.jobs import JobManager
+    from core.pipeline import compression_key
+
+    run_id = TrainConfig(**TINY).run_id()
+    at = open_page("compress", {"run": run_id, **RETRAIN_QUERY})
+    at.button(key="compute_button").click().run()
+    assert_clean(at)
+    status = JobManager(store.root).wait(compression_key(run_id, RETRAINED), timeout=120)
+    assert status is not None and status.terminal, status
+    at.run()
+    assert_clean(at)
+    record = store.load_compression(run_id, RETRAINED)
+    assert record is not None and record.compress_config.prune_finetune_epochs == 2
+    assert f"{RETRAINED.label()} on run {run_id[:6]}" in texts(at.subheader)
+
+
 def test_the_sweep_grid_carries_both_stages_to_every_coding_method():
     from core.experiments import compression_grid
 
@@ -284,6 +354,37 @@ def test_default_run_ids_and_keys_are_those_of_main():
         method="kmeans", n_centroids=4
     )  # nothing pruned, nothing to retrain
     assert "prune_finetune_epochs" not in CompressConfig(sparsity=0.5).to_json()
+
+
+def test_only_a_pruned_levels_or_pq_run_moved_its_id_when_their_terms_learned_the_survivors():
+    """levels and pq over the survivors change what a pruned levels / pq run trains: its id moved (pinned
+    from the commit before), so an entry trained the old way is never served; every other id is as it was."""
+    pruned = dict(GRADUAL, lam=0.05)
+    assert TrainConfig(**pruned, reg="binary").run_id() == "e4fdac4dcb3d350e"  # binary: always the survivors
+    assert TrainConfig(reg="levels", lam=0.1).run_id() == "5b446ecf0764513a"  # unpruned: as before
+    assert TrainConfig(reg="pq", lam=0.1).run_id() == "92b00a0f3d5c5ddb"
+    old = {"levels": "055d9691eda29e65", "pq": "0f2613b9f074181a"}  # their ids before
+    for reg, before in old.items():
+        cfg = TrainConfig(**pruned, reg=reg)
+        assert cfg.run_id() != before and "terms_over_survivors" not in cfg.to_json()
+
+
+@pytest.mark.slow
+def test_the_levels_term_combines_with_pruning_over_the_survivors(tmp_path):
+    """A levels run pruned gradually: the exact sparsity, and its term (over the survivors) falls; the
+    survivors gather at the levels the term fits on them, far from the zeros."""
+    from core.regularizers import fit_levels
+
+    cfg = TrainConfig(**GRADUAL, reg="levels", lam=0.5, reg_levels=2)
+    run, _ = get_or_train(RunStore(tmp_path / "store"), cfg)
+    for name, (zeros, n) in _coded_zeros(run).items():
+        assert zeros == n - n_kept(n, 0.75), name
+    assert 0 < run.history[-1].reg < run.history[0].reg
+    state = run.state_dict()
+    for layer in run.layers:
+        weight = state[layer.name]
+        levels = fit_levels(weight, 2, mask=weight != 0)
+        assert levels.abs().min() > 0.5 * weight[weight != 0].abs().mean()  # no level at the zeros
 
 
 def test_pruning_keeps_the_conv_targets_without_a_regularizer():

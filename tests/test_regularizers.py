@@ -167,3 +167,151 @@ def test_starter_gradients_equal_autograd_and_the_other_parameters_start_from_no
             for (name, p), q in zip(model.named_parameters(), reference.parameters()):
                 assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), (reg, step, name)
             optimizer.step()
+
+
+# ------------------------------------------------------------------ levels and pq over the survivors
+
+
+def _pruned_weights(seed: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Three weights of uneven size, pruned by magnitude (their zeros exact, as training keeps them)."""
+    from core.prune import magnitude_mask
+
+    generator = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(24, 40, generator=generator) * 0.05, torch.randn(9, 24, generator=generator) * 0.2]
+    weights.append(torch.randn(3, 9, generator=generator))
+    masks = [magnitude_mask(w, s) for w, s in zip(weights, (0.75, 0.5, 0.3))]
+    return [w * m for w, m in zip(weights, masks)], masks
+
+
+def _old_target_step(weights, targets, lam, on_cpu):
+    """target_step_ (with overwrite) as it was before pruning (commit d5a4240): the unpruned reference."""
+    total = 0.0 if on_cpu else weights[0].new_zeros(())
+    for weight, target in zip(weights, targets):
+        flat = weight.detach().reshape(-1)
+        n = flat.numel()
+        diff = torch.sub(flat, target.reshape(-1))
+        if on_cpu:
+            mean = float(flat.sum()) / n
+            scale = max((float(torch.dot(flat, flat)) - n * mean * mean) / max(n - 1, 1), 1e-12) * n
+            total += float(torch.dot(diff, diff)) / scale
+            weight.grad = torch.mul(diff, 2 * lam / scale).view_as(weight)
+        else:
+            scale_t = flat.var().clamp_min(1e-12) * n
+            total += torch.dot(diff, diff) / scale_t
+            weight.grad = torch.mul(diff, 2 * lam / scale_t).view_as(weight)
+    return total
+
+
+@pytest.mark.parametrize("host_scalars", [True, False], ids=["cpu-scalars", "device-scalars"])
+def test_an_unpruned_levels_or_pq_term_is_bit_identical_to_the_code_before_pruning(host_scalars, monkeypatch):
+    """Without masks the terms take exactly the path they took before they learned the survivors: the same
+    levels, the same PQ targets, the same penalty and gradient bits (so an unpruned run trains as before)."""
+    import core.regularizers as regularizers
+    from core.pq import QuantizedLayer, as_rows, kmeans, to_groups, to_subvectors
+
+    monkeypatch.setattr(regularizers, "_host_scalars", lambda tensor: host_scalars)
+    generator = torch.Generator().manual_seed(5)
+    weights = [torch.randn(24, 40, generator=generator) * 0.05, torch.randn(9, 24, generator=generator)]
+    for kind in ("levels", "pq"):
+        term = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+        term.refresh(weights, 7)
+        if kind == "levels":  # the old fit: k-means of every weight, then each weight's nearest level
+            old_levels = [kmeans(w.float().reshape(1, -1, 1), 3, n_iter=10, seed=7)[0].reshape(-1) for w in weights]
+            assert all(torch.equal(a, b) for a, b in zip(term.levels, old_levels))  # type: ignore[attr-defined]
+            targets = [regularizers.nearest_levels(w, levels) for w, levels in zip(weights, old_levels)]
+        else:  # the old fit: PQ of the rows, one shared codebook
+            targets = []
+            for w in weights:
+                grouped = to_groups(to_subvectors(as_rows(w.float()), 4), "shared")
+                centroids, codes = kmeans(grouped, 8, n_iter=10, seed=7)
+                targets.append(QuantizedLayer("target", tuple(w.shape), 4, "shared", centroids, codes).decode())
+            assert all(torch.equal(a, b) for a, b in zip(term.targets, targets))  # type: ignore[attr-defined]
+        mine = [w.clone().requires_grad_(True) for w in weights]
+        theirs = [w.clone().requires_grad_(True) for w in weights]
+        value = term.step_(mine, 0.7, overwrite=True)
+        old = _old_target_step(theirs, targets, 0.7, host_scalars)
+        assert float(value) == float(old), kind
+        assert all(torch.equal(a.grad, b.grad) for a, b in zip(mine, theirs)), kind
+        # the autograd penalty too: the same expression as before, bit for bit
+        if kind == "levels":
+            expected = sum(
+                ((w.unsqueeze(-1) - lv) ** 2).min(-1).values.mean() / w.var().clamp_min(1e-12)
+                for w, lv in zip(weights, old_levels)
+            )
+        else:
+            expected = sum(((w - t) ** 2).mean() / w.var().clamp_min(1e-12) for w, t in zip(weights, targets))
+        assert float(term.penalty(weights)) == float(expected), kind
+
+
+@pytest.mark.parametrize("host_scalars", [True, False], ids=["cpu-scalars", "device-scalars"])
+@pytest.mark.parametrize("kind", ["levels", "pq"])
+def test_levels_and_pq_over_the_survivors_closed_form_equals_autograd_and_the_zeros_get_no_gradient(
+    kind, host_scalars, monkeypatch
+):
+    """With gradual pruning's masks, levels and pq fit, pull and scale over each layer's survivors only,
+    as binary does: the fused gradient is autograd's of the masked penalty, 0 at every pruned zero."""
+    import core.regularizers as regularizers
+
+    monkeypatch.setattr(regularizers, "_host_scalars", lambda tensor: host_scalars)
+    weights, masks = _pruned_weights()
+    term = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+    term.set_masks(masks)
+    term.refresh(weights, 3)
+    for step in range(3):
+        moved = [(w * (1 + 0.1 * step)).requires_grad_(True) for w in weights]  # the zeros stay zeros
+        value = term.step_(moved, 0.7, overwrite=True) if step % 2 else term.add_gradient_(moved, 0.7)
+        fused = [w.grad.clone() for w in moved]
+        reference = [w.detach().clone().requires_grad_(True) for w in moved]
+        penalty = term.penalty(reference)
+        (0.7 * penalty).backward()
+        assert float(value) == pytest.approx(float(penalty.detach()), rel=1e-5), step
+        for f, r, mask in zip(fused, reference, masks):
+            torch.testing.assert_close(f, r.grad, rtol=1e-4, atol=1e-8)
+            assert not f[~mask].any()  # a pruned zero is pulled nowhere
+
+
+def test_levels_and_pq_count_the_survivors_only_not_the_zeros():
+    """The zeros are not weights of the term: a layer's penalty is that of its survivors alone (as one
+    row, read row-major); computed over every weight (the code before), the zeros would drag a level
+    to 0 and weigh in the mean and the variance."""
+    from core.regularizers import fit_levels, pq_targets
+
+    weights, masks = _pruned_weights()
+    survivors = [w[m].reshape(1, -1) for w, m in zip(weights, masks)]
+    for kind in ("levels", "pq"):
+        pruned = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+        pruned.set_masks(masks)
+        pruned.refresh(weights, 3)
+        alone = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+        alone.refresh(survivors, 3)
+        assert float(pruned.penalty(weights)) == pytest.approx(float(alone.penalty(survivors)), rel=1e-6), kind
+        whole = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+        whole.refresh(weights, 3)
+        assert float(whole.penalty(weights)) != pytest.approx(float(pruned.penalty(weights)), rel=1e-3), kind
+    for w, m, s in zip(weights, masks, survivors):
+        assert torch.equal(fit_levels(w, 3, 3, m), fit_levels(s, 3, 3))
+        target = pq_targets(w, 4, 8, 3, m)
+        assert not target[~m].any() and torch.equal(target[m], pq_targets(s, 4, 8, 3).reshape(-1))
+    # the whole layer's levels: its 75% of zeros pull one level to (almost) exactly 0
+    assert fit_levels(weights[0], 3, 3).abs().min() < 1e-3 < fit_levels(weights[0], 3, 3, masks[0]).abs().min()
+
+
+def test_a_weight_pruned_after_the_refresh_leaves_the_targets_at_once():
+    """The codebook is fitted once an epoch; a pruning step within the epoch drops the newly pruned weights
+    from the targets, the mean and the variance at once (their gradient 0), as binary's alpha does."""
+    from core.prune import magnitude_mask
+
+    weights, masks = _pruned_weights()
+    for kind in ("levels", "pq"):
+        term = TERMS[kind](Regularizer(kind, 1.0, levels=3, subvector_size=4, n_centroids=8))
+        term.set_masks(masks)
+        term.refresh(weights, 3)
+        tighter = [magnitude_mask(w, 0.9, m) for w, m in zip(weights, masks)]
+        more = [(w * m).requires_grad_(True) for w, m in zip(weights, tighter)]
+        term.set_masks(tighter)
+        term.add_gradient_(more, 1.0)
+        reference = [w.detach().clone().requires_grad_(True) for w in more]
+        term.penalty(reference).backward()
+        for w, r, mask in zip(more, reference, tighter):
+            assert not w.grad[~mask].any(), kind
+            torch.testing.assert_close(w.grad, r.grad, rtol=1e-4, atol=1e-8)

@@ -32,6 +32,7 @@ def compress_link(record: CompressionRecord) -> dict[str, str]:
         "targets": TARGET_LABELS[c.targets],
         "weighting": WEIGHTING_LABELS[c.weighting],
         "sparsity": fmt_sparsity(c.sparsity),
+        "retrain": str(c.prune_finetune_epochs),
         "entropy": ENTROPY_LABELS[c.entropy],
         # the method's own controls (rq's stages...): sliders without labels of their own
         **{option.field: str(getattr(c, option.field)) for option in c.method_spec.options},

@@ -67,6 +67,7 @@ from ui.widgets import (
 )
 
 SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
+RETRAIN_OPTIONS = (0, 1, 2, 3, 5)  # epochs of retraining the survivors (CompressConfig.prune_finetune_epochs)
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
@@ -111,6 +112,13 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             format_func=fmt_sparsity,
             help="Magnitude pruning: this share of each coded layer's smallest weights becomes exact zeros (the "
             "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
+        )  # fmt: skip
+        pruned = spec.codes_weights and sparsity > 0
+        retrain = select_slider(
+            "Retrain the survivors (epochs)", RETRAIN_OPTIONS, 0, "retrain", True, disabled=not pruned,
+            help="Deep Compression's retraining: after pruning and before coding, the whole network trains this "
+            "many epochs with the mask fixed (the run's learning rate and batch size); each epoch is a pass over "
+            "the training set, so it runs as a job." + ("" if pruned else " Not used: nothing is pruned."),
         )  # fmt: skip
         own = {
             option.field: select_slider(option.label, option.options, option.default, option.field, True,
@@ -158,6 +166,7 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
         weighting=weighting,
         entropy=entropy,
         sparsity=float(sparsity),
+        prune_finetune_epochs=int(retrain),
         **{field: int(value) for field, value in own.items()},
     )
 
@@ -253,9 +262,11 @@ def offer_job(run: RunRecord, cfg: CompressConfig, plan: CompressionPlan) -> Non
         job_progress_ui(key, f"Compressing {cfg.label()}")
         return
     last_failure_ui(key)
+    epochs = cfg.prune_finetune_epochs
+    retrain = f"{epochs} epoch{'s' if epochs > 1 else ''} of retraining the survivors, then " if epochs else ""
     st.info(
-        f"{cfg.label()} on this run is not stored yet, and takes about {fmt_seconds(seconds)} on this machine "
-        f"(k-means over every subvector, k centroids, {cfg.kmeans_iters} iterations"
+        f"{cfg.label()} on this run is not stored yet, and takes about {fmt_seconds(seconds)} on this "
+        f"machine ({retrain}k-means over every subvector, k centroids, {cfg.kmeans_iters} iterations"
         f"{', then centroid fine-tuning' if cfg.finetune_epochs else ''}). It runs in the background: "
         f"you can leave the page and come back."
     )
