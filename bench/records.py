@@ -114,7 +114,8 @@ def allocations(run, args: argparse.Namespace, shared: dict) -> list[tuple[str, 
     if not args.ratios:
         return []
     base = CompressConfig(method="pq", **shared, entropy="ans")
-    request = budget.BudgetRequest(budget_kb=1e9, seed=run.config.seed)
+    pruned = run.config.prune_sparsity  # a run pruned in training: every candidate at its sparsity
+    request = budget.BudgetRequest(budget_kb=1e9, seed=run.config.seed, sparsities=(pruned,))
     plan = budget.plan_run(run, base, request)
     coded_float = sum(FLOAT_BITS * math.prod(shape) for _, shape in budget.run_rest_bits(run, base.targets)[0])
     search = budget.allocate_run(run, base, request)
@@ -251,7 +252,7 @@ def term_share_table(df: pd.DataFrame) -> pd.DataFrame:
     """The paper's term's own share, setting by setting: the same compression of the unregularized and
     the binary-regularized run of each seed, the drop of each and their difference paired by seed (no reg
     minus binary: positive where the term helps)."""
-    binary = [v for v in df["variant"].unique() if v.startswith("binary") and "gradual" not in v]
+    binary = [v for v in df["variant"].unique() if v.startswith("binary") and "gradual" not in v]  # one λ a bench
     if "no reg" not in set(df["variant"]) or not binary:
         return pd.DataFrame()
     plain = df[df["variant"] == "no reg"].set_index(["label", "seed"])["drop_pts"]
@@ -265,7 +266,7 @@ def term_share_table(df: pd.DataFrame) -> pd.DataFrame:
         if share.empty:
             continue
         sd = share.std(ddof=1) if len(share) > 1 else 0.0
-        ratio = df[df["label"] == label]
+        ratio = df[(df["label"] == label) & df["variant"].isin(["no reg", binary[0]])]
         rows.append(dict(compression=label, raw_fc_ratio=ratio["fc_ratio"].mean(),
                          coded_fc_ratio=ratio["entropy_fc_ratio"].mean(), seeds=len(share),
                          no_reg=f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.2f}",

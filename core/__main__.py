@@ -110,7 +110,13 @@ def _add_budget_args(parser: argparse.ArgumentParser, many: bool = False) -> Non
         "--budget-kb",
         type=float,
         nargs="+" if many else None,
-        help=budget + (" (several: one search each)" if many else ""),
+        help=budget
+        + (
+            " (several: one search each; its shared fields are the flags given one value, so a --sparsity or "
+            "--prune-finetune given several values is 0 in the search)"
+            if many
+            else ""
+        ),
     )
     parser.add_argument(
         "--floor",

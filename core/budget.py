@@ -513,7 +513,17 @@ def eval_seconds_of(run: RunRecord, holdout: int) -> float:
 
 
 def plan_run(run: RunRecord, base: CompressConfig, request: BudgetRequest) -> BudgetPlan:
-    """`plan` for a stored run: its shapes, its float rest, its test accuracy; no weights read."""
+    """`plan` for a stored run: its shapes, its float rest, its test accuracy; no weights read. A run
+    pruned during training takes only sparsities at least its own (each candidate then keeps its zeros
+    as the stored mask, as `compress.check_pruned_run` asks): one line otherwise, before any work."""
+    pruned = run.config.prune_sparsity
+    if pruned > 0 and min(request.sparsities) < pruned:
+        low = ", ".join(f"{s:g}" for s in request.sparsities if s < pruned)
+        raise ValueError(
+            f"run {run.run_id} was pruned to sparsity {pruned:g} during training, so each layer is coded at "
+            f"sparsity >= {pruned:g}; the search's sparsities {low} are below it: give --budget-sparsities "
+            f"{pruned:g} (or higher ones)"
+        )
     shapes, rest_bits = run_rest_bits(run, base.targets)
     return plan(shapes, rest_bits, base, request, run.test_accuracy, eval_seconds_of(run, request.holdout))
 

@@ -360,6 +360,11 @@ class TrainConfig:
             raise ValueError(f"bad training config: {error}") from None
 
 
+def pruning_label(sparsity: float, retrain_epochs: int) -> str:
+    """The words a label puts before its coding for the pruning stage: 'prune 0.9 +rt2 + '."""
+    return f"prune {sparsity:g}{f' +rt{retrain_epochs}' if retrain_epochs else ''} + "
+
+
 @dataclass(frozen=True)
 class LayerSetting:
     """One coded weight's own setting in a per-layer compression (`CompressConfig.per_layer`): the
@@ -594,8 +599,7 @@ class CompressConfig:
         if self.finetune_epochs:
             text += f" +ft{self.finetune_epochs}"
         if self.sparsity:
-            retrain = f" +rt{self.prune_finetune_epochs}" if self.prune_finetune_epochs else ""
-            text = f"prune {self.sparsity:g}{retrain} + " + text
+            text = pruning_label(self.sparsity, self.prune_finetune_epochs) + text
         if self.entropy != "none":
             text += f" +{self.entropy}"
         return text

@@ -12,6 +12,7 @@ Pareto set, best within a budget) is core/analysis.py's, below both.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import threading
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .config import METHODS, CompressConfig, TrainConfig
+from .config import METHODS, CompressConfig, TrainConfig, pruning_label
 from .data import Dataset, load_dataset
 from .executors import Executor
 from .jobs import Cancelled, JobContext, JobSpec, JobStatus
@@ -135,6 +136,7 @@ def compression_settings(
         spec = METHOD_SPECS[method]
         own = [name for name in axes if name in spec.axes]  # the config resets the rest
         spanned = own + [name for name in STAGE_AXES if spec.codes_weights]
+        made, refused = len(grid), len(impossible)
         for combo in itertools.product(*(axes[name] for name in spanned)):
             values = {**fixed, "method": method, **dict(zip(spanned, combo))}
             try:
@@ -153,6 +155,9 @@ def compression_settings(
                 impossible.setdefault(label, ImpossibleSetting(label, reason))
                 continue
             grid.setdefault(cfg.key(), cfg)
+        if len(grid) == made and len(impossible) > refused:  # every combination of a method asked for refused
+            first = list(impossible.values())[refused]
+            raise ValueError(f"no {method} setting of this grid is a compression: {first.reason}")
     return CompressionGrid(list(grid.values()), list(impossible.values()))
 
 
@@ -161,10 +166,13 @@ def _label(values: Mapping[str, Any]) -> str:
     stages = {"sparsity": 0.0, "prune_finetune_epochs": 0}
     try:
         text = CompressConfig(**{**values, **stages}).label()
-    except ValueError:  # refused for another reason than its pruning: its fields as given
-        return " ".join(f"{name}={value}" for name, value in values.items() if name != "per_layer")
+    except ValueError:  # refused for another reason than its pruning: its fields that are not defaults
+        defaults = {f.name: f.default for f in dataclasses.fields(CompressConfig)}
+        return " ".join(
+            f"{name}={value}" for name, value in values.items() if name != "per_layer" and value != defaults.get(name)
+        )
     sparsity, retrain = values.get("sparsity", 0.0), values.get("prune_finetune_epochs", 0)
-    return f"prune {sparsity:g}{f' +rt{retrain}' if retrain else ''} + {text}" if sparsity or retrain else text
+    return pruning_label(sparsity, retrain) + text if sparsity or retrain else text
 
 
 def train_grid(

@@ -75,7 +75,7 @@ def levels_penalty(
     total = weights[0].new_zeros(())
     for index, (weight, layer_levels) in enumerate(zip(weights, levels)):
         chosen = _survivors(weight, masks, index)
-        dist = (chosen.unsqueeze(-1) - layer_levels) ** 2  # (out, in, k)
+        dist = (chosen.unsqueeze(-1) - layer_levels) ** 2  # (out, in, k); (n_kept, k) with masks
         total = total + dist.min(-1).values.mean() / chosen.detach().var().clamp_min(_EPS)
     return total
 

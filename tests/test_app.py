@@ -727,7 +727,7 @@ def test_a_point_link_opens_that_very_compression_on_compress(own_store, ccfg):
     # the link once left out sparsity and entropy, and the sparsity slider refused its own label (90%)
     assert compress.select_slider(key="sparsity").value == point.compress_config.sparsity
     assert compress.radio(key="entropy").value == point.compress_config.entropy
-    assert compress.select_slider(key="retrain").value == point.compress_config.prune_finetune_epochs
+    assert compress.number_input(key="retrain").value == point.compress_config.prune_finetune_epochs
     for option in point.compress_config.method_spec.options:
         assert compress.select_slider(key=option.field).value == getattr(point.compress_config, option.field)
     assert f"{point.label()} on run {run.run_id[:6]}" in texts(compress.subheader)

@@ -364,6 +364,31 @@ def test_a_bad_request_is_one_line(args, message):
         budget.BudgetRequest(**args)
 
 
+def test_a_run_pruned_in_training_is_searched_only_at_its_sparsity_or_more(tiny_run, counted, monkeypatch):
+    """Before the fix the search ran on a pruned run at sparsity 0, and the compression it chose then
+    failed `check_pruned_run`, after the whole search (bench/records.py --gradual --ratios)."""
+    pruned = dataclasses.replace(tiny_run, config=dataclasses.replace(tiny_run.config, prune_sparsity=0.5))
+    monkeypatch.setattr("core.data.load_dataset", lambda *a, **k: pytest.fail("the dataset was loaded"))
+    for sparsities in [(0.0,), (0.0, 0.5), (0.25, 0.9)]:
+        request = budget.BudgetRequest(budget_kb=10.0, sparsities=sparsities)
+        with pytest.raises(ValueError, match=r"pruned to sparsity 0\.5 during training.*--budget-sparsities 0\.5"):
+            budget.allocate_run(pruned, CompressConfig(), request)
+    assert counted == []
+    budget.plan_run(pruned, CompressConfig(), budget.BudgetRequest(budget_kb=10.0, sparsities=(0.5, 0.9)))
+
+
+def test_a_search_stored_under_another_grid_is_not_this_one(monkeypatch):
+    """The key holds the candidates' grid: a search stored before the grid changed is not served."""
+    request, base = budget.BudgetRequest(budget_kb=10.0), CompressConfig()
+    key = budget.budget_key("run", base, request)
+    assert budget.budget_key("run", base, request) == key
+    monkeypatch.setattr(budget, "PQ_SETTINGS", ((2, 16),))
+    assert budget.budget_key("run", base, request) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(budget, "KMEANS_CENTROIDS", (2, 4))
+    assert budget.budget_key("run", base, request) != key
+
+
 def test_a_base_that_cannot_share_its_fields_is_one_line(tiny_run):
     for base, message in [
         (CompressConfig(method="binarize"), "must be method kmeans or pq"),

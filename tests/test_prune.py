@@ -190,7 +190,7 @@ def test_the_compress_page_offers_retraining_the_survivors_as_a_job(store):
     at = open_page("compress", {"run": run.run_id, **RETRAIN_QUERY})
     assert_clean(at)
     assert not at.warning
-    retrain = at.select_slider(key="retrain")
+    retrain = at.number_input(key="retrain")
     assert retrain.value == 2 and not retrain.disabled
     assert at.query_params["retrain"] == "2" and at.query_params["sparsity"] == "80%"
     assert "prune 0.8 +rt2 + kmeans k=4" in texts(at.info) and "2 epochs of retraining the survivors" in texts(at.info)
@@ -202,12 +202,12 @@ def test_the_compress_page_offers_retraining_the_survivors_as_a_job(store):
     for query in ({"sparsity": "off"}, {"method": "float"}):
         at = open_page("compress", {"run": run.run_id, **RETRAIN_QUERY, **query})
         assert_clean(at)
-        assert at.select_slider(key="retrain").disabled
+        assert at.number_input(key="retrain").disabled
         assert not [b for b in at.button if b.label.startswith("Compute")]  # cheap: no retraining to offer
 
 
 @fast_cases(1)
-@pytest.mark.parametrize("forged", ["7", "-1", "1e400", "2<script>", "two"])
+@pytest.mark.parametrize("forged", ["99", "-1", "1e400", "2<script>", "two"])
 @pytest.mark.usefixtures("tiny_run_in_store")
 def test_a_forged_retraining_in_the_link_is_one_line_and_the_page_still_works(store, forged):
     run_id = TrainConfig(**TINY).run_id()
@@ -216,7 +216,7 @@ def test_a_forged_retraining_in_the_link_is_one_line_and_the_page_still_works(st
     warnings = [str(w.value) for w in at.warning]
     assert len(warnings) == 1 and "retrain" in warnings[0] and "showing 0 instead" in warnings[0]
     assert "<script>" not in warnings[0]  # shown as text
-    assert at.select_slider(key="retrain").value == 0 and "retrain" not in at.query_params
+    assert at.number_input(key="retrain").value == 0 and "retrain" not in at.query_params
     assert "Accuracy after" in [m.label for m in at.metric]  # the setting without retraining, computed
 
 

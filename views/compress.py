@@ -67,7 +67,7 @@ from ui.widgets import (
 )
 
 SPARSITY_OPTIONS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98)
-RETRAIN_OPTIONS = (0, 1, 2, 3, 5)  # epochs of retraining the survivors (CompressConfig.prune_finetune_epochs)
+MAX_RETRAIN_UI = 20  # epochs of retraining the survivors (CompressConfig.prune_finetune_epochs) the page offers
 
 
 def compress_config_ui(has_conv: bool) -> CompressConfig:
@@ -114,8 +114,8 @@ def compress_config_ui(has_conv: bool) -> CompressConfig:
             "mask stored, 1 bit a weight, or entropy-coded); the method codes the survivors only.",
         )  # fmt: skip
         pruned = spec.codes_weights and sparsity > 0
-        retrain = select_slider(
-            "Retrain the survivors (epochs)", RETRAIN_OPTIONS, 0, "retrain", True, disabled=not pruned,
+        retrain = number_input(  # 0 to 20 as the fine-tuning: every stored record's value reopens from its link
+            "Retrain the survivors (epochs)", 0, MAX_RETRAIN_UI, 0, "retrain", True, disabled=not pruned,
             help="Deep Compression's retraining: after pruning and before coding, the whole network trains this "
             "many epochs with the mask fixed (the run's learning rate and batch size); each epoch is a pass over "
             "the training set, so it runs as a job." + ("" if pruned else " Not used: nothing is pruned."),
