@@ -221,10 +221,14 @@ BAD = [
     (["sweep", "--dataset", "digits", "--prune-sparsity", "nan"], "prune_sparsity=nan must be a number"),
     (["sweep", "--dataset", "digits", "--prune-finetune", "0", "-1"], "prune_finetune_epochs=-1 must be"),
     # a grid in which a method asked for has no compression at all: one line before any training
-    (["sweep", "--dataset", "digits", "--method", "pq", "--layout", "per-chunk", "--sparsity", "0.5"],
-     "no pq setting of this grid is a compression: pruning codes"),
-    (["sweep", "--dataset", "digits", "--method", "float", "kmeans", "--prune-finetune", "2"],
-     "no kmeans setting of this grid is a compression: retraining the survivors"),
+    (
+        ["sweep", "--dataset", "digits", "--method", "pq", "--layout", "per-chunk", "--sparsity", "0.5"],
+        "no pq setting of this grid is a compression: pruning codes",
+    ),
+    (
+        ["sweep", "--dataset", "digits", "--method", "float", "kmeans", "--prune-finetune", "2"],
+        "no kmeans setting of this grid is a compression: retraining the survivors",
+    ),
     (["evaluate", "MISSING"], "not a compressed model"),
     (["evaluate", "DIR"], "not a compressed model"),
     (["evaluate", "FILE"], "not a compressed model"),
