@@ -352,10 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.report_from:
-        frames = [pd.read_csv(Path(d) / "peers.csv") for d in args.report_from]
-        times = [
-            pd.read_csv(Path(d) / "peers_time.csv") for d in args.report_from if (Path(d) / "peers_time.csv").exists()
-        ]
+        # a folder of one part only has an empty file for the other (e.g. --parts time writes no rows)
+        frames = [pd.read_csv(f) for d in args.report_from if (f := Path(d) / "peers.csv").stat().st_size > 1]
+        times = [pd.read_csv(f) for d in args.report_from if (f := Path(d) / "peers_time.csv").is_file()
+                 and f.stat().st_size > 1]  # fmt: skip
         merged = pd.concat(frames).drop_duplicates(["block", "seed", "part", "point", "family", "compression"])
         timing_rows = pd.concat(times).to_dict("records") if times else []
         write(merged.to_dict("records"), timing_rows, Path(args.out), "python bench/peers.py " + " ".join(sys.argv[1:]))
