@@ -116,12 +116,12 @@ def allocations(run, args: argparse.Namespace, shared: dict) -> list[tuple[str, 
     base = CompressConfig(method="pq", **shared, entropy="ans")
     pruned = run.config.prune_sparsity  # a run pruned in training: every candidate at its sparsity
     request = budget.BudgetRequest(budget_kb=1e9, seed=run.config.seed, sparsities=(pruned,))
-    plan = budget.plan_run(run, base, request)
-    coded_float = sum(FLOAT_BITS * math.prod(shape) for _, shape in budget.run_rest_bits(run, base.targets)[0])
-    search = budget.allocate_run(run, base, request)
+    shapes, rest_bits = budget.run_rest_bits(run, base.targets)
+    coded_float = sum(FLOAT_BITS * math.prod(shape) for _, shape in shapes)
+    search = budget.allocate_run(run, base, request)  # its checks (plan_run) before any work
     configs = []
     for ratio in args.ratios:  # targets fc: the coded layers' ratio; fc+conv: the whole model's
-        bits = plan.rest_bits + coded_float / ratio if args.targets == "fc" else (plan.rest_bits + coded_float) / ratio
+        bits = rest_bits + coded_float / ratio if args.targets == "fc" else (rest_bits + coded_float) / ratio
         try:
             state = search.within(math.floor(bits))
         except ValueError as error:

@@ -54,8 +54,7 @@ def binary_penalty(weights: list[torch.Tensor], masks: Sequence[torch.Tensor | N
     are not weights the term pulls, nor weights that shrink alpha."""
     total = weights[0].new_zeros(())
     for index, weight in enumerate(weights):
-        mask = masks[index] if masks is not None else None
-        chosen = weight if mask is None else weight[mask]
+        chosen = _survivors(weight, masks, index)
         alpha_sq = chosen.detach().abs().mean().pow(2).clamp_min(_EPS)
         total = total + ((chosen * chosen - alpha_sq) ** 2).mean() / alpha_sq**2
     return total

@@ -206,6 +206,18 @@ def test_the_compress_page_offers_retraining_the_survivors_as_a_job(store):
         assert not [b for b in at.button if b.label.startswith("Compute")]  # cheap: no retraining to offer
 
 
+@pytest.mark.parametrize("epochs", ["4", "10"])
+@pytest.mark.usefixtures("tiny_run_in_store")
+def test_a_link_to_any_stored_retraining_reopens_it(store, epochs):
+    """The control was a 0/1/2/3/5 slider, so a compression retrained 4 or 10 epochs (the CLI takes up to
+    the epochs limit) reopened from its link as 0, another compression."""
+    run_id = TrainConfig(**TINY).run_id()
+    at = open_page("compress", {"run": run_id, **RETRAIN_QUERY, "retrain": epochs})
+    assert_clean(at)
+    assert not at.warning and at.number_input(key="retrain").value == int(epochs)
+    assert at.query_params["retrain"] == epochs and f"+rt{epochs}" in texts(at.info)
+
+
 @fast_cases(1)
 @pytest.mark.parametrize("forged", ["99", "-1", "1e400", "2<script>", "two"])
 @pytest.mark.usefixtures("tiny_run_in_store")
